@@ -1,0 +1,1 @@
+"""The ``hifikit`` command line: one module per subcommand noun."""
