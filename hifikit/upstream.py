@@ -34,6 +34,8 @@ SDIST_VERSION = "0.3.36"
 SDIST_FILENAME = "llama_cpp_python-0.3.36.tar.gz"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 SDIST_TREE_PREFIX = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
+# the sdist keeps the submodule's git metadata: its HEAD names the vendored commit
+SDIST_SUBMODULE_HEAD = "llama_cpp_python-0.3.36/.git/modules/vendor/llama.cpp/HEAD"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_NAME = "hifikit-source.json"
@@ -95,6 +97,12 @@ def _extract_tree(sdist: Path, dest: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
     try:
         with tarfile.open(sdist, "r:gz") as tar:
+            try:
+                commit = tar.extractfile(SDIST_SUBMODULE_HEAD).read().decode().strip()
+            except (KeyError, AttributeError):
+                commit = ""
+            if commit != LLAMA_CPP_COMMIT:
+                raise UpstreamError(f"{sdist} vendors llama.cpp {commit or '(unknown)'}, expected {LLAMA_CPP_COMMIT}")
             members = []
             for member in tar.getmembers():
                 if not member.name.startswith(SDIST_TREE_PREFIX):

@@ -1,0 +1,92 @@
+"""The installed package: binaries run, test-quantize-fns passes, `hifikit info` tells the truth."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hifikit import paths, upstream
+
+from conftest import REPO, run_hifikit
+
+# exit status of `--help` as upstream implements it at the pin
+HELP_EXIT = {
+    "llama-quantize": 1, "llama-imatrix": 0, "llama-perplexity": 0, "llama-bench": 0,
+    "llama-tokenize": 0, "test-backend-ops": 1,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HELP_EXIT))
+def test_binary_runs_from_installed_location(built, name):
+    proc = subprocess.run([str(paths.binary(name)), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == HELP_EXIT[name], proc.stderr[-2000:]
+    assert "usage" in (proc.stdout + proc.stderr).lower()
+
+
+def test_libraries_resolve_through_rpath(built):
+    ldd = subprocess.run(["ldd", str(paths.binary("llama-quantize"))], capture_output=True, text=True)
+    if ldd.returncode != 0:
+        pytest.skip("ldd not available")
+    for lib in ("libllama", "libggml-base", "libggml-cpu"):
+        line = next(l for l in ldd.stdout.splitlines() if lib in l)
+        assert "not found" not in line
+        assert str(paths.lib_dir().resolve()) in str(Path(line.split("=>")[1].split()[0]).resolve())
+
+
+def test_quantize_fns_passes(built):
+    proc = subprocess.run([str(paths.binary("test-quantize-fns"))], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+def test_tool_passes_exit_code_through(built):
+    ok = run_hifikit("tool", "llama-bench", "--help")
+    assert "usage" in ok.stdout.lower()
+    bad = run_hifikit("tool", "llama-quantize", "--help", check=False)
+    assert bad.returncode == HELP_EXIT["llama-quantize"]
+    unknown = run_hifikit("tool", "no-such-tool", check=False)
+    assert unknown.returncode == 2 and "unknown tool 'no-such-tool'" in unknown.stderr
+
+
+def test_info_reports_pin_and_series(built):
+    info = json.loads(run_hifikit("info", "--json").stdout)
+    assert info["llama_cpp_commit"] == upstream.LLAMA_CPP_COMMIT
+    assert info["source_sha256"] == upstream.SDIST_SHA256
+    series = upstream.read_series(REPO / "patches")
+    assert [p["name"] for p in info["patches"]] == series
+    for patch in info["patches"]:
+        assert patch["sha256"] == upstream.sha256_file(REPO / "patches" / patch["name"])
+    assert info["native"] == upstream.native_files(REPO / "native")
+    for name, path in info["binaries"].items():
+        assert path and Path(path).is_file(), name
+    assert info["build"]["GGML_CUDA"] in (True, False)
+
+
+def test_type_table_matches_gguf(built):
+    """Every type of the built library agrees with gguf-py's tables (the pinned tree's and PyPI's)."""
+    import gguf as pypi_gguf
+    from hifikit import _gguf as pinned_gguf
+
+    info = json.loads(run_hifikit("info", "--json").stdout)
+    by_id = {t["id"]: t for t in info["types"]}
+    for qtype in pinned_gguf.GGMLQuantizationType:
+        block, size = pinned_gguf.GGML_QUANT_SIZES[qtype]
+        t = by_id.get(int(qtype))
+        assert t is not None, f"{qtype.name} ({int(qtype)}) missing from the built library"
+        assert t["name"].upper() == qtype.name.upper()
+        assert (t["block_size"], t["type_size"]) == (block, size), qtype.name
+    assert set(by_id) == {int(q) for q in pinned_gguf.GGMLQuantizationType}
+    compared = 0
+    for qtype in pypi_gguf.GGMLQuantizationType:
+        if int(qtype) in by_id and qtype.name.upper() == by_id[int(qtype)]["name"].upper():
+            assert (by_id[int(qtype)]["block_size"], by_id[int(qtype)]["type_size"]) == \
+                pypi_gguf.GGML_QUANT_SIZES[qtype]
+            compared += 1
+    assert compared >= 30  # PyPI's gguf may lag the pin by a few types, never by most
+
+
+def test_info_text_lists_types(built):
+    text = run_hifikit("info").stdout
+    assert upstream.LLAMA_CPP_COMMIT in text
+    assert "q4_K" in text and "q8_0" in text

@@ -1,0 +1,111 @@
+"""The patch series applies strictly to the pristine tree, and only strictly."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hifikit import upstream
+
+REPO = Path(__file__).resolve().parent.parent
+PATCHES = REPO / "patches"
+NATIVE = REPO / "native"
+
+
+def test_tools_check_passes_on_the_committed_series(pristine):
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "patches"), "check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    names = upstream.read_series(PATCHES)
+    assert f"series applies cleanly: {len(names)} patches" in proc.stdout
+    for name in names:
+        assert f"ok  {name}" in proc.stdout
+
+
+def test_every_patch_has_a_dep3_header():
+    for patch in upstream.load_series(PATCHES):
+        assert patch.description, patch.name
+        assert patch.header.get("Origin"), patch.name
+        assert patch.header.get("Forwarded"), patch.name
+        assert patch.header.get("Last-Update"), patch.name
+
+
+@pytest.fixture
+def series_copy(tmp_path) -> Path:
+    """A copy of patches/ with one small patch of our own appended."""
+    copy = tmp_path / "patches"
+    shutil.copytree(PATCHES, copy)
+    return copy
+
+
+def _add_patch(patches: Path, name: str, body: str) -> None:
+    (patches / name).write_text("Description: test patch\nOrigin: vendor\nForwarded: no\n---\n" + body)
+    with open(patches / "series", "a") as f:
+        f.write(name + "\n")
+
+
+def _readme_hunk(pristine: Path, start: int, context_delta: int = 0, mangle: bool = False) -> str:
+    lines = (pristine / "README.md").read_text().splitlines()
+    ctx = lines[start - 1:start + 2]
+    if mangle:
+        ctx[0] = ctx[0] + " (changed context)"
+    header_start = start + context_delta
+    body = "".join(f" {l}\n" for l in ctx)
+    return (f"--- a/README.md\n+++ b/README.md\n@@ -{header_start},3 +{header_start},4 @@\n"
+            f"{body}+added by a test\n")
+
+
+def test_exact_patch_applies(series_copy, pristine, tmp_path):
+    _add_patch(series_copy, "9000-exact.patch", _readme_hunk(pristine, 5))
+    upstream.check_series(series_copy, NATIVE, pristine)
+
+
+def test_offset_is_refused(series_copy, pristine):
+    _add_patch(series_copy, "9000-offset.patch", _readme_hunk(pristine, 5, context_delta=2))
+    with pytest.raises(upstream.UpstreamError, match="does not apply exactly"):
+        upstream.check_series(series_copy, NATIVE, pristine)
+
+
+def test_fuzz_is_refused(series_copy, pristine):
+    _add_patch(series_copy, "9000-fuzz.patch", _readme_hunk(pristine, 5, mangle=True))
+    with pytest.raises(upstream.UpstreamError, match="does not apply exactly"):
+        upstream.check_series(series_copy, NATIVE, pristine)
+
+
+def test_missing_patch_file_is_refused(series_copy, pristine):
+    with open(series_copy / "series", "a") as f:
+        f.write("9999-missing.patch\n")
+    with pytest.raises(upstream.UpstreamError, match="9999-missing.patch, which does not exist"):
+        upstream.check_series(series_copy, NATIVE, pristine)
+
+
+def test_patch_not_in_series_is_refused(series_copy, pristine):
+    (series_copy / "9998-stray.patch").write_text("Description: x\n---\n")
+    with pytest.raises(upstream.UpstreamError, match="not in patches/series: 9998-stray.patch"):
+        upstream.check_series(series_copy, NATIVE, pristine)
+
+
+def test_native_file_may_not_replace_upstream(tmp_path, pristine):
+    native = tmp_path / "native"
+    (native / "ggml" / "src").mkdir(parents=True)
+    (native / "ggml" / "src" / "ggml.c").write_text("/* not allowed */\n")
+    with pytest.raises(upstream.UpstreamError, match="would replace an upstream file"):
+        upstream.check_series(PATCHES, native, pristine)
+
+
+def test_unpack_refresh_round_trip(tmp_path, pristine):
+    """tools/patches unpack + refresh reproduces the committed series byte for byte."""
+    work = tmp_path / "work"
+    repo_copy = tmp_path / "repo"
+    for part in ("patches", "native", "tools", "hifikit"):
+        if (REPO / part).exists():
+            shutil.copytree(REPO / part, repo_copy / part, ignore=shutil.ignore_patterns("__pycache__", "bin", "lib"))
+    tool = repo_copy / "tools" / "patches"
+    subprocess.run([sys.executable, str(tool), "unpack", str(work)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(tool), "refresh", str(work)], check=True, capture_output=True)
+    for name in upstream.read_series(PATCHES) + ["series"]:
+        assert (repo_copy / "patches" / name).read_bytes() == (PATCHES / name).read_bytes(), name
+    assert upstream.native_files(repo_copy / "native") == upstream.native_files(NATIVE)
