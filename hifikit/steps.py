@@ -1,0 +1,160 @@
+"""The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench.
+
+Each takes a JSON spec (stored in the runs database, so `runs resume` needs
+nothing else) and returns a StepOutput. Outputs are written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from . import atomic, db, gguf_io, kld, parsers, runner
+from .jobs import StepContext, StepOutput, step_kind
+from .progress import Progress
+
+
+def _threads(spec: dict[str, Any]) -> list[str]:
+    return ["-t", str(spec["threads"])] if spec.get("threads") else []
+
+
+@step_kind("quantize")
+def quantize(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    src, out = Path(spec["input"]), Path(spec["output"])
+    gguf_io.check_file(src)
+    args: list[Any] = []
+    if spec.get("imatrix"):
+        args += ["--imatrix", spec["imatrix"]]
+    args += list(spec.get("extra", []))
+    with atomic.output_file(out) as tmp:
+        result = runner.run_tool("llama-quantize", [*args, src, tmp, spec["ftype"], *(
+            [str(spec["threads"])] if spec.get("threads") else [])], log_path=ctx.log_path,
+            progress=Progress(f"quantize {out.name}", ctx.progress), watcher=runner.watch_quantize)
+    parsed = parsers.parse_quantize(result.text)
+    sha = db.file_sha256(ctx.conn, out)
+    common = dict(model=str(out.resolve()), model_sha256=sha)
+    return StepOutput(
+        result={"output": str(out.resolve()), "ftype": spec["ftype"], "sha256": sha,
+                **dataclasses.asdict(parsed), "log": result.log_path},
+        measurements=[db.Measurement("size_mib", parsed.quant_mib, **common),
+                      db.Measurement("bpw", parsed.quant_bpw, **common)],
+        artifacts=[db.Artifact(str(out), "gguf", sha, out.stat().st_size)])
+
+
+@step_kind("imatrix")
+def imatrix(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    model, text, out = Path(spec["model"]), Path(spec["text"]), Path(spec["output"])
+    args = ["-m", model, "-f", text, "-c", str(spec["ctx"]), *_threads(spec)]
+    if spec.get("chunks"):
+        args += ["--chunks", str(spec["chunks"])]
+    with atomic.output_file(out) as tmp:
+        result = runner.run_tool("llama-imatrix", [*args, "-o", tmp], log_path=ctx.log_path,
+                                 progress=Progress(f"imatrix {out.name}", ctx.progress),
+                                 watcher=runner.watch_chunks)
+        summary = gguf_io.imatrix_summary(tmp)
+    ppl = None
+    try:
+        ppl = parsers.parse_perplexity(result.text).ppl
+    except parsers.ParseError:
+        pass
+    parsed = parsers.ImatrixResult(str(out.resolve()), int(summary["chunks"] or 0), summary["chunk_size"],
+                                   int(summary["entries"]), list(summary["datasets"]), ppl)
+    sha = db.file_sha256(ctx.conn, out)
+    return StepOutput(result=dataclasses.asdict(parsed),
+                      measurements=[db.Measurement("imatrix_entries", parsed.entries, model=str(model),
+                                                   text=str(text), ctx=spec["ctx"], chunks=parsed.chunks)],
+                      artifacts=[db.Artifact(str(out), "imatrix", sha, out.stat().st_size)])
+
+
+def _model_facts(conn, model: Path) -> dict[str, Any]:
+    info = gguf_io.read_info(model)
+    return {"model": str(model.resolve()), "model_sha256": db.file_sha256(conn, model),
+            "size_mib": info.size_mib, "bpw": info.bits_per_weight, "types": info.types,
+            "file_type": info.file_type}
+
+
+@step_kind("kld-base")
+def kld_base(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    ref, text = Path(spec["ref"]), Path(spec["text"])
+    r = kld.ensure_reference(ctx.conn, ref, text, spec["ctx"], spec["chunks"], log_path=ctx.log_path,
+                             progress=ctx.progress, threads=spec.get("threads"))
+    facts = _model_facts(ctx.conn, ref)
+    where = dict(model=facts["model"], model_sha256=r.model_sha256, text=str(text.resolve()),
+                 text_sha256=r.text_sha256, ctx=r.ctx, chunks=r.chunks)
+    return StepOutput(result={**dataclasses.asdict(r), **facts},
+                      measurements=[db.Measurement("ppl", r.ppl.get("ppl"), r.ppl.get("ppl_error"), **where)])
+
+
+@step_kind("eval")
+def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    model, text = Path(spec["model"]), Path(spec["text"])
+    gguf_io.check_file(model)
+    facts = _model_facts(ctx.conn, model)
+    args: list[Any] = ["-m", model, "-f", text, "-c", str(spec["ctx"]), "--chunks", str(spec["chunks"]),
+                       *_threads(spec)]
+    text_sha = db.file_sha256(ctx.conn, text)
+    where = dict(model=facts["model"], model_sha256=facts["model_sha256"], text=str(text.resolve()),
+                 text_sha256=text_sha, ctx=spec["ctx"], chunks=spec["chunks"])
+    measurements = [db.Measurement("size_mib", facts["size_mib"], **where),
+                    db.Measurement("bpw", facts["bpw"], **where)]
+    label = f"eval {model.name}"
+    if spec.get("ref"):
+        # cached: this is a lookup unless `runs gc` removed it since the kld-base step
+        ref = kld.ensure_reference(ctx.conn, Path(spec["ref"]), text, spec["ctx"], spec["chunks"],
+                                   log_path=ctx.log_path, progress=ctx.progress, threads=spec.get("threads"))
+        res = runner.run_tool("llama-perplexity", [*args, "--kl-divergence-base", ref.path, "--kl-divergence"],
+                              log_path=ctx.log_path, progress=Progress(label, ctx.progress),
+                              watcher=runner.watch_chunks)
+        k = parsers.parse_kld(res.text)
+        measurements += [
+            db.Measurement("ppl", k.ppl, k.ppl_error, **where),
+            db.Measurement("ppl_ratio", k.ppl_ratio, k.ppl_ratio_error, **where),
+            db.Measurement("kld_mean", k.kld_mean, k.kld_error, **where),
+            db.Measurement("kld_max", k.kld_max, **where),
+            db.Measurement("kld_median", k.kld_median, **where),
+            *[db.Measurement(f"kld_p{p}", v, **where) for p, v in k.kld_percentiles.items()],
+            db.Measurement("same_top_p", k.same_top_p, k.same_top_p_error, **where),
+            db.Measurement("rms_dp", k.rms_dp, k.rms_dp_error, **where),
+        ]
+        result = {**facts, "ref": str(Path(spec["ref"]).resolve()), "kld": dataclasses.asdict(k),
+                  "ppl": k.ppl, "ppl_error": k.ppl_error}
+    else:
+        res = runner.run_tool("llama-perplexity", args, log_path=ctx.log_path,
+                              progress=Progress(label, ctx.progress), watcher=runner.watch_chunks)
+        p = parsers.parse_perplexity(res.text)
+        measurements.append(db.Measurement("ppl", p.ppl, p.ppl_error, **where))
+        result = {**facts, "ppl": p.ppl, "ppl_error": p.ppl_error, "ppl_chunks": p.chunks}
+    result.update(text=str(text.resolve()), ctx=spec["ctx"], chunks=spec["chunks"])
+    return StepOutput(result=result, measurements=measurements)
+
+
+@step_kind("bench")
+def bench(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    args: list[Any] = []
+    for m in spec["models"]:
+        gguf_io.check_file(m)
+        args += ["-m", m]
+    args += ["-p", str(spec.get("p", 512)), "-n", str(spec.get("n", 128)), "-r", str(spec.get("r", 5)),
+             *_threads(spec), "-o", "json"]
+    res = runner.run_tool("llama-bench", args, log_path=ctx.log_path)
+    rows = parsers.parse_bench_json(res.stdout)
+    ms = [db.Measurement(f"{r.test}_tps", r.avg_ts, r.stddev_ts, model=str(Path(m).resolve()))
+          for r in rows for m in spec["models"] if Path(m).name == r.model or m == r.model]
+    return StepOutput(result={"rows": [dict(dataclasses.asdict(r), test=r.test) for r in rows]}, measurements=ms)
+
+
+def imatrix_statistics(model: Path, imatrix_file: Path, attempts: int = 3) -> list[parsers.ImatrixStat]:
+    """`llama-imatrix --show-statistics`, parsed.
+
+    At the pin the tool returns right after logging through the asynchronous
+    common_log, which is never flushed at exit, so the output is sometimes
+    lost; it is tried a few times before giving up.
+    """
+    for attempt in range(attempts):
+        res = runner.run_tool("llama-imatrix", ["-m", model, "--in-file", imatrix_file, "--show-statistics"])
+        try:
+            return parsers.parse_imatrix_statistics(res.text)
+        except parsers.ParseError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
