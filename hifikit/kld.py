@@ -63,7 +63,7 @@ def ensure_reference(conn: sqlite3.Connection, model: Path, text: Path, ctx: int
     row = lookup(conn, key)
     if row is not None:
         conn.execute("UPDATE kld_refs SET last_used=? WHERE key=?", (time.time(), key))
-        log.info("KLD reference %s cached (%.1f MiB)", key[:12], row["size"] / 2**20)
+        log.debug("KLD reference %s cached (%.1f MiB)", key[:12], row["size"] / 2**20)
         return Reference(key, row["path"], row["size"], model_sha, text_sha, ctx, chunks, row["ppl"] or {}, True)
     target = kld_dir() / f"{key}.kld"
     target.parent.mkdir(parents=True, exist_ok=True)

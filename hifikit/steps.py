@@ -158,3 +158,25 @@ def imatrix_statistics(model: Path, imatrix_file: Path, attempts: int = 3) -> li
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+@step_kind("calib")
+def calib_build(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    from . import calib
+
+    domains = [calib.Domain(**d) for d in spec["domains"]]
+    res = calib.build(domains, spec["tokens"], Path(spec["output"]), spec["seed"],
+                      Path(spec["model"]) if spec.get("model") else None)
+    sha = db.file_sha256(ctx.conn, res.output)
+    # a re-run of this step (after a kill) replaces what an earlier attempt recorded
+    ctx.conn.execute("DELETE FROM compositions WHERE run_id=?", (ctx.run_id,))
+    ctx.conn.executemany(
+        "INSERT INTO compositions (run_id, output, output_sha256, domain, source, weight, target_tokens, tokens, "
+        "pieces, chars, seed) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        [(ctx.run_id, res.output, sha, d.name, d.source, d.weight, d.target_tokens, d.tokens, d.pieces, d.chars,
+          res.seed) for d in res.domains])
+    return StepOutput(result={**dataclasses.asdict(res), "sha256": sha},
+                      measurements=[db.Measurement(f"calib_tokens_{d.name}", d.tokens, text=res.output,
+                                                   text_sha256=sha) for d in res.domains]
+                      + [db.Measurement("calib_tokens", res.tokens, text=res.output, text_sha256=sha)],
+                      artifacts=[db.Artifact(res.output, "calibration-text", sha, Path(res.output).stat().st_size)])
