@@ -180,3 +180,27 @@ def calib_build(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                                                    text_sha256=sha) for d in res.domains]
                       + [db.Measurement("calib_tokens", res.tokens, text=res.output, text_sha256=sha)],
                       artifacts=[db.Artifact(res.output, "calibration-text", sha, Path(res.output).stat().st_size)])
+
+
+@step_kind("fetch")
+def fetch(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    from . import hub
+
+    res = hub.download(spec["repo_id"], spec.get("revision"), spec.get("include"), progress=ctx.progress)
+    artifacts = [db.Artifact(str(Path(res.snapshot) / f), "gguf") for f in res.files] if res.kind == "gguf" else []
+    return StepOutput(result=dataclasses.asdict(res), artifacts=artifacts)
+
+
+@step_kind("convert")
+def convert(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    from . import hub
+
+    fetched = hub.FetchResult(**ctx.previous["fetch"])
+    if fetched.kind == "gguf":
+        return StepOutput(result={"models": [str(Path(fetched.snapshot) / f) for f in fetched.files]})
+    out = hub.converted_path(fetched, spec["outtype"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.is_file():
+        hub.convert(Path(fetched.snapshot), out, spec["outtype"], log_path=ctx.log_path)
+    sha = db.file_sha256(ctx.conn, out)
+    return StepOutput(result={"models": [str(out)]}, artifacts=[db.Artifact(str(out), "gguf", sha, out.stat().st_size)])
