@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -16,8 +17,31 @@ def partial_name(target: Path) -> Path:
     return target.with_name(f".{target.stem}{PARTIAL_TAG}{os.getpid()}{target.suffix}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_partial(path: Path) -> bool:
+    """A temporary file of ours whose writer process is gone."""
+    m = re.search(rf"{re.escape(PARTIAL_TAG)}(\d+)", path.name)
+    return bool(m) and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1))))
+
+
 def stale_partials(target: Path) -> list[Path]:
-    return sorted(target.parent.glob(f".{target.stem}{PARTIAL_TAG}*{target.suffix}"))
+    """Temporary files for target left by processes that are gone (live writers are left alone)."""
+    out = []
+    prefix = f".{target.stem}{PARTIAL_TAG}"
+    for path in target.parent.glob(f"{prefix}*{target.suffix}"):
+        pid = path.name[len(prefix):len(path.name) - len(target.suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+            out.append(path)
+    return sorted(out)
 
 
 def check_writable(target: Path) -> Path:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, db, paths
+from . import __version__, atomic, db, paths
 from .errors import HifikitError
 from .upstream import LLAMA_CPP_COMMIT
 
@@ -168,4 +168,16 @@ def resume(run_id: int, progress: bool | None = None, conn: sqlite3.Connection |
     run = get_run(conn, run_id)
     if run["status"] == "done" and all(s["status"] == "done" for s in run["steps"]):
         return run
+    if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid() and atomic._pid_alive(run["pid"]) \
+            and _same_command(run["pid"]):
+        raise HifikitError(f"run {run_id} is still running (pid {run['pid']}); wait for it or stop it first")
     return execute(conn, run_id, progress)
+
+
+def _same_command(pid: int) -> bool:
+    """Whether pid still looks like a hifikit process (pids are reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the pid
+    return b"hifikit" in cmdline

@@ -107,7 +107,7 @@ def gc(conn: sqlite3.Connection, older_than_s: float | None = None) -> tuple[int
     if directory.is_dir():
         known = {Path(r["path"]).name for r in list_references(conn)}
         for path in directory.iterdir():
-            if path.is_file() and (atomic.PARTIAL_TAG in path.name or
+            if path.is_file() and (atomic.is_stale_partial(path) or
                                    (cutoff is None and path.suffix == ".kld" and path.name not in known)):
                 freed += path.stat().st_size
                 path.unlink()

@@ -125,3 +125,34 @@ def test_unwritable_output(cli, tiny_model, tmp_path):
     err = one_line_error(cli("quantize", tiny_model, tmp_path / "no" / "dir" / "o.gguf", "--type", "Q4_K_M",
                              check=False))
     assert "does not exist" in err
+
+
+def test_imatrix_then_quantize_with_it(cli, tiny_model, tiny_text, tmp_path):
+    im = tmp_path / "tiny.imatrix.gguf"
+    data = cli.json("imatrix", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2, "-o", im,
+                    "--threads", 2)
+    assert data["entries"] == 14 and data["chunks"] == 2 and im.is_file()
+    out = tmp_path / "q3.gguf"
+    q = cli.json("quantize", tiny_model, out, "--type", "Q3_K_S", "--imatrix", im, "--threads", 2)
+    assert q["ftype"] == "Q3_K_S" and {t["target_type"] for t in q["tensors"]} >= {"q3_K"}
+    err = one_line_error(cli("quantize", tiny_model, tmp_path / "x.gguf", "--type", "Q4_K_M",
+                             "--imatrix", tiny_model, check=False))
+    assert "not an imatrix" in err
+
+
+def test_eval_without_reference_and_bench(cli, tiny_model, tiny_text):
+    e = cli.json("eval", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2, "--threads", 2)
+    (row,) = e["models"]
+    assert row["ppl"] > 1 and row["kld_mean"] is None
+    b = cli.json("bench", tiny_model, "-p", 16, "-n", 4, "-r", 1, "--threads", 2)
+    assert sorted(r["test"] for r in b["rows"]) == ["pp16", "tg4"]
+
+
+def test_hifi_needs_a_hifi_build(cli, tiny_model, tmp_path):
+    from hifikit.cli import quantize as q
+    hifi = [n for n in q.quant_options() if "HIFI" in n.upper()]
+    proc = cli("quantize", tiny_model, tmp_path / "h.gguf", "--hifi", check=False)
+    if hifi:
+        assert proc.returncode == 0 and (tmp_path / "h.gguf").is_file()
+    else:
+        assert "no HIFI quantization types" in one_line_error(proc)

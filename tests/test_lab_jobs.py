@@ -141,3 +141,39 @@ def test_sigkill_mid_job_then_resume(cli, tiny_model, tiny_text, tmp_path, hifik
     assert [Path(r["model"]).name for r in table][1:] == [f"{tiny_model.stem}-{t}.gguf" for t in types]
     print("\n".join(f"{s['idx']} {s['name']:16s} attempts={s['attempts']} completions={s['completions']}"
                     for s in after["steps"]))
+
+
+def test_partials_of_live_writers_are_kept(tmp_path):
+    from hifikit import atomic
+    target = tmp_path / "m.gguf"
+    dead = tmp_path / f".m{atomic.PARTIAL_TAG}999999999.gguf"
+    live = tmp_path / f".m{atomic.PARTIAL_TAG}1.gguf"  # pid 1 is always alive
+    dead.write_bytes(b"x")
+    live.write_bytes(b"x")
+    assert atomic.stale_partials(target) == [dead]
+    with atomic.output_file(target) as tmp:
+        assert tmp.name.startswith(".m.partial-") and tmp.suffix == ".gguf"
+        tmp.write_bytes(b"done")
+    assert target.read_bytes() == b"done" and not dead.exists() and live.exists()
+    with pytest.raises(HifikitError):
+        with atomic.output_file(tmp_path / "n.gguf") as tmp:
+            tmp.write_bytes(b"half")
+            raise HifikitError("tool died")
+    assert not (tmp_path / "n.gguf").exists() and not list(tmp_path.glob(".n*"))
+
+
+def test_progress_bar_draws_only_when_enabled():
+    import io
+    from hifikit.progress import Progress
+    from hifikit.runner import watch_chunks
+
+    text = "perplexity: calculating perplexity over 4 chunks, n_ctx=128\n[1]5.1,[2]5.0,"
+    assert watch_chunks(text) == (2, 4)
+    buf = io.StringIO()
+    bar = Progress("eval", enabled=True, stream=buf)
+    bar.update(*watch_chunks(text))
+    bar.close()
+    assert "2/4" in buf.getvalue() and buf.getvalue().endswith("\n")
+    quiet = io.StringIO()
+    Progress("eval", stream=quiet).update(1, 4)  # StringIO is not a TTY
+    assert quiet.getvalue() == ""
