@@ -30,6 +30,7 @@ def test_build_by_tokens_is_deterministic(cli, tiny_model, sources, tmp_path, hi
     c = build(tmp_path / "c.txt", 7)
     assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
     assert (tmp_path / "a.txt").read_bytes() != (tmp_path / "c.txt").read_bytes()
+    assert b["domains"] == a["domains"] and b["tokens"] == a["tokens"] and c["seed"] == 7
     doms = {d["name"]: d for d in a["domains"]}
     assert set(doms) == {"prose", "math", "code"} and doms["code"]["source"] == "stdlib"
     assert [doms[n]["target_tokens"] for n in ("prose", "code", "math")] == [720, 300, 180]

@@ -1,7 +1,6 @@
 """The CLI end to end on the synthetic model, and every bad input as one clear line."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
