@@ -125,6 +125,8 @@ def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | N
                     logf.flush()
                 if watcher and progress:
                     seen[0] += text
+                    if len(seen[0]) > 1 << 18:  # keep the head (chunk totals) and the tail (latest lines)
+                        seen[0] = seen[0][: 1 << 17] + seen[0][-(1 << 17):]
                     state = watcher(seen[0])
                     if state:
                         progress.update(*state)

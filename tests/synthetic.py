@@ -58,8 +58,7 @@ def _copy_tokenizer(writer, vocab: Path) -> int:
                 values = [field.parts[i][0].item() for i in field.data]
             if name == "tokenizer.ggml.tokens":
                 n_vocab = len(values)
-            writer.add_array(name, values) if sub != gguf.GGUFValueType.STRING else \
-                writer.add_key_value(name, values, vtype, sub_type=sub)
+            writer.add_key_value(name, values, vtype, sub_type=sub)
         elif vtype == gguf.GGUFValueType.STRING:
             writer.add_key_value(name, bytes(field.parts[field.data[0]]).decode(), vtype)
         else:

@@ -120,6 +120,7 @@ def test_sigkill_mid_job_then_resume(cli, tiny_model, tiny_text, tmp_path, hifik
     done_before = [s["name"] for s in before["steps"] if s["status"] == "done"]
     assert 2 <= len(done_before) < len(before["steps"]), "the kill must land mid-way"
     # whatever a killed step left is hidden (.NAME.partial-PID.gguf); every visible GGUF is complete
+    print(f"\nafter SIGKILL: {sorted(f.name for f in out_dir.iterdir())}")
     for f in out_dir.iterdir():
         if not f.name.startswith("."):
             gguf_io.read_info(f)

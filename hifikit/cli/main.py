@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hifikit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hifikit ... | head`
+        sys.stderr.close()
+        return 141
     except OSError as exc:
         if os.environ.get("HIFIKIT_DEBUG"):
             raise
