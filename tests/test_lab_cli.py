@@ -155,3 +155,16 @@ def test_hifi_needs_a_hifi_build(cli, tiny_model, tmp_path):
         assert proc.returncode == 0 and (tmp_path / "h.gguf").is_file()
     else:
         assert "no HIFI quantization types" in one_line_error(proc)
+
+
+def test_unknown_tensor_type_id(cli, tiny_model, tmp_path):
+    """A GGUF with a type id this gguf-py lacks (a HIFI file read without the patched gguf-py)."""
+    from hifikit.gguf_io import gguf
+    odd = tmp_path / "odd.gguf"
+    odd.write_bytes(tiny_model.read_bytes())
+    reader = gguf.GGUFReader(odd, "r+")
+    reader.tensors[0].field.parts[4][0] = 200  # name length, name, n_dims, dims, *type*, offset
+    reader.data.flush()
+    del reader
+    err = one_line_error(cli("inspect", odd, check=False))
+    assert "tensor type this gguf-py does not know" in err

@@ -91,3 +91,6 @@ def render(run: dict, as_json: bool) -> None:
     say(format_table(records))
     args = run["args"]
     say(f"\ntext {args.get('text')}, ctx {args.get('ctx')}, {args.get('chunks')} chunks  [run {run['id']}]")
+    for r in records:
+        if r.get("kld_base_mib") is not None:
+            say(f"reference logits: {r['kld_base_mib']:.1f} MiB in {kld.kld_dir()} ('hifikit runs gc' removes them)")
