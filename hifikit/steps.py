@@ -143,23 +143,6 @@ def bench(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     return StepOutput(result={"rows": [dict(dataclasses.asdict(r), test=r.test) for r in rows]}, measurements=ms)
 
 
-def imatrix_statistics(model: Path, imatrix_file: Path, attempts: int = 3) -> list[parsers.ImatrixStat]:
-    """`llama-imatrix --show-statistics`, parsed.
-
-    At the pin the tool returns right after logging through the asynchronous
-    common_log, which is never flushed at exit, so the output is sometimes
-    lost; it is tried a few times before giving up.
-    """
-    for attempt in range(attempts):
-        res = runner.run_tool("llama-imatrix", ["-m", model, "--in-file", imatrix_file, "--show-statistics"])
-        try:
-            return parsers.parse_imatrix_statistics(res.text)
-        except parsers.ParseError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 @step_kind("calib")
 def calib_build(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     from . import calib

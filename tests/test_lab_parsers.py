@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from hifikit import gguf_io, parsers, runner
-from hifikit.steps import imatrix_statistics
+from hifikit import gguf_io, imatrix_stats, parsers, runner
 
 CTX, CHUNKS = 128, 3
 
@@ -78,13 +77,26 @@ def test_imatrix_file_and_statistics(tiny_model, tiny_text, tmp_path):
     assert summary["entries"] == len(matrices)
     assert summary["chunks"] == CHUNKS and summary["chunk_size"] == CTX
     assert parsers.parse_perplexity(res.text).n_chunks == CHUNKS
-    try:
-        rows = imatrix_statistics(tiny_model, out)
-    except parsers.ParseError:
-        # upstream's async logger can drop everything when show_statistics returns at once
+    ours = imatrix_stats.statistics(out)
+    assert len(ours) == len(matrices)
+    assert all(r.min <= r.mean <= r.max and r.n in (256, 512) and 0 <= r.zd_pct <= 100 for r in ours)
+    assert {r.layer for r in ours} == {"0", "1"}
+    assert all(r.cos_sim == 0 for r in ours if r.layer == "0") and all(r.cos_sim > 0 for r in ours if r.layer == "1")
+    # the tool's printout, when its logger got to write it, says the same
+    for _ in range(5):
+        printed = runner.run_tool("llama-imatrix", ["-m", tiny_model, "--in-file", out, "--show-statistics"]).text
+        if "Computing statistics" in printed:
+            break
+    else:
         pytest.xfail("llama-imatrix --show-statistics printed nothing (common_log not flushed at exit)")
-    assert len(rows) == len(matrices)
-    assert all(r.min <= r.mean <= r.max and r.n in (256, 512) for r in rows)
+    rows = parsers.parse_imatrix_statistics(printed)
+    assert [(r.layer, r.tensor) for r in rows] == [(r.layer, r.tensor) for r in ours]
+    for tool, mine in zip(rows, ours):
+        assert tool.sum_act2 == pytest.approx(mine.sum_act2, rel=1e-3, abs=0.01)
+        assert tool.max == pytest.approx(mine.max, rel=1e-3, abs=1e-4)
+        assert tool.entropy == pytest.approx(mine.entropy, abs=1e-3)
+        assert tool.zd_pct == pytest.approx(mine.zd_pct, abs=0.01)
+        assert tool.cos_sim == pytest.approx(mine.cos_sim, abs=1e-3)
 
 
 def test_bench_json(tiny_model, quantized):

@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .. import atomic, jobs, kld, steps
+from .. import atomic, imatrix_stats, jobs, kld
 from .common import add_eval_args, add_json, model_path, positive, run_job, step_result
 from .output import emit_json, say, table
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     res = step_result(run, "imatrix")
     stats = None
     if args.show_statistics:
-        stats = [dataclasses.asdict(s) for s in steps.imatrix_statistics(model, Path(res["path"]))]
+        stats = [dataclasses.asdict(s) for s in imatrix_stats.statistics(res["path"])]
     if args.json:
         emit_json({"run": run["id"], **res, **({"statistics": stats} if stats is not None else {})})
         return 0
@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
         f"[run {run['id']}]")
     if stats:
         say(table(["layer", "tensor", "Σ(act²)", "min", "max", "mean", "σ", "active %", "ZD %", "cos"],
-                  [[s["layer"], s["tensor"], s["sum_act2"], s["min"], s["max"], s["mean"], s["std"],
-                    s["active_pct"], s["zd_pct"], s["cos_sim"]] for s in stats]))
+                  [[s["layer"], s["tensor"], f"{s['sum_act2']:.2f}", f"{s['min']:.4f}", f"{s['max']:.4f}",
+                    f"{s['mean']:.2f}", f"{s['std']:.2f}", f"{s['active_pct']:.2f}", f"{s['zd_pct']:.2f}",
+                    f"{s['cos_sim']:.4f}"] for s in stats], right=[True, False] + [True] * 8))
     return 0
 
 
