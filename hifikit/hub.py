@@ -88,8 +88,8 @@ def convert_script() -> Path:
         script = pristine_tree(download=False) / CONVERT_SCRIPT
     except UpstreamError as exc:
         raise HifikitError(f"{CONVERT_SCRIPT} not found: reinstall hifikit ({exc})") from None
-    if not script.is_file():
-        raise HifikitError(f"{script} is missing")
+    if not script.is_file() or not (script.parent / "conversion").is_dir():
+        raise HifikitError(f"{script} (with its conversion/ package) is missing")
     return script
 
 
