@@ -1,4 +1,4 @@
-"""The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench.
+"""The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench, calib, fetch, convert.
 
 Each takes a JSON spec (stored in the runs database, so `runs resume` needs
 nothing else) and returns a StepOutput. Outputs are written atomically.
