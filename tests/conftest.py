@@ -1,6 +1,12 @@
-"""Shared fixtures: the built package, a private HIFIKIT_HOME, the pristine tree."""
+"""Shared fixtures: the built package, a private HIFIKIT_HOME, the pristine tree, a tiny model.
+
+Tests exercise the *installed* hifikit (pip install '.[test]'), whose package holds the built
+binaries and libraries. A developer may point HIFIKIT_BIN_DIR / HIFIKIT_LIB_DIR /
+HIFIKIT_BUILD_INFO at a cmake build instead.
+"""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,12 +18,23 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def hifikit_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own runs database and caches."""
+    home = tmp_path / "hifikit-home"
+    monkeypatch.setenv("HIFIKIT_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def built() -> Path:
-    """The directory of the bundled binaries; the package must have been built (pip install .)."""
+    """The directory of the built binaries; a missing build fails the test (never skips it)."""
     from hifikit import paths
     from hifikit.errors import NotBuiltError
 
+    if paths.PACKAGE_DIR.parent == REPO and not os.environ.get("HIFIKIT_BIN_DIR"):
+        pytest.fail(f"tests imported hifikit from the source checkout {paths.PACKAGE_DIR}; "
+                    "run pytest (not python -m pytest) after pip install '.[test]'")
     try:
         exe = paths.binary("llama-quantize")
         paths.build_info()
@@ -26,19 +43,24 @@ def built() -> Path:
     return exe.parent
 
 
-@pytest.fixture(autouse=True)
-def hifikit_home(tmp_path_factory, monkeypatch) -> Path:
-    home = tmp_path_factory.mktemp("hifikit-home")
-    monkeypatch.setenv("HIFIKIT_HOME", str(home))
-    return home
-
-
 @pytest.fixture(scope="session")
 def pristine() -> Path:
     """The pinned pristine llama.cpp tree (the build left it in the cache)."""
     from hifikit import upstream
 
     return upstream.pristine_tree(download=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(built, tmp_path_factory) -> Path:
+    from synthetic import write_model
+    return write_model(tmp_path_factory.mktemp("models") / "tiny-f16.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> Path:
+    from synthetic import write_text
+    return write_text(tmp_path_factory.mktemp("text") / "text.txt")
 
 
 def hifikit_command() -> list[str]:
@@ -54,9 +76,31 @@ def hifikit_command() -> list[str]:
 
 def run_hifikit(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run the installed `hifikit` command line in a subprocess."""
-    proc = subprocess.run([*hifikit_command(), *args], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **kwargs.pop("env", {})},
-                          **kwargs)
+    proc = subprocess.run([*hifikit_command(), *map(str, args)], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     if check and proc.returncode != 0:
-        raise AssertionError(f"hifikit {' '.join(args)} exited {proc.returncode}\n{proc.stderr}")
+        raise AssertionError(f"hifikit {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr}")
     return proc
+
+
+class CLI:
+    """Run ``hifikit`` in a subprocess (exit code, stdout and stderr kept apart)."""
+
+    def __call__(self, *args, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return run_hifikit(*args, check=check, env=self.env(), **kw)
+
+    @staticmethod
+    def argv(*args) -> list[str]:
+        return [*hifikit_command(), *map(str, args)]
+
+    @staticmethod
+    def env() -> dict[str, str]:
+        return dict(os.environ)
+
+    def json(self, *args) -> object:
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(built) -> CLI:
+    return CLI()

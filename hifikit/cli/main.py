@@ -8,10 +8,11 @@ import sys
 
 from .. import __version__
 from ..errors import HifikitError
-from . import info, tool
+from . import bench, calib, compare, fetch, imatrix, info, inspect, quantize, runs, tool
+from . import eval as eval_
 
 # each module registers one noun: add_parser(subparsers) sets args.func
-COMMANDS = (info, tool)
+COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, runs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except HifikitError as exc:
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hifikit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hifikit ... | head`
+        sys.stderr.close()
+        return 141
     except OSError as exc:
         if os.environ.get("HIFIKIT_DEBUG"):
             raise

@@ -1,0 +1,47 @@
+"""Helpers shared by the subcommands that start jobs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .. import gguf_io, jobs, progress
+from ..errors import HifikitError
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output (no progress bars)")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", type=Path, required=True, help="evaluation text file")
+    p.add_argument("--ctx", type=int, default=512, help="context size per chunk (default 512)")
+    p.add_argument("--chunks", type=int, default=None, help="chunks to score (default: all that fit)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the tools")
+
+
+def progress_mode(args: argparse.Namespace) -> bool | None:
+    return progress.enabled_for(args)
+
+
+def model_path(path: Path) -> Path:
+    """A GGUF given on the command line, checked before any job starts."""
+    gguf_io.check_file(path)
+    gguf_io.open_reader(path)
+    return path.resolve()
+
+
+def positive(value: int | None, name: str) -> None:
+    if value is not None and value <= 0:
+        raise HifikitError(f"--{name} must be positive, got {value}")
+
+
+def run_job(command: str, args: dict[str, Any], steps: list[jobs.StepSpec], ns: argparse.Namespace) -> dict:
+    return jobs.start(command, args, steps, progress=progress_mode(ns))
+
+
+def step_result(run: dict, name: str) -> dict:
+    for step in run["steps"]:
+        if step["name"] == name:
+            return step["result"] or {}
+    raise HifikitError(f"run {run['id']} has no step {name}")

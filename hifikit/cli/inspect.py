@@ -1,0 +1,46 @@
+"""``hifikit inspect MODEL.gguf``: tensors, shapes, types and sizes."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import gguf_io
+from .common import add_json
+from .output import emit_json, say, table
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="tensors, shapes, types and sizes of a GGUF file")
+    p.add_argument("model", type=Path)
+    p.add_argument("--metadata", action="store_true", help="also print the metadata key/values")
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = gguf_io.read_info(args.model)
+    if args.json:
+        data = gguf_io_dict(info)
+        if not args.metadata:
+            data.pop("metadata")
+        emit_json(data)
+        return 0
+    say(f"{info.path}: {info.architecture or '?'} '{info.name or ''}', {info.n_tensors} tensors, "
+        f"{info.n_elements / 1e6:.2f} M weights, {info.size_mib:.2f} MiB of tensors ({info.bits_per_weight:.3f} BPW)")
+    say("types: " + ", ".join(f"{k} ×{v}" for k, v in sorted(info.types.items())))
+    if args.metadata:
+        for k, v in info.metadata.items():
+            say(f"  {k} = {v}")
+    say("")
+    say(table(["tensor", "shape", "type", "MiB", "BPW"],
+              [[t.name, "×".join(map(str, t.shape)), t.type, f"{t.n_bytes / 2**20:.3f}", f"{t.bits_per_weight:.3f}"]
+               for t in info.tensors], right=[False, False, False, True, True]))
+    return 0
+
+
+def gguf_io_dict(info: gguf_io.ModelInfo) -> dict:
+    from dataclasses import asdict
+    data = asdict(info)
+    data["size_mib"] = info.size_mib
+    data["bits_per_weight"] = info.bits_per_weight
+    return data

@@ -1,0 +1,165 @@
+"""Reading GGUF files: the one module that imports gguf-py.
+
+The build installs the patched gguf-py as ``hifikit._gguf`` so that HIFI type
+ids are known; a plain ``gguf`` install is the fallback (stock types only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from .errors import HifikitError
+
+try:  # the patched private copy installed with the build
+    from hifikit import _gguf as gguf  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the install
+    try:
+        import gguf  # type: ignore[no-redef]
+    except ImportError:
+        gguf = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    name: str
+    shape: list[int]          # ggml order: ne[0] is the row length
+    type: str                 # ggml_type_name spelling, e.g. "q4_K"
+    type_id: int
+    n_elements: int
+    n_bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.n_bytes / self.n_elements if self.n_elements else 0.0
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    path: str
+    size: int
+    architecture: str | None
+    name: str | None
+    file_type: int | None
+    n_tensors: int
+    n_elements: int
+    tensor_bytes: int
+    tensors: list[TensorInfo]
+    types: dict[str, int]     # type name -> tensor count
+    metadata: dict[str, Any]
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.tensor_bytes / self.n_elements if self.n_elements else 0.0
+
+    @property
+    def size_mib(self) -> float:
+        return self.tensor_bytes / (1024 * 1024)
+
+
+def _require_gguf():
+    if gguf is None:
+        raise HifikitError("the gguf package is missing: pip install gguf (or reinstall hifikit)")
+    return gguf
+
+
+def _type_names() -> dict[int, str]:
+    """Type names as the built ggml spells them; gguf-py's enum if the library is absent."""
+    try:
+        from . import ggml
+        return {t.id: t.name for t in ggml.load().types()}
+    except HifikitError:
+        return {int(t): t.name for t in _require_gguf().GGMLQuantizationType}
+
+
+def check_file(path: Path | str) -> Path:
+    """A readable file that starts with the GGUF magic, or one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise HifikitError(f"{path}: no such file")
+    if not path.is_file():
+        raise HifikitError(f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise HifikitError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
+    return path
+
+
+def open_reader(path: Path | str):
+    """A GGUFReader, with truncated and malformed files turned into one line."""
+    g = _require_gguf()
+    path = check_file(path)
+    try:
+        reader = g.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "type" in msg.lower() and ("not" in msg.lower() or "unknown" in msg.lower()) and "valid" in msg.lower():
+            raise HifikitError(f"{path}: uses a tensor type this gguf-py does not know ({msg}); "
+                               "install hifikit with its build so the patched gguf-py is used") from exc
+        raise HifikitError(f"{path}: truncated or malformed GGUF ({msg})") from exc
+    size = path.stat().st_size
+    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    if end > size:
+        raise HifikitError(f"{path}: truncated GGUF (tensor data ends at byte {end}, file has {size})")
+    return reader
+
+
+def _field_value(field) -> Any:
+    try:
+        value = field.contents()
+    except Exception:  # noqa: BLE001 - odd fields are skipped, not fatal
+        return None
+    if isinstance(value, list) and len(value) > 16:
+        return f"[{len(value)} items]"
+    return value
+
+
+def read_info(path: Path | str) -> ModelInfo:
+    reader = open_reader(path)
+    names = _type_names()
+    tensors = []
+    for t in reader.tensors:
+        type_id = int(t.tensor_type)
+        tensors.append(TensorInfo(
+            name=t.name, shape=[int(n) for n in t.shape], type=names.get(type_id, str(type_id)),
+            type_id=type_id, n_elements=int(t.n_elements), n_bytes=int(t.n_bytes)))
+    metadata = {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[t.type] = counts.get(t.type, 0) + 1
+    arch = metadata.get("general.architecture")
+    ftype = metadata.get("general.file_type")
+    return ModelInfo(
+        path=str(path), size=Path(path).stat().st_size,
+        architecture=arch if isinstance(arch, str) else None,
+        name=metadata.get("general.name") if isinstance(metadata.get("general.name"), str) else None,
+        file_type=int(ftype) if isinstance(ftype, int) else None,
+        n_tensors=len(tensors), n_elements=sum(t.n_elements for t in tensors),
+        tensor_bytes=sum(t.n_bytes for t in tensors), tensors=tensors, types=counts,
+        metadata=metadata)
+
+
+def general_type(path: Path | str) -> str | None:
+    """The general.type KV ("model", "imatrix", ...), None if absent."""
+    reader = open_reader(path)
+    field = reader.fields.get("general.type")
+    return _field_value(field) if field is not None else None
+
+
+def imatrix_summary(path: Path | str) -> dict[str, Any]:
+    """Chunks, chunk size, datasets and entry count of a GGUF imatrix file."""
+    reader = open_reader(path)
+    fields = {k: _field_value(f) for k, f in reader.fields.items()}
+    entries = [t.name[:-len(".in_sum2")] for t in reader.tensors if t.name.endswith(".in_sum2")]
+    return {
+        "chunks": fields.get("imatrix.chunk_count"),
+        "chunk_size": fields.get("imatrix.chunk_size"),
+        "datasets": fields.get("imatrix.datasets") or [],
+        "entries": len(entries),
+    }

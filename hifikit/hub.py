@@ -1,0 +1,122 @@
+"""Hugging Face downloads: GGUF repos as is, safetensors repos converted to GGUF.
+
+Downloads go through huggingface_hub (its cache, token and HF_ENDPOINT
+apply). Conversion runs the pinned llama.cpp tree's convert_hf_to_gguf.py,
+installed with hifikit under hifikit/convert (or found in the pristine tree
+of a source checkout); its heavy dependencies are the `hifikit[convert]` extra.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from . import atomic, db
+from .errors import HifikitError
+
+log = logging.getLogger(__name__)
+
+CONVERT_SCRIPT = "convert_hf_to_gguf.py"
+CONVERT_MODULES = ("torch", "transformers", "safetensors", "sentencepiece")
+
+
+@dataclasses.dataclass
+class FetchResult:
+    repo_id: str
+    revision: str | None
+    commit: str | None
+    snapshot: str
+    files: list[str]
+    kind: str                 # "gguf" | "safetensors"
+
+
+def _hf():
+    try:
+        import huggingface_hub
+        from huggingface_hub import errors
+    except ImportError:
+        raise HifikitError("huggingface_hub is missing: pip install huggingface-hub") from None
+    return huggingface_hub, errors
+
+
+def download(repo_id: str, revision: str | None = None, include: list[str] | None = None,
+             progress: bool | None = None) -> FetchResult:
+    hf, errors = _hf()
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    try:
+        snapshot = hf.snapshot_download(repo_id, revision=revision, allow_patterns=include or None)
+    except errors.GatedRepoError:
+        raise HifikitError(f"{repo_id} is gated: accept its terms on the Hub, then log in "
+                           "('hf auth login') or set HF_TOKEN") from None
+    except errors.RevisionNotFoundError:
+        raise HifikitError(f"{repo_id}: revision {revision!r} does not exist") from None
+    except errors.RepositoryNotFoundError:
+        raise HifikitError(f"{repo_id}: no such repository on the Hub (or it is private: log in or set "
+                           "HF_TOKEN)") from None
+    except errors.LocalEntryNotFoundError as exc:
+        raise HifikitError(f"{repo_id}: cannot reach the Hub and nothing is cached ({_first(exc)})") from None
+    except errors.HfHubHTTPError as exc:
+        raise HifikitError(f"{repo_id}: download failed: {_first(exc)}") from None
+    root = Path(snapshot)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    if not files:
+        raise HifikitError(f"{repo_id}: nothing matched {include or 'the repository'}")
+    ggufs = [f for f in files if f.endswith(".gguf")]
+    kind = "gguf" if ggufs else "safetensors" if any(f.endswith(".safetensors") for f in files) else ""
+    if not kind:
+        raise HifikitError(f"{repo_id}: neither GGUF nor safetensors files in {', '.join(files[:8])}")
+    return FetchResult(repo_id, revision, root.name, str(root), ggufs if kind == "gguf" else files, kind)
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def convert_script() -> Path:
+    """convert_hf_to_gguf.py of the pinned tree: installed copy first, then the pristine source."""
+    installed = Path(__file__).resolve().parent / "convert" / CONVERT_SCRIPT
+    if installed.is_file():
+        return installed
+    try:
+        from .upstream import UpstreamError, pristine_tree
+        script = pristine_tree(download=False) / CONVERT_SCRIPT
+    except UpstreamError as exc:
+        raise HifikitError(f"{CONVERT_SCRIPT} not found: reinstall hifikit ({exc})") from None
+    if not script.is_file() or not (script.parent / "conversion").is_dir():
+        raise HifikitError(f"{script} (with its conversion/ package) is missing")
+    return script
+
+
+def missing_convert_modules() -> list[str]:
+    return [m for m in CONVERT_MODULES if importlib.util.find_spec(m) is None]
+
+
+def convert(snapshot: Path, output: Path, outtype: str = "f16", log_path: Path | None = None) -> Path:
+    missing = missing_convert_modules()
+    if missing:
+        raise HifikitError(f"converting safetensors needs {', '.join(missing)}: pip install 'hifikit[convert]'")
+    script = convert_script()
+    with atomic.output_file(output) as tmp:
+        cmd = [sys.executable, str(script), str(snapshot), "--outfile", str(tmp), "--outtype", outtype]
+        with open(log_path or Path("/dev/null"), "a") as logf:
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-10:] if log_path else []
+            raise HifikitError(f"{CONVERT_SCRIPT} failed with exit code {proc.returncode} (log: {log_path})\n"
+                               + "\n".join(tail))
+    return output
+
+
+def models_dir() -> Path:
+    return db.home() / "models"
+
+
+def converted_path(result: FetchResult, outtype: str) -> Path:
+    name = result.repo_id.replace("/", "--")
+    return models_dir() / name / (result.commit or "unknown") / f"{result.repo_id.split('/')[-1]}-{outtype.upper()}.gguf"
