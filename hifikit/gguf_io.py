@@ -163,3 +163,16 @@ def imatrix_summary(path: Path | str) -> dict[str, Any]:
         "datasets": fields.get("imatrix.datasets") or [],
         "entries": len(entries),
     }
+
+
+HIFI_SUFFIX = "_HIFI"
+
+
+def hifi_type_ids() -> dict[str, int]:
+    """HIFI type name -> ggml type id, as the gguf-py in use knows them."""
+    g = _require_gguf()
+    ids = {t.name: int(t) for t in g.GGMLQuantizationType if t.name.endswith(HIFI_SUFFIX)}
+    if not ids:
+        raise HifikitError(f"the gguf-py in use ({g.__name__} from {g.__file__}) has no HIFI types: "
+                           "install hifikit with its build so the patched copy hifikit._gguf is used")
+    return ids
