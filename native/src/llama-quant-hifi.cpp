@@ -166,7 +166,7 @@ void llama_hifi_log_recipe(llama_ftype ftype, int n_layer, uint64_t n_params) {
         const hifi_rule & rule = recipe->rules[i];
         const int pct = rule.layer_pct(n_params);
         if (rule.role == LLAMA_HIFI_ROLE_OUTPUT || rule.role == LLAMA_HIFI_ROLE_TOKEN_EMBD || pct >= 100) {
-            LLAMA_LOG_INFO("%s:   %-11s -> %-9s\n", __func__, hifi_role_name(rule.role), ggml_type_name(rule.type));
+            LLAMA_LOG_INFO("%s:   %-11s -> %s\n", __func__, hifi_role_name(rule.role), ggml_type_name(rule.type));
         } else {
             const int n_cut = hifi_rule_n_cut(rule, n_layer, n_params);
             if (n_cut > 0) {
