@@ -208,3 +208,118 @@ def _random_tensor(rng: np.random.Generator, t: TensorSpec) -> np.ndarray:
     idx = rng.integers(0, t.n_per_row, size=(flat.shape[0], 2))
     np.put_along_axis(flat, idx, 12.0 * scale * rng.choice([-1.0, 1.0], size=idx.shape), axis=1)
     return w.astype(t.dtype)
+
+
+# --------------------------------------------------------------------------
+# reading a GGUF's tensor table without gguf-py (whose type tables may not know the HIFI ids)
+
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    ne: tuple[int, ...]
+    type_id: int
+    offset: int   # absolute file offset of the data
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFIndex:
+    tensors: dict[str, TensorEntry]
+    scalars: dict[str, int | float | bool]   # the scalar KV fields (strings and arrays left out)
+
+
+def read_index(path: Path | str) -> GGUFIndex:
+    """Tensor table (names, shapes, ggml type ids, data offsets) and scalar KVs of a GGUF file."""
+    import struct
+
+    data = Path(path).read_bytes()
+    pos = 0
+
+    def take(fmt: str):
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return value
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<Q")
+        pos += n
+        return data[pos - n:pos].decode()
+
+    def skip_value(vtype: int) -> None:
+        if vtype == 8:
+            string()
+        elif vtype == 9:
+            sub, n = take("<I"), take("<Q")
+            for _ in range(n):
+                skip_value(sub)
+        else:
+            take(_SCALAR[vtype])
+
+    if data[:4] != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file")
+    pos = 4
+    take("<I")  # version
+    n_tensors, n_kv = take("<Q"), take("<Q")
+    scalars: dict[str, int | float | bool] = {}
+    for _ in range(n_kv):
+        key, vtype = string(), take("<I")
+        if vtype in _SCALAR:
+            scalars[key] = take(_SCALAR[vtype])
+        else:
+            skip_value(vtype)
+    alignment = int(scalars.get("general.alignment", ALIGNMENT))
+    infos = []
+    for _ in range(n_tensors):
+        name, n_dims = string(), take("<I")
+        ne = tuple(take("<Q") for _ in range(n_dims))
+        infos.append((name, ne, take("<I"), take("<Q")))
+    start = (pos + alignment - 1) // alignment * alignment
+    tensors = {name: TensorEntry(name, ne, type_id, start + off) for name, ne, type_id, off in infos}
+    return GGUFIndex(tensors, scalars)
+
+
+def tensor_bytes(path: Path | str, entry: TensorEntry, n: int) -> bytes:
+    """The first n bytes of a tensor's data."""
+    with open(path, "rb") as f:
+        f.seek(entry.offset)
+        return f.read(n)
+
+
+def write_imatrix(path: Path | str, spec: ModelSpec, *, seed: int = 0, n_vocab: int | None = None) -> Path:
+    """An importance matrix GGUF (in_sum2 / counts per 2-D weight) for a model of this spec.
+
+    A few columns per tensor get a much larger importance, so an importance-aware
+    quantizer chooses differently than without it.
+    """
+    import gguf
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_name(path.name + ".tmp")
+    writer = gguf.GGUFWriter(tmp, "llama")
+    writer.add_string("general.type", "imatrix")
+    writer.add_array("imatrix.datasets", ["synthetic"])
+    writer.add_uint32("imatrix.chunk_count", 10)
+    writer.add_uint32("imatrix.chunk_size", 512)
+    for t in tensors(spec):
+        if len(t.shape) < 2 or t.name.startswith(("token_embd", "output")) or "_norm" in t.name:
+            continue
+        n_mat = t.shape[0] if len(t.shape) == 3 else 1
+        sums = rng.uniform(0.5, 1.5, size=(n_mat, t.n_per_row)).astype(np.float32)
+        hot = rng.integers(0, t.n_per_row, size=(n_mat, max(1, t.n_per_row // 64)))
+        np.put_along_axis(sums, hot, 400.0, axis=1)
+        counts = np.full(n_mat, 5120.0, dtype=np.float32)
+        writer.add_tensor(t.name + ".in_sum2", (sums * counts[:, None]).reshape(-1))
+        writer.add_tensor(t.name + ".counts", counts)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    tmp.replace(path)
+    return path
