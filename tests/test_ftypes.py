@@ -467,6 +467,8 @@ def test_quantized_file_runs_in_perplexity(quantize_bin, tiny_model, tmp_path, f
                           "-t", "2", "-b", "128"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert ppl.returncode == 0, ppl.stdout[-4000:]
-    m = re.search(r"Final estimate: PPL = ([0-9.]+)", ppl.stdout)
+    # the per-chunk value, not "Final estimate": at the pin llama-perplexity sometimes loses the tail
+    # of its log at exit (stock builds too, about one run in three on this machine)
+    m = re.search(r"\[1\]([0-9.]+|nan|inf)", ppl.stdout)
     assert m, ppl.stdout[-3000:]
     assert math.isfinite(float(m.group(1))) and float(m.group(1)) > 1.0
