@@ -142,16 +142,20 @@ def _pad(n: int) -> int:
 
 
 def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
-                tokenizer: bool = False, seed: int = 0) -> Path:
+                tokenizer: bool = False, seed: int = 0, split_max_tensors: int = 0) -> Path:
     """Write spec as a GGUF at path (atomically) and return path.
 
     tokenizer=True copies the llama SPM tokenizer and sets n_vocab from it.
+    split_max_tensors > 0 writes a split model (random weights only, not atomic) named
+    like llama.cpp's splits (STEM-00001-of-0000N.gguf) and returns its first file.
     """
     import gguf
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(tmp, "llama")
+    if split_max_tensors and sparse:
+        raise ValueError("a split model is written with its weights (sparse=False)")
+    tmp = path if split_max_tensors else path.with_name(path.name + ".tmp")
+    writer = gguf.GGUFWriter(tmp, "llama", split_max_tensors=split_max_tensors)
     if tokenizer:
         n_vocab = _copy_tokenizer(writer, vocab_path())
         spec = dataclasses.replace(spec, n_vocab=n_vocab)
@@ -190,6 +194,9 @@ def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
             writer.write_tensors_to_file()
     finally:
         writer.close()
+    if split_max_tensors:
+        first = writer.format_shard_names(path)[0]
+        return first
     if sparse:
         # the data region is a hole: header, padding, then every tensor padded to the alignment
         data_start = _pad(tmp.stat().st_size)

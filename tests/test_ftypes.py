@@ -370,6 +370,14 @@ def test_hifi_thresholds_are_inclusive(quantize_bin, tmp_path, threshold, below,
         assert f"model has {n} parameters" in log and f"--hifi -> {want}" in log
 
 
+def test_hifi_counts_every_split(quantize_bin, tmp_path):
+    first = fm.write_model(tmp_path / "split.gguf", TINY, sparse=False, split_max_tensors=12)
+    assert first.name == "split-00001-of-00004.gguf"
+    assert fm.n_params(TINY) > sum(e.ne[0] * math.prod(e.ne[1:]) for e in fm.read_index(first).tensors.values())
+    log = dry_run(quantize_bin, first, None, "--hifi").log
+    assert f"model has {fm.n_params(TINY)} parameters" in log
+
+
 def test_hifi_rejects_an_explicit_type(quantize_bin, models):
     proc = run_quantize(quantize_bin, "--dry-run", "--hifi", models["small28"], "Q4_K_M", check=False)
     assert proc.returncode != 0
