@@ -2,6 +2,7 @@
 
 #include "ggml.h"
 #include "gguf.h"
+#include "llama.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -12,14 +13,13 @@ struct quantize_hifi_scale_info {
     quantize_hifi_scale scale;
     const char *        name;
     int64_t             max_params; // largest parameter count of this scale
-    llama_ftype         ftype;
-    const char *        ftype_name;
+    const char *        ftype_name; // as in llama-quantize's type list
 };
 
 static const quantize_hifi_scale_info hifi_scales[] = {
-    { QUANTIZE_HIFI_SCALE_SMALL,  "small",   2000000000LL, LLAMA_FTYPE_MOSTLY_Q3_K_HIFI,   "Q3_K_HIFI"   },
-    { QUANTIZE_HIFI_SCALE_MEDIUM, "medium", 10000000000LL, LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M" },
-    { QUANTIZE_HIFI_SCALE_LARGE,  "large",      INT64_MAX, LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L" },
+    { QUANTIZE_HIFI_SCALE_SMALL,  "small",   2000000000LL, "Q3_K_HIFI"   },
+    { QUANTIZE_HIFI_SCALE_MEDIUM, "medium", 10000000000LL, "Q4_K_HIFI_M" },
+    { QUANTIZE_HIFI_SCALE_LARGE,  "large",      INT64_MAX, "Q4_K_HIFI_L" },
 };
 
 static const quantize_hifi_scale_info & hifi_scale_info(quantize_hifi_scale scale) {
@@ -48,10 +48,6 @@ quantize_hifi_scale quantize_hifi_scale_for(int64_t n_params) {
         }
     }
     return QUANTIZE_HIFI_SCALE_LARGE;
-}
-
-llama_ftype quantize_hifi_ftype(quantize_hifi_scale scale) {
-    return hifi_scale_info(scale).ftype;
 }
 
 const char * quantize_hifi_ftype_name(quantize_hifi_scale scale) {

@@ -1,7 +1,5 @@
 #pragma once
 
-#include "llama.h"
-
 #include <cstdint>
 #include <string>
 
@@ -28,8 +26,7 @@ bool quantize_hifi_parse_scale(const char * name, quantize_hifi_scale & scale);
 // the scale of a model with n_params parameters
 quantize_hifi_scale quantize_hifi_scale_for(int64_t n_params);
 
-// the ftype of a scale and its name in llama-quantize's type list
-llama_ftype  quantize_hifi_ftype     (quantize_hifi_scale scale);
+// the name of a scale's ftype in llama-quantize's type list
 const char * quantize_hifi_ftype_name(quantize_hifi_scale scale);
 
 // sum of the element counts of the model's tensors, over all splits of a split model
