@@ -1,0 +1,181 @@
+#include "llama-quant-hifi.h"
+
+#include "llama-impl.h"
+
+#include <cinttypes>
+#include <cstdio>
+
+//
+// layer cuts: the percentage of leading layers a rule covers, as a function of the model size
+// tensors outside the repeating blocks (output, token_embd) are always covered
+//
+
+static int hifi_layers_all(uint64_t /*n_params*/) {
+    return 100;
+}
+
+// Q3_K_HIFI: the seed used layers 0-10 of a 28-layer model (Qwen3 0.6B/1.7B)
+// the first 40% of the layers (rounded down) is the same cut there and scales with n_layer
+static int hifi_layers_q3_early(uint64_t /*n_params*/) {
+    return 40;
+}
+
+// Q4_K_HIFI: ffn_down coverage shrinks with the model size (seed 001)
+static int hifi_layers_q4_ffn_down(uint64_t n_params) {
+    if (n_params <= 10000000000ull) return 50;
+    if (n_params <= 70000000000ull) return 25;
+    return 0;
+}
+
+// Q4_K_HIFI: above 100B only the first quarter of attn_v (seed 001)
+static int hifi_layers_q4_attn_v(uint64_t n_params) {
+    return n_params > 100000000000ull ? 25 : 100;
+}
+
+//
+// recipes
+//
+
+struct hifi_rule {
+    llama_hifi_role role;
+    ggml_type       type;
+    int          (* layer_pct)(uint64_t n_params);
+};
+
+#define HIFI_MAX_RULES 6
+
+struct hifi_recipe {
+    llama_ftype  ftype;
+    const char * name;
+    llama_ftype  base;      // stock mixture for what the rules do not name; the ftype itself = upstream's generic rules
+    const char * base_name;
+    hifi_rule    rules[HIFI_MAX_RULES]; // unused entries are zero, i.e. LLAMA_HIFI_ROLE_OTHER
+};
+
+static const hifi_recipe hifi_recipes[] = {
+    {
+        LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", {
+            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q3_K_HIFI, hifi_layers_q3_early    },
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q3_K_HIFI, hifi_layers_q3_early    },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q3_K_HIFI, hifi_layers_all         },
+        },
+    },
+    {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K_HIFI", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K", {
+            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_attn_v   },
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_ffn_down },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
+        },
+    },
+    {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", {
+            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q5_K,      hifi_layers_all         },
+            { LLAMA_HIFI_ROLE_FFN_GATE,    GGML_TYPE_Q5_K,      hifi_layers_all         },
+            { LLAMA_HIFI_ROLE_TOKEN_EMBD,  GGML_TYPE_Q5_K,      hifi_layers_all         },
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K,      hifi_layers_all         },
+            { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K,      hifi_layers_all         },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
+        },
+    },
+    {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", {
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
+            { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
+        },
+    },
+};
+
+static const hifi_recipe * hifi_find_recipe(llama_ftype ftype) {
+    for (const auto & recipe : hifi_recipes) {
+        if (recipe.ftype == ftype) {
+            return &recipe;
+        }
+    }
+    return nullptr;
+}
+
+static const char * hifi_role_name(llama_hifi_role role) {
+    switch (role) {
+        case LLAMA_HIFI_ROLE_TOKEN_EMBD:  return "token_embd";
+        case LLAMA_HIFI_ROLE_OUTPUT:      return "output";
+        case LLAMA_HIFI_ROLE_ATTN_V:      return "attn_v";
+        case LLAMA_HIFI_ROLE_ATTN_OUTPUT: return "attn_output";
+        case LLAMA_HIFI_ROLE_FFN_GATE:    return "ffn_gate";
+        case LLAMA_HIFI_ROLE_FFN_DOWN:    return "ffn_down";
+        default:                          return "other";
+    }
+}
+
+// number of leading layers a rule covers
+static int hifi_rule_n_cut(const hifi_rule & rule, int n_layer, uint64_t n_params) {
+    return n_layer * rule.layer_pct(n_params) / 100;
+}
+
+bool llama_ftype_is_hifi(llama_ftype ftype) {
+    return hifi_find_recipe(ftype) != nullptr;
+}
+
+llama_ftype llama_ftype_hifi_base(llama_ftype ftype) {
+    const hifi_recipe * recipe = hifi_find_recipe(ftype);
+    return recipe ? recipe->base : ftype;
+}
+
+ggml_type llama_hifi_tensor_type(
+        llama_ftype         ftype,
+        llama_hifi_role     role,
+        const ggml_tensor * tensor,
+        int                 n_layer,
+        uint64_t            n_params,
+        ggml_type           base_type) {
+    const hifi_recipe * recipe = hifi_find_recipe(ftype);
+    if (recipe == nullptr || role == LLAMA_HIFI_ROLE_OTHER) {
+        return base_type;
+    }
+
+    for (int i = 0; i < HIFI_MAX_RULES && recipe->rules[i].role != LLAMA_HIFI_ROLE_OTHER; ++i) {
+        const hifi_rule & rule = recipe->rules[i];
+        if (rule.role != role) {
+            continue;
+        }
+        // a row that cannot take the recipe's block keeps the base ftype's choice (and its fallback)
+        if (tensor->ne[0] % ggml_blck_size(rule.type) != 0) {
+            return base_type;
+        }
+        int i_layer = -1;
+        if (sscanf(ggml_get_name(tensor), "blk.%d.", &i_layer) == 1 &&
+            rule.layer_pct(n_params) < 100 && i_layer >= hifi_rule_n_cut(rule, n_layer, n_params)) {
+            return base_type;
+        }
+        return rule.type;
+    }
+
+    return base_type;
+}
+
+void llama_hifi_log_recipe(llama_ftype ftype, int n_layer, uint64_t n_params) {
+    const hifi_recipe * recipe = hifi_find_recipe(ftype);
+    if (recipe == nullptr) {
+        return;
+    }
+
+    LLAMA_LOG_INFO("%s: %s for %" PRIu64 " parameters (%.2f B), %d layers; other tensors as %s\n",
+            __func__, recipe->name, n_params, n_params*1e-9, n_layer, recipe->base_name);
+
+    for (int i = 0; i < HIFI_MAX_RULES && recipe->rules[i].role != LLAMA_HIFI_ROLE_OTHER; ++i) {
+        const hifi_rule & rule = recipe->rules[i];
+        const int pct = rule.layer_pct(n_params);
+        if (rule.role == LLAMA_HIFI_ROLE_OUTPUT || rule.role == LLAMA_HIFI_ROLE_TOKEN_EMBD || pct >= 100) {
+            LLAMA_LOG_INFO("%s:   %-11s -> %s\n", __func__, hifi_role_name(rule.role), ggml_type_name(rule.type));
+        } else {
+            const int n_cut = hifi_rule_n_cut(rule, n_layer, n_params);
+            if (n_cut > 0) {
+                LLAMA_LOG_INFO("%s:   %-11s -> %-9s on layers 0-%d (%d%% of %d)\n", __func__,
+                        hifi_role_name(rule.role), ggml_type_name(rule.type), n_cut - 1, pct, n_layer);
+            } else {
+                LLAMA_LOG_INFO("%s:   %-11s -> %-9s on no layer (%d%% of %d)\n", __func__,
+                        hifi_role_name(rule.role), ggml_type_name(rule.type), pct, n_layer);
+            }
+        }
+    }
+}
