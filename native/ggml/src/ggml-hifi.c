@@ -21,10 +21,9 @@
 // points inside its own block.
 //
 // Quantization of one block:
-//   1. importance of each weight: the weight the base type's quantizer gives it,
-//      with the imatrix when there is one (qw * sqrt(sigma2 + x^2) for q3_K/q4_K/
-//      q5_K, qw for q6_K), without it the reference's (x^2 for q3_K/q6_K,
-//      rms(sub-block) + |x| for q4_K/q5_K)
+//   1. importance of each weight: the weight the base quantizers give it, with the
+//      imatrix qw when there is one (qw * sqrt(sigma2 + x^2)), without it the
+//      reference's (x^2 for q3_K/q6_K, rms(sub-block) + |x| for q4_K/q5_K)
 //   2. the HIFI_OUTLIERS weights with the largest importance * x^2 become outliers
 //   3. the base block is fitted without them: their value is replaced by 0 and,
 //      with an imatrix, their weight is set to 0, so they neither widen the
@@ -36,11 +35,12 @@
 
 #define HIFI_FP16_MAX 65504.0f
 
-// the weighting each base quantizer uses (ggml-quants.c), without / with an imatrix qw
+// importance of a weight, without / with an imatrix qw: the reference quantizers' weighting,
+// and the imatrix weighting of quantize_row_q3_K/q4_K/q5_K_impl (q6_K_impl uses qw alone, but
+// qw * sqrt(sigma2 + x^2) picked better q6_K outliers too, docs/hifi-kernels-cpu.md)
 enum hifi_importance {
-    HIFI_IMPORTANCE_X2,     // x^2                     / qw                        (q6_K)
-    HIFI_IMPORTANCE_SIGMA,  // x^2                     / qw * sqrt(sigma2 + x^2)   (q3_K)
-    HIFI_IMPORTANCE_RMS_AX, // rms(32 values) + |x|    / qw * sqrt(sigma2 + x^2)   (q4_K, q5_K)
+    HIFI_IMPORTANCE_X2,     // x^2                  / qw * sqrt(sigma2 + x^2)   (q3_K, q6_K)
+    HIFI_IMPORTANCE_RMS_AX, // rms(32 values) + |x| / qw * sqrt(sigma2 + x^2)   (q4_K, q5_K)
 };
 
 // the base type, seen one 256-weight block at a time
@@ -57,22 +57,18 @@ struct hifi_base {
 
 static void hifi_importance(const float * GGML_RESTRICT x, const float * GGML_RESTRICT qw,
         enum hifi_importance kind, float * GGML_RESTRICT imp) {
+    if (qw) {
+        float sum_x2 = 0;
+        for (int j = 0; j < QK_K; ++j) sum_x2 += x[j]*x[j];
+        const float sigma2 = 2*sum_x2/QK_K;
+        for (int j = 0; j < QK_K; ++j) imp[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j]);
+        return;
+    }
     switch (kind) {
         case HIFI_IMPORTANCE_X2:
-            for (int j = 0; j < QK_K; ++j) imp[j] = qw ? qw[j] : x[j]*x[j];
+            for (int j = 0; j < QK_K; ++j) imp[j] = x[j]*x[j];
             break;
-        case HIFI_IMPORTANCE_SIGMA:
-            {
-                float sum_x2 = 0;
-                for (int j = 0; j < QK_K; ++j) sum_x2 += x[j]*x[j];
-                const float sigma2 = 2*sum_x2/QK_K;
-                for (int j = 0; j < QK_K; ++j) imp[j] = qw ? qw[j] * sqrtf(sigma2 + x[j]*x[j]) : x[j]*x[j];
-            } break;
         case HIFI_IMPORTANCE_RMS_AX:
-            if (qw) {
-                hifi_importance(x, qw, HIFI_IMPORTANCE_SIGMA, imp);
-                break;
-            }
             for (int ib = 0; ib < QK_K/32; ++ib) {
                 float sum_x2 = 0;
                 for (int l = 0; l < 32; ++l) sum_x2 += x[32*ib + l]*x[32*ib + l];
@@ -256,7 +252,7 @@ static inline void hifi_add_outliers(const ggml_half * GGML_RESTRICT res, const 
         /*.idx_offset   =*/ offsetof(block_##bt##_hifi, idx), \
     };
 
-HIFI_BASE(q3_K, HIFI_IMPORTANCE_SIGMA)
+HIFI_BASE(q3_K, HIFI_IMPORTANCE_X2)
 HIFI_BASE(q4_K, HIFI_IMPORTANCE_RMS_AX)
 HIFI_BASE(q5_K, HIFI_IMPORTANCE_RMS_AX)
 HIFI_BASE(q6_K, HIFI_IMPORTANCE_X2)
