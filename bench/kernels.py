@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""CPU kernel throughput of each HIFI type relative to its base K-quant type.
+
+Runs the built ``test-backend-ops perf -b CPU -o OP`` with a params filter that keeps the
+HIFI types and their base types, so both run in the same process, interleaved, on the
+same shapes. Repeats the run, pairs every HIFI case with the base case of identical
+parameters, and prints the throughput ratio HIFI/base (= base time / HIFI time) as
+min / median / max over the repetitions.
+
+  bench/kernels.py [--bin-dir DIR] [--reps 3] [--ops MUL_MAT,GET_ROWS] [--n 1,8] [--json]
+
+The binary comes from --bin-dir, else $HIFIKIT_BIN_DIR. Goal: ratio >= 0.95.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PAIRS = {  # HIFI type -> base type, as ggml_type_name prints them
+    "q3_K_hifi": "q3_K",
+    "q4_K_hifi": "q4_K",
+    "q5_K_hifi": "q5_K",
+    "q6_K_hifi": "q6_K",
+}
+TYPE_KEYS = ("type_a", "type")  # MUL_MAT names its weight type type_a, GET_ROWS type
+
+# "  MUL_MAT(type_a=q4_K,...):     1234 runs -   811.00 us/run - ..."
+LINE = re.compile(r"^\s*(?P<op>[A-Z_]+)\((?P<params>.*)\):\s+(?P<runs>\d+) runs -\s+(?P<us>[\d.]+) us/run")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class Ratio:
+    op: str
+    hifi: str
+    base: str
+    params: str                     # the case's parameters with the type replaced by "*"
+    base_us: list[float] = field(default_factory=list)
+    hifi_us: list[float] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [b / h for b, h in zip(self.base_us, self.hifi_us) if h > 0]
+
+
+def find_binary(bin_dir: str | None) -> Path:
+    d = bin_dir or os.environ.get("HIFIKIT_BIN_DIR")
+    if not d:
+        sys.exit("bench/kernels.py: give --bin-dir or set HIFIKIT_BIN_DIR")
+    exe = Path(d) / "test-backend-ops"
+    if not exe.is_file():
+        sys.exit(f"bench/kernels.py: {exe} not found (build the test-backend-ops target)")
+    return exe
+
+
+def split_type(params: str) -> tuple[str | None, str]:
+    """Returns (weight type, params with that type replaced by '*')."""
+    for key in TYPE_KEYS:
+        m = re.search(rf"(^|,){key}=([A-Za-z0-9_]+)", params)
+        if m:
+            return m.group(2), params[:m.start(2)] + "*" + params[m.end(2):]
+    return None, params
+
+
+def run_once(exe: Path, op: str, params_filter: str) -> dict[tuple[str, str, str], float]:
+    cmd = [str(exe), "perf", "-b", "CPU", "-o", op, "-p", params_filter]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench/kernels.py: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}")
+    out: dict[tuple[str, str, str], float] = {}
+    for line in proc.stdout.splitlines():
+        m = LINE.match(ANSI.sub("", line))
+        if not m:
+            continue
+        typ, rest = split_type(m.group("params"))
+        if typ is not None:
+            out[(m.group("op"), typ, rest)] = float(m.group("us"))
+    return out
+
+
+def params_filter(op: str, ns: list[int]) -> str:
+    types = "|".join(sorted(set(PAIRS) | set(PAIRS.values())))
+    key = "type_a" if op == "MUL_MAT" else "type"
+    flt = rf"(^|,){key}=({types}),"
+    if op == "MUL_MAT" and ns:
+        flt += rf".*,n=({'|'.join(map(str, ns))}),"
+    return flt
+
+
+def collect(exe: Path, ops: list[str], reps: int, ns: list[int]) -> list[Ratio]:
+    results: dict[tuple[str, str, str], Ratio] = {}
+    for rep in range(reps):
+        for op in ops:
+            times = run_once(exe, op, params_filter(op, ns))
+            for (o, typ, rest), us in times.items():
+                base = PAIRS.get(typ)
+                if base is None or (o, base, rest) not in times:
+                    continue
+                r = results.setdefault((o, typ, rest), Ratio(o, typ, base, rest))
+                r.hifi_us.append(us)
+                r.base_us.append(times[(o, base, rest)])
+        print(f"repetition {rep + 1}/{reps} done", file=sys.stderr)
+    return list(results.values())
+
+
+def short(params: str) -> str:
+    keep = [p for p in params.split(",") if p.split("=")[0] in ("m", "n", "k", "ne", "r", "b")]
+    return ",".join(keep) or params[:40]
+
+
+def print_table(rows: list[Ratio]) -> None:
+    print(f"{'op':9} {'type':10} {'shape':28} {'base us':>9} {'hifi us':>9} {'min':>6} {'median':>6} {'max':>6}")
+    for r in sorted(rows, key=lambda r: (r.op, r.hifi, r.params)):
+        q = r.ratios
+        print(f"{r.op:9} {r.hifi:10} {short(r.params):28} {statistics.median(r.base_us):9.1f} "
+              f"{statistics.median(r.hifi_us):9.1f} {min(q):6.3f} {statistics.median(q):6.3f} {max(q):6.3f}")
+    print()
+    print("summary (all shapes and repetitions): HIFI/base throughput")
+    for op in sorted({r.op for r in rows}):
+        for hifi in sorted(PAIRS):
+            q = [x for r in rows if r.op == op and r.hifi == hifi for x in r.ratios]
+            if q:
+                print(f"{op:9} {hifi:10} min {min(q):.3f}  median {statistics.median(q):.3f}  max {max(q):.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bin-dir", help="directory with test-backend-ops (default: $HIFIKIT_BIN_DIR)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--ops", default="MUL_MAT,GET_ROWS")
+    ap.add_argument("--n", default="1,8,512", help="MUL_MAT batch sizes to keep (test-backend-ops perf has 1-5,8,512)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    exe = find_binary(args.bin_dir)
+    ns = [int(x) for x in args.n.split(",") if x]
+    rows = collect(exe, [o for o in args.ops.split(",") if o], args.reps, ns)
+    if not rows:
+        sys.exit("bench/kernels.py: no HIFI/base pair found in the perf output "
+                 "(is test-backend-ops built with the HIFI types in its perf lists?)")
+    if args.json:
+        print(json.dumps([asdict(r) | {"ratios": r.ratios} for r in rows], indent=2))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
