@@ -22,7 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
-VOCAB_FILE = "models/ggml-vocab-llama-spm.gguf"
+# the tokenizer fields come from the same vocab GGUF as the lab's synthetic model
+from synthetic import _copy_tokenizer, vocab_path
 ALIGNMENT = 32  # GGUF default
 
 
@@ -97,44 +98,6 @@ def tensors(spec: ModelSpec) -> Iterator[TensorSpec]:
 def n_params(spec: ModelSpec) -> int:
     """Parameter count as llama-quantize --hifi counts it: elements summed over all tensors."""
     return sum(t.n_elements for t in tensors(spec))
-
-
-def vocab_path() -> Path:
-    """The llama SPM vocab GGUF of the pristine tree (never downloads)."""
-    from hifikit.upstream import pristine_tree
-
-    path = pristine_tree(download=False) / VOCAB_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the pristine llama.cpp tree")
-    return path
-
-
-def _copy_tokenizer(writer, vocab: Path) -> int:
-    """Copy the tokenizer.* KV fields of vocab; return the vocabulary size."""
-    import gguf
-
-    reader = gguf.GGUFReader(vocab)
-    n_vocab = 0
-    for name, field in reader.fields.items():
-        if not name.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            if sub == gguf.GGUFValueType.STRING:
-                values = [bytes(field.parts[i]) for i in field.data]
-            else:
-                values = [field.parts[i][0].item() for i in field.data]
-            if name == "tokenizer.ggml.tokens":
-                n_vocab = len(values)
-            writer.add_key_value(name, values, vtype, sub_type=sub)
-        elif vtype == gguf.GGUFValueType.STRING:
-            writer.add_key_value(name, bytes(field.parts[field.data[0]]).decode(), vtype)
-        else:
-            writer.add_key_value(name, field.parts[field.data[0]][0].item(), vtype)
-    if not n_vocab:
-        raise ValueError(f"{vocab} has no tokenizer.ggml.tokens")
-    return n_vocab
 
 
 def _pad(n: int) -> int:

@@ -64,8 +64,10 @@ def test_info_reports_pin_and_series(built):
 
 
 def test_type_table_matches_gguf(built):
-    """Every type of the built library agrees with gguf-py's tables (the pinned tree's and PyPI's)."""
-    import gguf as pypi_gguf
+    """Every type of the built library agrees with the pinned tree's gguf-py, in both directions.
+
+    (PyPI's gguf is not the reference: gguf 0.19.0 still gives Q8_1 40 bytes where ggml uses 36.)
+    """
     from hifikit import _gguf as pinned_gguf
 
     info = json.loads(run_hifikit("info", "--json").stdout)
@@ -77,13 +79,6 @@ def test_type_table_matches_gguf(built):
         assert t["name"].upper() == qtype.name.upper()
         assert (t["block_size"], t["type_size"]) == (block, size), qtype.name
     assert set(by_id) == {int(q) for q in pinned_gguf.GGMLQuantizationType}
-    compared = 0
-    for qtype in pypi_gguf.GGMLQuantizationType:
-        if int(qtype) in by_id and qtype.name.upper() == by_id[int(qtype)]["name"].upper():
-            assert (by_id[int(qtype)]["block_size"], by_id[int(qtype)]["type_size"]) == \
-                pypi_gguf.GGML_QUANT_SIZES[qtype]
-            compared += 1
-    assert compared >= 30  # PyPI's gguf may lag the pin by a few types, never by most
 
 
 def test_info_text_lists_types(built):
