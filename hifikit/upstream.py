@@ -75,8 +75,12 @@ def _download_sdist(cache: Path) -> Path:
            f"{SDIST_PROJECT}=={SDIST_VERSION}"]
     print(f"hifikit: downloading {SDIST_PROJECT}=={SDIST_VERSION} sdist (llama.cpp source) with pip",
           file=sys.stderr)
+    # Inside `pip install .` the build runs in pip's isolated environment, whose PYTHONPATH hides
+    # the interpreter's own site-packages (and pip with them). The user's pip configuration
+    # (PIP_* variables, pip.conf) is kept; only the isolation is undone for this child.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PIP_BUILD_TRACKER")}
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         got = tmp / SDIST_FILENAME
         if proc.returncode != 0 or not got.is_file():
             tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
