@@ -3,7 +3,8 @@
 Tables: runs (one per CLI job), steps (the units of a long job, committed one
 by one), measurements (model, text, ctx, chunks, metric, value, ±),
 artifacts (path, sha256, size, kind), kld_refs (cached reference logits),
-compositions (calibration mixes) and file_hashes (sha256 by path/size/mtime).
+compositions (calibration mixes), file_hashes (sha256 by path/size/mtime), and
+sweep_tensors + curve_points (per-tensor error curves, see curves.py).
 """
 from __future__ import annotations
 
@@ -124,6 +125,29 @@ MIGRATIONS: list[tuple[str, str]] = [
             pieces    INTEGER NOT NULL,
             chars     INTEGER NOT NULL,
             seed      INTEGER NOT NULL
+        );
+    """),
+    # per-tensor error curves of `hifikit analyze`, read by `hifikit plan` (see curves.py)
+    ("0005_curves", """
+        CREATE TABLE sweep_tensors (
+            run_id    INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            tensor    TEXT NOT NULL,
+            shape     TEXT NOT NULL,          -- JSON, ggml order: ne[0] is the row length
+            n_elements INTEGER NOT NULL,
+            source_type TEXT NOT NULL,
+            PRIMARY KEY (run_id, tensor)
+        );
+        CREATE TABLE curve_points (
+            run_id    INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            mode      TEXT NOT NULL,          -- proxy | measured
+            tensor    TEXT NOT NULL,
+            type      TEXT NOT NULL,          -- ggml_type_name spelling: q4_K, q3_K_hifi, f16
+            nbytes    INTEGER NOT NULL,       -- exact bytes of the tensor's data in this type
+            error     REAL NOT NULL,
+            error_pm  REAL,                   -- standard error where the mode has one
+            seconds   REAL,                   -- time this point took to measure
+            created   REAL NOT NULL,
+            PRIMARY KEY (run_id, mode, tensor, type)
         );
     """),
 ]
