@@ -1,0 +1,134 @@
+"""pr/template.yaml: authorship, messages and the patch/native -> commit mapping."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import upstream
+from ..errors import HifikitError
+
+REPO = upstream.REPO_ROOT
+TEMPLATE = REPO / "pr" / "template.yaml"
+TOPICS = ("types", "ftypes", "all")
+
+
+@dataclasses.dataclass
+class PlannedCommit:
+    subject: str
+    body: str
+    topic: str
+    patches: list[upstream.Patch]
+    native: list[str]                 # paths relative to native/ (= upstream paths)
+    files: dict[str, Path]            # export-only new files: upstream path -> source in this repo
+    date: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.subject}\n\n{self.body.strip()}\n" if self.body.strip() else f"{self.subject}\n"
+
+
+@dataclasses.dataclass
+class Template:
+    author_name: str
+    author_email: str
+    date: str
+    title: str
+    motivation: str
+    gaps: list[str]
+    throughput: list[dict[str, str]]
+    commits: list[dict[str, Any]]
+    topics: dict[str, list[str]]
+    path: Path
+
+
+def load(path: Path = TEMPLATE) -> Template:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise HifikitError(f"cannot read the PR template {path}: {exc}") from exc
+    try:
+        return Template(author_name=data["author"]["name"], author_email=data["author"]["email"],
+                        date=str(data["date"]), title=data["title"], motivation=data["motivation"],
+                        gaps=list(data.get("gaps") or []), throughput=list(data.get("throughput") or []),
+                        commits=list(data["commits"]), topics=dict(data["topics"]), path=path)
+    except (KeyError, TypeError) as exc:
+        raise HifikitError(f"{path}: missing or malformed field {exc}") from exc
+
+
+def _default_body(patches: list[upstream.Patch]) -> str:
+    """The DEP-3 descriptions of the patches, without their summary lines."""
+    parts = []
+    for p in patches:
+        body = "\n".join(p.header.get("Description", "").split("\n")[1:]).strip()
+        if body:
+            parts.append(body)
+    return "\n\n".join(parts)
+
+
+def _date(patches: list[upstream.Patch], default: str) -> str:
+    days = sorted(p.header["Last-Update"] for p in patches if p.header.get("Last-Update"))
+    return f"{days[-1]}T12:00:00+00:00" if days else default
+
+
+def plan(template: Template, topic: str = "all", patches_dir: Path = REPO / "patches",
+         native_dir: Path = REPO / "native") -> list[PlannedCommit]:
+    """The commits of a topic, in series order; every patch and native file is accounted for."""
+    if topic not in template.topics:
+        raise HifikitError(f"unknown topic '{topic}'; the template has {', '.join(template.topics)}")
+    series = upstream.load_series(patches_dir)
+    by_subject = {p.description: p for p in series}
+    if len(by_subject) != len(series):
+        raise HifikitError("two patches of the series have the same Description summary line")
+    natives = set(upstream.native_files(native_dir))
+    used_patches: list[str] = []
+    used_native: list[str] = []
+    planned: list[PlannedCommit] = []
+    for spec in template.commits:
+        subject = spec.get("subject")
+        if not subject:
+            raise HifikitError(f"{template.path}: a commit has no subject")
+        patches = []
+        for name in spec.get("patches") or []:
+            if name not in by_subject:
+                raise HifikitError(f"{template.path}: commit '{subject}' names patch '{name}', "
+                                   "which is not in patches/series")
+            patches.append(by_subject[name])
+        native = list(spec.get("native") or [])
+        for rel in native:
+            if rel not in natives:
+                raise HifikitError(f"{template.path}: commit '{subject}' names native/{rel}, which does not exist")
+        # a native file must be wired in by this commit (a patch or a sibling native file names it)
+        sources = [(None, p.path.read_text()) for p in patches] + \
+            [(r, (native_dir / r).read_text()) for r in native]
+        for rel in native:
+            base = Path(rel).name
+            if not any(base in text for owner, text in sources if owner != rel):
+                raise HifikitError(f"{template.path}: native/{rel} is in commit '{subject}', "
+                                   f"but none of its patches or other files mention {base}")
+        files = {dst: REPO / src for dst, src in (spec.get("files") or {}).items()}
+        for dst, src in files.items():
+            if not src.is_file():
+                raise HifikitError(f"{template.path}: commit '{subject}' adds {dst} from {src}, which does not exist")
+        used_patches += [p.name for p in patches]
+        used_native += native
+        if not (patches or native or files):
+            raise HifikitError(f"{template.path}: commit '{subject}' changes nothing")
+        planned.append(PlannedCommit(subject=subject, body=spec.get("body") or _default_body(patches),
+                                     topic=spec.get("topic", "all"), patches=patches, native=native,
+                                     files=files, date=_date(patches, template.date)))
+    order = [p.name for p in series]
+    if used_patches != order:
+        missing = [n for n in order if n not in used_patches]
+        if missing:
+            raise HifikitError(f"{template.path} does not place these patches in a commit: {', '.join(missing)}")
+        raise HifikitError(f"{template.path}: the commits must take the patches once each, in series order")
+    if sorted(used_native) != sorted(natives):
+        missing = sorted(natives - set(used_native))
+        twice = sorted({n for n in used_native if used_native.count(n) > 1})
+        raise HifikitError(f"{template.path}: native files not in exactly one commit: "
+                           f"{', '.join(missing + twice)}")
+    wanted = set(template.topics[topic])
+    return [c for c in planned if c.topic in wanted]
