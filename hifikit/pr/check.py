@@ -71,23 +71,29 @@ def planned_checks() -> list[str]:
 
 def _run(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None,
          timeout: float | None = None) -> tuple[int, str]:
+    """Run cmd with its output streamed into log (appended); return the exit status and that output."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(map(str, cmd))}\n")
+    with open(log, "ab") as f:
+        f.write(f"$ {' '.join(map(str, cmd))}\n".encode())
         f.flush()
+        offset = f.tell()
         try:
-            proc = subprocess.run(list(map(str, cmd)), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, errors="replace", timeout=timeout)
+            proc = subprocess.Popen(list(map(str, cmd)), cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
         except FileNotFoundError as exc:
-            f.write(f"{exc}\n")
+            f.write(f"{exc}\n".encode())
             return 127, str(exc)
-        except subprocess.TimeoutExpired as exc:
-            text = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-            f.write(text + f"\n(timed out after {timeout} s)\n")
-            return 124, text
-        f.write(proc.stdout)
-        f.write(f"(exit {proc.returncode})\n")
-    return proc.returncode, proc.stdout
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = 124
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    with open(log, "a") as f:
+        f.write(f"(exit {rc}{', timed out after %s s' % timeout if rc == 124 else ''})\n")
+    return rc, text
 
 
 def _nice() -> list[str]:

@@ -101,9 +101,11 @@ def export(out: Path, topic: str = "all", run_ids: list[int] | None = None, db_p
         repo = staging / "llama.cpp"
         shas = build_repo(repo, commits, template, pristine)
         (staging / "patches").mkdir()
-        names = gitrepo.out(repo, "format-patch", "-q", "--no-signature", "-o", str(staging / "patches"),
+        names = gitrepo.out(repo, "format-patch", "--no-signature", "-o", str(staging / "patches"),
                             f"{gitrepo.PRISTINE_TAG}..HEAD").split()
-        names = [Path(n).name for n in names] or sorted(p.name for p in (staging / "patches").iterdir())
+        names = [Path(n).name for n in names]
+        if len(names) != len(commits):
+            raise HifikitError(f"git format-patch wrote {len(names)} files for {len(commits)} commits")
         stats = []
         for c, sha, name in zip(commits, shas, names):
             files, ins, dels = _stats(repo, sha)
