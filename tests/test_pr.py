@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import run_hifikit
 from hifikit import db, upstream
 from hifikit.errors import HifikitError
 from hifikit.pr import check as pr_check
@@ -304,9 +305,7 @@ def test_check_reports_a_patch_that_does_not_apply(exported, tmp_path):
     shutil.copytree(exported / "patches", broken / "patches")
     first = sorted((broken / "patches").glob("*.patch"))[0]
     first.write_text(first.read_text().replace("GGML_TYPE_COUNT   = 43", "GGML_TYPE_COUNT   = 44", 1))
-    proc = subprocess.run([sys.executable, "-m", "hifikit.cli.main", "pr", "check", str(broken), "--no-build",
-                           "--json"], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = run_hifikit("pr", "check", broken, "--no-build", "--json", check=False)
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     checks = {c["name"]: c for c in report["checks"]}
