@@ -169,6 +169,12 @@ def plot(rows: list[EvalRow], out: Path, title: str) -> bool:
         ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     line = sorted((r.metrics["size_mib"][0], r.metrics["kld_mean"][0]) for r in pts if r.step_id in front)
     ax.plot([p[0] for p in line], [p[1] for p in line], color="gray", linewidth=0.8, zorder=1)
+    from matplotlib.lines import Line2D
+    ax.legend(handles=[Line2D([], [], color="tab:red", marker="o", linestyle="", label="HIFI (name contains hifi)"),
+                       Line2D([], [], color="tab:blue", marker="o", linestyle="", label="other"),
+                       Line2D([], [], color="gray", marker="x", linestyle="", label="not on the Pareto front")],
+              fontsize=7, loc="upper right")
+    ax.margins(x=0.12)
     ax.set_yscale("log")
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel("mean KL divergence vs reference")
