@@ -103,7 +103,8 @@ def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     if spec.get("plots"):
         from . import plots
 
-        paths = plots.plot_curves(sweep, Path(spec["plots"]), fits=fits)
+        paths = plots.plot_curves(sweep, Path(spec["plots"]), fits=fits,
+                                  workers=spec.get("workers") or sensitivity.default_workers())
         result["plots"] = [str(p) for p in paths]
         artifacts = [db.Artifact(str(p), "plot") for p in paths]
     return StepOutput(result=result, artifacts=artifacts)

@@ -126,18 +126,34 @@ def plot_overview(sweep: curves.Sweep, fits: dict[str, knee.KneeFit], path: Path
         plt.close(fig)
 
 
+def _plot_many(jobs: list[tuple]) -> list[Path]:
+    return [plot_tensor(*job) for job in jobs]
+
+
 def plot_curves(sweep: curves.Sweep, out_dir: Path | str, chosen: dict[str, str] | None = None,
-                fits: dict[str, knee.KneeFit] | None = None, tensors: Sequence[str] | None = None) -> list[Path]:
-    """One PNG per tensor plus the overview; returns the paths written."""
+                fits: dict[str, knee.KneeFit] | None = None, tensors: Sequence[str] | None = None,
+                workers: int | None = None) -> list[Path]:
+    """One PNG per tensor plus the overview; returns the paths written (tensor order, overview last).
+
+    workers > 1 draws in that many processes (about 0.4 s of CPU per figure: Gemma 3 270M has 127).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fits = fits if fits is not None else knee.fit_sweep(sweep)
     wanted = set(tensors) if tensors is not None else None
-    paths = []
-    for c in sweep.curves:
-        if c.tensor not in fits or (wanted is not None and c.tensor not in wanted):
-            continue
-        paths.append(plot_tensor(c, fits[c.tensor], out_dir / file_name(c.tensor), sweep.mode,
-                                 (chosen or {}).get(c.tensor)))
+    jobs = [(c, fits[c.tensor], out_dir / file_name(c.tensor), sweep.mode, (chosen or {}).get(c.tensor))
+            for c in sweep.curves if c.tensor in fits and (wanted is None or c.tensor in wanted)]
+    workers = min(workers or 1, len(jobs))
+    if workers > 1:
+        import concurrent.futures as cf
+
+        from .sensitivity import _worker_init
+        parts = [jobs[i::workers] for i in range(workers)]
+        with cf.ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+            done = {p: path for part, fut in zip(parts, [pool.submit(_plot_many, part) for part in parts])
+                    for p, path in zip([j[2] for j in part], fut.result())}
+        paths = [done[j[2]] for j in jobs]
+    else:
+        paths = _plot_many(jobs)
     paths.append(plot_overview(sweep, fits, out_dir / OVERVIEW, chosen))
     return paths

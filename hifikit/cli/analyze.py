@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         steps = [jobs.StepSpec("sweep", "sweep-measured", {**spec, "text": str(args.text.resolve()),
                                                            "ctx": args.ctx, "chunks": chunks,
                                                            "threads": args.threads})]
-    steps.append(jobs.StepSpec("knees", "knees", {"mode": args.mode,
+    steps.append(jobs.StepSpec("knees", "knees", {"mode": args.mode, "workers": args.threads,
                                                  "plots": str(args.plots.resolve()) if args.plots else None}))
     run_ = run_job("analyze", {**spec, "mode": args.mode, "tensors": len(cands),
                                "points": sum(len(c.types) for c in cands)}, steps, args)
