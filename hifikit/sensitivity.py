@@ -136,8 +136,10 @@ def candidates(model: Path | str, types: Iterable[str] | None = None,
         if not fits:
             log.warning("%s: no candidate type fits rows of %d", t.name, ne0)
             continue
-        out.append(TensorCandidates(t.name, tuple(t.shape), t.n_elements, names.get(t.type_id, str(t.type_id)),
-                                    tuple(c.name for c in fits), {c.name: c.row_size(ne0) * rows for c in fits}))
+        cand = TensorCandidates(t.name, tuple(t.shape), t.n_elements, names.get(t.type_id, str(t.type_id)),
+                                tuple(c.name for c in fits), {c.name: c.row_size(ne0) * rows for c in fits})
+        importance_for(importance, cand)  # an imatrix of another model fails here, before any work
+        out.append(cand)
     if not out:
         raise HifikitError(f"{model}: no tensor that llama-quantize would quantize")
     return out

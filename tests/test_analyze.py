@@ -326,3 +326,11 @@ def test_plots_are_png_files(cli, wide_model, tmp_path, hifikit_home):
         assert width > 200 and height > 200
         assert mpimg.imread(p).shape[:2] == (height, width)
     assert not list((tmp_path / "again").glob(".*"))  # no partial files left
+
+
+def test_imatrix_of_another_shape_is_rejected(built, tmp_path):
+    model = _write_gguf(tmp_path / "m.gguf", {"blk.0.ffn_down.weight": np.zeros((8, 512), dtype=np.float16)})
+    imat = _write_gguf(tmp_path / "i.gguf", {"blk.0.ffn_down.weight.in_sum2": np.ones(256, dtype=np.float32),
+                                             "blk.0.ffn_down.weight.counts": np.ones(1, dtype=np.float32)})
+    with pytest.raises(HifikitError, match="imatrix entry for blk.0.ffn_down.weight has 256 values"):
+        sensitivity.candidates(model, ["q4_K"], sensitivity.load_importance(imat))
