@@ -89,38 +89,69 @@ def plot_tensor(curve: curves.TensorCurve, fit: knee.KneeFit, path: Path, mode: 
         plt.close(fig)
 
 
+_BLK_RE = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
+
+
+def _grid_layout(names: Sequence[str]) -> tuple[dict[str, tuple[int, int]], list[str], list[str]]:
+    """Cell (row, column) per tensor: a row per layer, a column per tensor kind (first-seen order);
+    tensors outside the blocks fill the top rows, one per cell."""
+    kinds = list(dict.fromkeys(m.group(2) for m in map(_BLK_RE.match, names) if m))
+    layers = list(dict.fromkeys(m.group(1) for m in map(_BLK_RE.match, names) if m))
+    ncols = max(len(kinds), 1)
+    others = [n for n in names if not _BLK_RE.match(n)]
+    n_top = -(-len(others) // ncols)
+    pos = {n: (i // ncols, i % ncols) for i, n in enumerate(others)}
+    for n in names:
+        m = _BLK_RE.match(n)
+        if m:
+            pos[n] = (n_top + layers.index(m.group(1)), kinds.index(m.group(2)))
+    return pos, [""] * n_top + [f"blk.{x}" for x in layers], kinds or [""]
+
+
 def plot_overview(sweep: curves.Sweep, fits: dict[str, knee.KneeFit], path: Path,
                   chosen: dict[str, str] | None = None) -> Path:
+    """One grid: a row per layer (tensors outside the blocks on top), a column per tensor kind; log error."""
     plt = _pyplot()
     items = [c for c in sweep.curves if c.tensor in fits]
-    n = max(1, len(items))
-    cols = math.ceil(math.sqrt(n * 1.5))
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.8 * rows), dpi=80, squeeze=False)
+    pos, row_names, col_names = _grid_layout([c.tensor for c in items])
+    rows, cols = max(1, len(row_names)), max(1, len(col_names))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 0.8, 1.35 * rows + 0.8), dpi=80, squeeze=False,
+                             sharex=True)
     try:
-        for ax in axes.flat[len(items):]:
-            ax.axis("off")
-        for ax, c in zip(axes.flat, items):
+        used = set()
+        for c in items:
+            r, k = pos[c.tensor]
+            used.add((r, k))
+            ax = axes[r][k]
             f = fits[c.tensor]
-            bpw = [c.bpw(p) for p in c.points]
-            err = [p.error for p in c.points]
-            ax.scatter(bpw, err, s=4, color="0.5")
+            bpw = np.array([c.bpw(p) for p in c.points])
+            err = np.array([p.error for p in c.points])
+            floor = max(float(err[err > 0].min()) / 10 if (err > 0).any() else 1e-12, 1e-30)
+            ax.scatter(bpw, np.maximum(err, floor), s=4, color="0.5")
             lo, hi = min(f.frontier_bpw), max(f.frontier_bpw)
             if hi > lo:
                 xs = np.linspace(lo, hi, 100)
-                ax.plot(xs, f.predict(xs), color="C1", lw=0.8)
+                ax.plot(xs, np.maximum(f.predict(xs), floor), color="C1", lw=0.8)
             if f.knee_bpw is not None:
                 ax.axvline(f.knee_bpw, color="C2", ls="--", lw=0.8)
             if chosen and c.tensor in chosen:
                 try:
                     p = c.point(chosen[c.tensor])
-                    ax.scatter([c.bpw(p)], [p.error], marker="*", s=40, color="C3", zorder=5)
-                except Exception:  # noqa: BLE001
+                    ax.scatter([c.bpw(p)], [max(p.error, floor)], marker="*", s=40, color="C3", zorder=5)
+                except Exception:  # noqa: BLE001 - a choice outside the sweep is just not drawn
                     pass
-            ax.set_title(c.tensor, fontsize=6)
+            ax.set_yscale("log")
+            ax.set_title(f"{row_names[r]} {col_names[k]}" if row_names[r] else c.tensor, fontsize=6)
             ax.tick_params(labelsize=5)
-        fig.suptitle(f"run {sweep.run_id}: error vs bpw per tensor ({sweep.mode}); dashed: knee", fontsize=9)
-        fig.tight_layout()
+        for r in range(rows):
+            for k in range(cols):
+                if (r, k) not in used:
+                    axes[r][k].axis("off")
+        fig.suptitle(f"run {sweep.run_id}: error vs bpw per tensor ({sweep.mode}, log scale); "
+                     "dashed: knee, star: chosen", fontsize=9)
+        # tight_layout costs minutes on a 19 x 7 grid; fixed margins do
+        fig.subplots_adjust(left=0.04, right=0.99, bottom=0.03, top=1 - 0.5 / fig.get_figheight(),
+                            wspace=0.35, hspace=0.6)
         return _save(fig, path)
     finally:
         plt.close(fig)

@@ -334,3 +334,13 @@ def test_imatrix_of_another_shape_is_rejected(built, tmp_path):
                                              "blk.0.ffn_down.weight.counts": np.ones(1, dtype=np.float32)})
     with pytest.raises(HifikitError, match="imatrix entry for blk.0.ffn_down.weight has 256 values"):
         sensitivity.candidates(model, ["q4_K"], sensitivity.load_importance(imat))
+
+
+def test_overview_grid_is_layer_by_kind():
+    from hifikit import plots
+
+    pos, rows, cols = plots._grid_layout(["token_embd.weight", "blk.0.attn_q.weight", "blk.0.ffn_down.weight",
+                                          "blk.1.attn_q.weight", "blk.1.ffn_down.weight", "output.weight"])
+    assert cols == ["attn_q", "ffn_down"] and rows == ["", "blk.0", "blk.1"]
+    assert pos["token_embd.weight"] == (0, 0) and pos["output.weight"] == (0, 1)
+    assert pos["blk.1.ffn_down.weight"] == (2, 1) and pos["blk.0.attn_q.weight"] == (1, 0)
