@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import curves, db, sensitivity
+from .errors import HifikitError
 from .jobs import StepContext, StepOutput, step_kind
 from .progress import Progress
 
@@ -46,7 +47,10 @@ def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 @step_kind("sweep-measured")
 def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import measured  # written alongside (branch sens); imported only when asked for
+    try:
+        from . import measured  # written alongside (branch sens); imported only when asked for
+    except ImportError as exc:
+        raise HifikitError(f"--mode measured is not available in this hifikit ({exc})") from exc
 
     cands, _ = _candidates(spec)
     sensitivity.store_tensors(ctx.conn, ctx.run_id, cands)
