@@ -344,3 +344,57 @@ def test_overview_grid_is_layer_by_kind():
     assert cols == ["attn_q", "ffn_down"] and rows == ["", "blk.0", "blk.1"]
     assert pos["token_embd.weight"] == (0, 0) and pos["output.weight"] == (0, 1)
     assert pos["blk.1.ffn_down.weight"] == (2, 1) and pos["blk.0.attn_q.weight"] == (1, 0)
+
+
+@pytest.mark.parametrize("type_name", ["q4_K", "q3_K_hifi"])
+def test_proxy_equals_llama_quantize_with_an_imatrix(tiny_model, tmp_path, type_name):
+    """The proxy's error and bytes are those of the tensor llama-quantize writes (same type, same imatrix)."""
+    import gguf
+
+    from hifikit import runner
+
+    rng = np.random.default_rng(9)
+    index = gguf_io.tensor_index(tiny_model)
+    writer = gguf.GGUFWriter(tmp_path / "tiny.imatrix.gguf", "llama")
+    writer.add_string("general.type", "imatrix")
+    writer.add_array("imatrix.datasets", ["synthetic"])
+    writer.add_uint32("imatrix.chunk_count", 4)
+    writer.add_uint32("imatrix.chunk_size", 512)
+    for t in index.tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            sums = rng.uniform(0.1, 2.0, size=t.shape[0]).astype(np.float32)
+            sums[rng.integers(0, t.shape[0], size=4)] = 300.0
+            writer.add_tensor(t.name + ".in_sum2", sums * 2048.0)
+            writer.add_tensor(t.name + ".counts", np.array([2048.0], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    imat = tmp_path / "tiny.imatrix.gguf"
+    out = tmp_path / "q.gguf"
+    # the HIFI names are also ftypes (mixtures): --tensor-type puts the type itself on the two tensors
+    runner.run_tool("llama-quantize", ["--imatrix", imat, "--pure", "--tensor-type", f"ffn_down={type_name}",
+                                       "--tensor-type", f"attn_q={type_name}", tiny_model, out, "Q8_0", "2"])
+
+    importance = sensitivity.load_importance(imat)
+    lib = ggml.load()
+    src = {t.name: t for t in index.tensors}
+    written = {t.name: t for t in gguf_io.tensor_index(out).tensors}
+    for name in ("blk.0.ffn_down.weight", "blk.1.attn_q.weight"):
+        c = _cand(tiny_model, name, [type_name], importance)
+        (point,) = sensitivity.proxy_points(tiny_model, c, importance)
+        t = written[name]
+        assert lib.type_by_name(type_name).id == t.type_id
+        with open(out, "rb") as f:
+            f.seek(t.offset)
+            blob = f.read(point.nbytes)
+        q = lib.dequantize(t.type_id, blob, c.n_per_row)
+        x = np.memmap(tiny_model, dtype=np.float16, mode="r", offset=src[name].offset,
+                      shape=(c.n_rows, c.n_per_row)).astype(np.float32)
+        w = importance[name][0].astype(np.float64)
+        want = float(((x - q).astype(np.float64) ** 2 * w).sum() / ((x.astype(np.float64) ** 2) * w).sum())
+        assert point.error == pytest.approx(want, rel=1e-6), name
+        # the next tensor starts right after this one's bytes (up to alignment): the byte count is the file's
+        following = sorted(o.offset for o in written.values() if o.offset > t.offset)
+        if following:
+            assert following[0] - t.offset - point.nbytes < 32
