@@ -7,7 +7,6 @@ the monotone fit, the knee, and the planner's choice when given) and
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Sequence
