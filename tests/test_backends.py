@@ -56,10 +56,9 @@ def function_body(source: str, name: str) -> str:
 
 def case_block(body: str, op: str) -> str:
     """The statements of `case op:` up to the next case label of the same switch level."""
-    m = re.search(rf"^\s*case {op}:\s*$", body, re.M)
+    m = re.search(rf"^([ \t]*)case {op}:[ \t]*$", body, re.M)
     assert m, f"no case {op}"
-    indent = len(m.group(0)) - len(m.group(0).lstrip())
-    nxt = re.compile(rf"^ {{{indent}}}(case \w+:|default:)", re.M)
+    nxt = re.compile(rf"^{m.group(1)}(case \w+:|default:)", re.M)
     end = nxt.search(body, m.end())
     return body[m.end():end.start() if end else len(body)]
 
