@@ -173,7 +173,7 @@ def test_topics_are_prefixes_of_the_series(pristine, tmp_path):
             upstream.apply_patch(tree, p)
     types, ftypes, all_ = seen["types"], seen["ftypes"], seen["all"]
     assert ftypes[:len(types)] == types and all_[:len(ftypes)] == ftypes
-    assert all(s.split(" : ")[0] in ("ggml", "ggml-cpu", "CUDA", "gguf-py", "tests") for s in types)
+    assert all(s.split(" : ")[0] in ("ggml", "ggml-cpu", "CUDA", "gguf-py", "tests", "metal", "sycl") for s in types)
     assert {s.split(" : ")[0] for s in ftypes[len(types):]} == {"llama", "quantize"}
     assert [s.split(" : ")[0] for s in all_[len(ftypes):]] == ["docs"]
     types_native = {n for c in tmpl.plan(template, "types") for n in c.native}
