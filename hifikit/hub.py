@@ -105,6 +105,8 @@ def convert(snapshot: Path, output: Path, outtype: str = "f16", log_path: Path |
     with atomic.output_file(output) as tmp:
         cmd = [sys.executable, str(script), str(snapshot), "--outfile", str(tmp), "--outtype", outtype]
         with open(log_path or Path("/dev/null"), "a") as logf:
+            logf.write(f"$ {' '.join(cmd)}\n")
+            logf.flush()
             proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-10:] if log_path else []

@@ -66,6 +66,7 @@ class Rule:
 class Recipe:
     base: str | None  # a stock ftype, or None: upstream's generic rules on Q4_K
     rules: tuple[Rule, ...]
+    fallback: str = "q4_0"  # for rows that q2_K/q3_K cannot take (upstream: q4_0)
 
 
 RECIPES = {
@@ -73,7 +74,7 @@ RECIPES = {
         Rule("attn_v", "q3_K_hifi", _q3_early),
         Rule("ffn_down", "q3_K_hifi", _q3_early),
         Rule("output", "q3_K_hifi", _all),
-    )),
+    ), fallback="iq4_nl"),
     "Q4_K_HIFI": Recipe(None, (
         Rule("attn_v", "q4_K_hifi", _q4_attn_v),
         Rule("ffn_down", "q4_K_hifi", _q4_ffn_down),
@@ -156,6 +157,9 @@ def expected_types(ftype: str, spec: fm.ModelSpec, stock_base: dict[str, str] | 
             if fits(t) and in_cut:
                 chosen = rule.type
             break
+        # a K-quant mixture picks q4_0 only as the fallback of a q2_K/q3_K row that cannot take it
+        if chosen == "q4_0" and not fits(t) and t.n_per_row % 32 == 0:
+            chosen = recipe.fallback
         out[t.name] = chosen
     return out
 
@@ -296,10 +300,15 @@ def test_stock_ftype_unchanged_on_640_rows(quantize_bin, models):
 
 def test_gemma_like_640_rows_keep_base_fallback(quantize_bin, models):
     # 640-wide rows cannot take a 256 block: the recipe leaves them to the base ftype
-    q3 = dry_run(quantize_bin, models["gemma_like"], "Q3_K_HIFI").types
+    q3 = dry_run(quantize_bin, models["gemma_like"], "Q3_K_HIFI")
     q3m = dry_run(quantize_bin, models["gemma_like"], "Q3_K_M").types
     for name in ("blk.0.attn_v.weight", "token_embd.weight"):
-        assert q3[name] == q3m[name]
+        assert q3.types[name] == q3m[name]
+    # except the q3_K rows: Q3_K_M gives them q4_0, Q3_K_HIFI iq4_nl (same size)
+    for name in ("blk.0.attn_q.weight", "blk.3.attn_k.weight", "blk.17.ffn_gate.weight", "blk.9.ffn_up.weight"):
+        assert (q3m[name], q3.types[name]) == ("q4_0", "iq4_nl")
+    assert "rows that q2_K/q3_K cannot take -> iq4_nl (instead of q4_0)" in q3.log
+    q3 = q3.types
     # ffn_down rows are 2048 wide: they take the HIFI block on the early layers
     assert q3["blk.0.ffn_down.weight"] == "q3_K_hifi"
     assert q3["blk.7.ffn_down.weight"] == q3m["blk.7.ffn_down.weight"]   # 40% of 18 = 7 layers
@@ -311,10 +320,11 @@ def test_gemma_like_640_rows_keep_base_fallback(quantize_bin, models):
 def test_hifi_type_fallback(quantize_bin, models, override, want):
     # --tensor-type with a HIFI type on 640-wide rows falls back like its base K-quant;
     # on 2048-wide rows it is kept
-    types = dry_run(quantize_bin, models["gemma_like"], "Q4_K_M",
-                    "--tensor-type", f"attn_q={override}", "--tensor-type", f"ffn_down={override}").types
-    assert {types[f"blk.{i}.attn_q.weight"] for i in range(GEMMA_LIKE.n_layer)} == {want}
-    assert {types[f"blk.{i}.ffn_down.weight"] for i in range(GEMMA_LIKE.n_layer)} == {override}
+    for ftype in ("Q4_K_M", "Q3_K_HIFI"):  # an explicit override is not the recipe's: upstream's fallback
+        types = dry_run(quantize_bin, models["gemma_like"], ftype,
+                        "--tensor-type", f"attn_q={override}", "--tensor-type", f"ffn_down={override}").types
+        assert {types[f"blk.{i}.attn_q.weight"] for i in range(GEMMA_LIKE.n_layer)} == {want}
+        assert {types[f"blk.{i}.ffn_down.weight"] for i in range(GEMMA_LIKE.n_layer)} == {override}
 
 
 def test_overrides_take_precedence(quantize_bin, models):

@@ -49,26 +49,27 @@ struct hifi_recipe {
     const char * name;
     llama_ftype  base;      // stock mixture for what the rules do not name; the ftype itself = upstream's generic rules
     const char * base_name;
+    ggml_type    fallback;  // for rows a Q2_K/Q3_K type cannot take, instead of upstream's Q4_0 (GGML_TYPE_Q4_0: as upstream)
     hifi_rule    rules[HIFI_MAX_RULES]; // unused entries are zero, i.e. LLAMA_HIFI_ROLE_OTHER
 };
 
 static const hifi_recipe hifi_recipes[] = {
     {
-        LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", {
+        LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", GGML_TYPE_IQ4_NL, {
             { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q3_K_HIFI, hifi_layers_q3_early    },
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q3_K_HIFI, hifi_layers_q3_early    },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q3_K_HIFI, hifi_layers_all         },
         },
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K_HIFI", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K", {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K_HIFI", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K", GGML_TYPE_Q4_0, {
             { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_attn_v   },
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_ffn_down },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
         },
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", GGML_TYPE_Q4_0, {
             { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q5_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_FFN_GATE,    GGML_TYPE_Q5_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_TOKEN_EMBD,  GGML_TYPE_Q5_K,      hifi_layers_all         },
@@ -78,7 +79,7 @@ static const hifi_recipe hifi_recipes[] = {
         },
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", GGML_TYPE_Q4_0, {
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
             { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
@@ -121,20 +122,20 @@ llama_ftype llama_ftype_hifi_base(llama_ftype ftype) {
     return recipe ? recipe->base : ftype;
 }
 
-ggml_type llama_hifi_tensor_type(
-        llama_ftype         ftype,
+// the recipe's rule for this tensor, or base_type where no rule applies
+static ggml_type hifi_rule_type(
+        const hifi_recipe & recipe,
         llama_hifi_role     role,
         const ggml_tensor * tensor,
         int                 n_layer,
         uint64_t            n_params,
         ggml_type           base_type) {
-    const hifi_recipe * recipe = hifi_find_recipe(ftype);
-    if (recipe == nullptr || role == LLAMA_HIFI_ROLE_OTHER) {
+    if (role == LLAMA_HIFI_ROLE_OTHER) {
         return base_type;
     }
 
-    for (int i = 0; i < HIFI_MAX_RULES && recipe->rules[i].role != LLAMA_HIFI_ROLE_OTHER; ++i) {
-        const hifi_rule & rule = recipe->rules[i];
+    for (int i = 0; i < HIFI_MAX_RULES && recipe.rules[i].role != LLAMA_HIFI_ROLE_OTHER; ++i) {
+        const hifi_rule & rule = recipe.rules[i];
         if (rule.role != role) {
             continue;
         }
@@ -151,6 +152,42 @@ ggml_type llama_hifi_tensor_type(
     }
 
     return base_type;
+}
+
+// rows that a Q2_K/Q3_K type cannot take fall back to Q4_0 in tensor_type_fallback; a recipe can name another
+// 32-block type for them (IQ4_NL: the same 4.5 bpw, with a non-linear grid)
+static ggml_type hifi_fallback_type(const hifi_recipe & recipe, const ggml_tensor * tensor, ggml_type type) {
+    const int64_t ncols = tensor->ne[0];
+    if (recipe.fallback == GGML_TYPE_Q4_0 || ncols % ggml_blck_size(type) == 0 ||
+        ncols % ggml_blck_size(recipe.fallback) != 0) {
+        return type;
+    }
+    switch (type) {
+        case GGML_TYPE_Q2_K:
+        case GGML_TYPE_Q3_K:
+        case GGML_TYPE_Q3_K_HIFI:
+            LLAMA_LOG_WARN("warning: %-36s - ncols %6" PRId64 " not divisible by %3" PRId64 " (required for type %7s) "
+                    "-> falling back to %7s (%s)\n", ggml_get_name(tensor), ncols, ggml_blck_size(type),
+                    ggml_type_name(type), ggml_type_name(recipe.fallback), recipe.name);
+            return recipe.fallback;
+        default:
+            return type;
+    }
+}
+
+ggml_type llama_hifi_tensor_type(
+        llama_ftype         ftype,
+        llama_hifi_role     role,
+        const ggml_tensor * tensor,
+        int                 n_layer,
+        uint64_t            n_params,
+        ggml_type           base_type) {
+    const hifi_recipe * recipe = hifi_find_recipe(ftype);
+    if (recipe == nullptr) {
+        return base_type;
+    }
+
+    return hifi_fallback_type(*recipe, tensor, hifi_rule_type(*recipe, role, tensor, n_layer, n_params, base_type));
 }
 
 void llama_hifi_log_recipe(llama_ftype ftype, int n_layer, uint64_t n_params) {
@@ -177,5 +214,9 @@ void llama_hifi_log_recipe(llama_ftype ftype, int n_layer, uint64_t n_params) {
                         hifi_role_name(rule.role), ggml_type_name(rule.type), pct, n_layer);
             }
         }
+    }
+    if (recipe->fallback != GGML_TYPE_Q4_0) {
+        LLAMA_LOG_INFO("%s:   rows that q2_K/q3_K cannot take -> %s (instead of q4_0)\n", __func__,
+                ggml_type_name(recipe->fallback));
     }
 }
