@@ -175,7 +175,9 @@ def test_topics_are_prefixes_of_the_series(pristine, tmp_path):
     assert ftypes[:len(types)] == types and all_[:len(ftypes)] == ftypes
     assert all(s.split(" : ")[0] in ("ggml", "ggml-cpu", "CUDA", "gguf-py", "tests", "metal", "sycl") for s in types)
     assert {s.split(" : ")[0] for s in ftypes[len(types):]} == {"llama", "quantize"}
-    assert [s.split(" : ")[0] for s in all_[len(ftypes):]] == ["docs"]
+    # fixes to upstream tools that are not about HIFI come after the ftypes, the docs last
+    assert all_[-1].startswith("docs : ")
+    assert {s.split(" : ")[0] for s in all_[len(ftypes):-1]} <= {"perplexity, imatrix", "tools"}
     types_native = {n for c in tmpl.plan(template, "types") for n in c.native}
     assert "src/llama-quant-hifi.cpp" not in types_native and "ggml/src/ggml-hifi.c" in types_native
 
