@@ -217,8 +217,11 @@ def pareto_png(records: list[Row]) -> bytes | None:
         marker, colour = ROLE_STYLE[role]
         ax.scatter([r.file_mib for r in mine], [r.kld_mean for r in mine], marker=marker, color=colour, s=50,
                    label=role, zorder=3)
-        for r in mine:
-            ax.annotate(r.label, (r.file_mib, r.kld_mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    labels: dict[tuple[float, float], list[str]] = {}   # identical models share one label
+    for r in pts:
+        labels.setdefault((r.file_mib, r.kld_mean), []).append(r.label)
+    for (x, y), names in labels.items():
+        ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = pareto_front([(r.file_mib, r.kld_mean) for r in pts])
     ax.step([x for x, _ in front], [y for _, y in front], where="post", color="#888888", linestyle="--",
             linewidth=1, label="Pareto front", zorder=2)
@@ -260,13 +263,14 @@ def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, 
     return row_labels, kinds + [k for k in other if k not in kinds], cells
 
 
-def type_map_png(model: str | Path, title: str) -> bytes:
+def type_map_png(model: str | Path, title: str, all_types: list[str] | None = None) -> bytes:
+    """The grid as a picture; all_types fixes the colours so that maps of one report agree."""
     import matplotlib.colors as mcolors
     import numpy as np
 
     plt = _pyplot()
     row_labels, col_labels, cells = type_grid(model)
-    types = sorted(set(cells.values()))
+    types = all_types or sorted(set(cells.values()))
     index = {t: i for i, t in enumerate(types)}
     grid = np.full((len(row_labels), len(col_labels)), np.nan)
     for (r, c), t in cells.items():
@@ -367,11 +371,13 @@ def render_html(runs: list[dict[str, Any]], records: list[Row], title: str = "hi
     if pareto:
         parts += ["<h2>KL divergence vs size</h2>", _img(pareto, "KLD vs size Pareto plot")]
     maps = []
+    all_types = sorted({t for r in records if r.role != "reference" for t in r.types})
     for r in records:
         if r.role == "reference":
             continue
         try:
-            maps.append((r, type_map_png(r.model, f"{r.label}: tensor types (layer × tensor)")))
+            maps.append((r, type_map_png(r.model, f"{r.label}: tensor types (layer × tensor)",
+                                         all_types if set(r.types) <= set(all_types) else None)))
         except HifikitError as exc:
             maps.append((r, None))
             log.warning("type map of %s skipped: %s", r.model, exc)
