@@ -240,25 +240,24 @@ _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
 
 def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
     """(row labels, column labels, (row, column) -> type) of a GGUF's matrices (tensors with 2+ dims)."""
-    info = gguf_io.read_info(model)
     cells: dict[tuple[str, str], str] = {}
     layers: set[int] = set()
     kinds: list[str] = []
     other: list[str] = []
-    for t in info.tensors:
-        if len([n for n in t.shape if n > 1]) < 2:
+    for name, shape, typ in gguf_io.tensor_types(model):
+        if len([n for n in shape if n > 1]) < 2:
             continue
-        m = _BLK_RE.match(t.name)
+        m = _BLK_RE.match(name)
         if m:
             layer, kind = int(m.group(1)), m.group(2)
             layers.add(layer)
             if kind not in kinds:
                 kinds.append(kind)
-            cells[(str(layer), kind)] = t.type
+            cells[(str(layer), kind)] = typ
         else:
-            kind = t.name[:-len(".weight")] if t.name.endswith(".weight") else t.name
+            kind = name[:-len(".weight")] if name.endswith(".weight") else name
             other.append(kind)
-            cells[("other", kind)] = t.type
+            cells[("other", kind)] = typ
     row_labels = [str(i) for i in sorted(layers)] + (["other"] if other else [])
     return row_labels, kinds + [k for k in other if k not in kinds], cells
 
