@@ -225,6 +225,12 @@ def find_run(conn: sqlite3.Connection, args: dict[str, Any]) -> int | None:
     return int(row["id"]) if row else None
 
 
+def _files_gone(run: dict[str, Any]) -> bool:
+    """Whether a finished step's output file was removed since (then the run cannot be reused)."""
+    return any(s["status"] == "done" and s["spec"].get("output") and not Path(s["spec"]["output"]).is_file()
+               for s in run["steps"])
+
+
 def run(opts: DemoOptions, progress: bool | None = None, on_step=None,
         conn: sqlite3.Connection | None = None) -> tuple[dict[str, Any], bool]:
     """Run (or resume) the demo; returns the finished run and whether an earlier run was reused."""
@@ -240,6 +246,9 @@ def run(opts: DemoOptions, progress: bool | None = None, on_step=None,
             kld.check_text(opts.model, opts.text, opts.ctx, opts.chunks)
     args, steps = plan_steps(opts)
     run_id = find_run(conn, args)
+    if run_id is not None and _files_gone(jobs.get_run(conn, run_id)):
+        log.info("demo: the files of run %d are gone; starting over", run_id)
+        run_id = None
     if run_id is not None:
         log.info("demo: resuming run %d (same arguments)", run_id)
         try:

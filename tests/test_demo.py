@@ -52,8 +52,12 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
     assert [m["kld_mean"] for m in second["models"]] == [m["kld_mean"] for m in first["models"]]
     again = cli.json("runs", "show", first["run"])
     assert all(s["completions"] == 1 and s["attempts"] == 1 for s in again["steps"])
-    # different arguments start a new run
     assert conn.execute("SELECT COUNT(*) FROM runs WHERE command='demo'").fetchone()[0] == 1
+    # once its files are gone, the same demo starts over instead of reporting on missing files
+    from hifikit import jobs
+    assert not demo._files_gone(jobs.get_run(db.connect(), first["run"]))
+    (out / f"{tiny_model.stem}-Q4_K_M.gguf").unlink()
+    assert demo._files_gone(jobs.get_run(db.connect(), first["run"]))
 
 
 def test_demo_text_from_the_standard_library(tiny_model, tmp_path, built):
