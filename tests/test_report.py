@@ -126,3 +126,17 @@ def test_type_grid_of_a_quantized_model(cli, tiny_model, tmp_path):
     assert cells[("1", "ffn_down")] == types["blk.1.ffn_down.weight"]
     assert cells[("other", "token_embd")] == types["token_embd.weight"]
     assert not any(re.search("norm", c) for c in cols)          # 1-D tensors are not in the map
+
+
+def test_tensor_types_from_the_header_match_gguf_py(tiny_model, tmp_path):
+    from hifikit import gguf_io
+    from hifikit.errors import HifikitError
+
+    reader = gguf_io.open_reader(tiny_model)
+    names = gguf_io._type_names()
+    expected = [(t.name, [int(n) for n in t.shape], names[int(t.tensor_type)]) for t in reader.tensors]
+    assert gguf_io.tensor_types(tiny_model) == expected
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model.read_bytes()[:4096])      # inside the vocabulary's metadata
+    with pytest.raises(HifikitError, match="truncated or malformed"):
+        gguf_io.tensor_types(cut)
