@@ -7,9 +7,13 @@ same shapes. Repeats the run, pairs every HIFI case with the base case of identi
 parameters, and prints the throughput ratio HIFI/base (= base time / HIFI time) as
 min / median / max over the repetitions.
 
-  bench/kernels.py [--bin-dir DIR] [--reps 3] [--ops MUL_MAT,GET_ROWS] [--n 1,8] [--json]
+  bench/kernels.py [--bin-dir DIR] [--backend auto|CPU|CUDA0] [--reps 3] [--ops MUL_MAT,GET_ROWS] [--n 1,8]
+                   [--json] [--no-doc]
 
-The binary comes from --bin-dir, else $HIFIKIT_BIN_DIR. Goal: ratio >= 0.95.
+The binary comes from --bin-dir, else $HIFIKIT_BIN_DIR. ``--backend auto`` (the default)
+takes CUDA0 when the build has CUDA and nvidia-smi lists a GPU, else CPU. The table is
+printed and written to the ``kernels-BACKEND`` section of docs/benchmarks.md (unless
+--no-doc or --json). Goal: ratio >= 0.95.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,8 +74,23 @@ def split_type(params: str) -> tuple[str | None, str]:
     return None, params
 
 
-def run_once(exe: Path, op: str, params_filter: str) -> dict[tuple[str, str, str], float]:
-    cmd = [str(exe), "perf", "-b", "CPU", "-o", op, "-p", params_filter]
+def pick_backend(requested: str) -> str:
+    """CUDA0 when asked, or on auto when this build has CUDA and a GPU is visible; else CPU."""
+    if requested != "auto":
+        return requested
+    info = os.environ.get("HIFIKIT_BUILD_INFO")
+    cuda = False
+    if info and Path(info).is_file():
+        cuda = bool(json.loads(Path(info).read_text()).get("build", {}).get("GGML_CUDA"))
+    if cuda and shutil.which("nvidia-smi"):
+        probe = subprocess.run(["nvidia-smi", "-L"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if probe.returncode == 0 and "GPU" in probe.stdout:
+            return "CUDA0"
+    return "CPU"
+
+
+def run_once(exe: Path, op: str, params_filter: str, backend: str = "CPU") -> dict[tuple[str, str, str], float]:
+    cmd = [str(exe), "perf", "-b", backend, "-o", op, "-p", params_filter]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench/kernels.py: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}")
@@ -94,11 +114,11 @@ def params_filter(op: str, ns: list[int]) -> str:
     return flt
 
 
-def collect(exe: Path, ops: list[str], reps: int, ns: list[int]) -> list[Ratio]:
+def collect(exe: Path, ops: list[str], reps: int, ns: list[int], backend: str = "CPU") -> list[Ratio]:
     results: dict[tuple[str, str, str], Ratio] = {}
     for rep in range(reps):
         for op in ops:
-            times = run_once(exe, op, params_filter(op, ns))
+            times = run_once(exe, op, params_filter(op, ns), backend)
             for (o, typ, rest), us in times.items():
                 base = PAIRS.get(typ)
                 if base is None or (o, base, rest) not in times:
@@ -115,19 +135,23 @@ def short(params: str) -> str:
     return ",".join(keep) or params[:40]
 
 
-def print_table(rows: list[Ratio]) -> None:
-    print(f"{'op':9} {'type':10} {'shape':28} {'base us':>9} {'hifi us':>9} {'min':>6} {'median':>6} {'max':>6}")
+def format_table(rows: list[Ratio]) -> str:
+    lines = [f"{'op':9} {'type':10} {'shape':28} {'base us':>9} {'hifi us':>9} {'min':>6} {'median':>6} {'max':>6}"]
     for r in sorted(rows, key=lambda r: (r.op, r.hifi, r.params)):
         q = r.ratios
-        print(f"{r.op:9} {r.hifi:10} {short(r.params):28} {statistics.median(r.base_us):9.1f} "
-              f"{statistics.median(r.hifi_us):9.1f} {min(q):6.3f} {statistics.median(q):6.3f} {max(q):6.3f}")
-    print()
-    print("summary (all shapes and repetitions): HIFI/base throughput")
+        lines.append(f"{r.op:9} {r.hifi:10} {short(r.params):28} {statistics.median(r.base_us):9.1f} "
+                     f"{statistics.median(r.hifi_us):9.1f} {min(q):6.3f} {statistics.median(q):6.3f} {max(q):6.3f}")
+    lines += ["", "summary (all shapes and repetitions): HIFI/base throughput"]
     for op in sorted({r.op for r in rows}):
         for hifi in sorted(PAIRS):
             q = [x for r in rows if r.op == op and r.hifi == hifi for x in r.ratios]
             if q:
-                print(f"{op:9} {hifi:10} min {min(q):.3f}  median {statistics.median(q):.3f}  max {max(q):.3f}")
+                lines.append(f"{op:9} {hifi:10} min {min(q):.3f}  median {statistics.median(q):.3f}  max {max(q):.3f}")
+    return "\n".join(lines)
+
+
+def print_table(rows: list[Ratio]) -> None:
+    print(format_table(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,12 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ops", default="MUL_MAT,GET_ROWS")
     ap.add_argument("--n", default="1,8,512", help="MUL_MAT batch sizes to keep (test-backend-ops perf has 1-5,8,512)")
+    ap.add_argument("--backend", default="auto", help="test-backend-ops backend: auto (default), CPU, CUDA0, ...")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     args = ap.parse_args(argv)
 
     exe = find_binary(args.bin_dir)
+    backend = pick_backend(args.backend)
+    print(f"backend {backend}", file=sys.stderr)
     ns = [int(x) for x in args.n.split(",") if x]
-    rows = collect(exe, [o for o in args.ops.split(",") if o], args.reps, ns)
+    import benchmd  # bench/ is on sys.path when this file runs as a script
+    machine_line = benchmd.machine()
+    rows = collect(exe, [o for o in args.ops.split(",") if o], args.reps, ns, backend)
     if not rows:
         sys.exit("bench/kernels.py: no HIFI/base pair found in the perf output "
                  "(is test-backend-ops built with the HIFI types in its perf lists?)")
@@ -149,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([asdict(r) | {"ratios": r.ratios} for r in rows], indent=2))
     else:
         print_table(rows)
+    if not args.json and not args.no_doc:
+        body = (f"`test-backend-ops perf -b {backend}` for MUL_MAT (n = {args.n}) and GET_ROWS, every HIFI type "
+                f"against its base type in the same process on the same shapes; ratio = HIFI/base throughput "
+                f"(base time / HIFI time), {args.reps} repetitions.\n\n```\n{format_table(rows)}\n```\n")
+        doc = benchmd.update(f"kernels-{backend}", f"Kernels: HIFI vs base type ({backend}, bench/kernels.py)",
+                             body, machine_line)
+        print(f"wrote the kernels-{backend} section of {doc}", file=sys.stderr)
     return 0
 
 

@@ -103,7 +103,7 @@ def create_run(conn: sqlite3.Connection, command: str, args: dict[str, Any], ste
 
 
 def _kinds() -> dict[str, StepFn]:
-    from . import steps  # noqa: F401  (registers the step kinds)
+    from . import demo, steps  # noqa: F401  (register the step kinds)
     return STEP_KINDS
 
 
@@ -117,8 +117,15 @@ def get_run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
     return run
 
 
-def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None) -> dict[str, Any]:
-    """Run every step that is not done yet, in order; return the run with its steps."""
+StepHook = Callable[[int, int, dict[str, Any]], None]
+
+
+def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None,
+            on_step: StepHook | None = None) -> dict[str, Any]:
+    """Run every step that is not done yet, in order; return the run with its steps.
+
+    on_step(index, count, step) is called before each step that runs (e.g. to show where a long job is).
+    """
     kinds = _kinds()
     run = get_run(conn, run_id)
     run_dir = Path(run["run_dir"])
@@ -129,6 +136,8 @@ def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None)
         if step["status"] == "done":
             log.debug("step %s already done", step["name"])
             continue
+        if on_step is not None:
+            on_step(step["idx"], len(run["steps"]), step)
         conn.execute("UPDATE steps SET attempts=attempts+1, started=? WHERE id=?", (time.time(), step["id"]))
         ctx = StepContext(conn, run_id, step["id"], run_dir, f"{step['idx']:02d}-{step['name']}", progress,
                           previous)
@@ -151,19 +160,20 @@ def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None)
 
 
 def start(command: str, args: dict[str, Any], steps: list[StepSpec], progress: bool | None = None,
-          conn: sqlite3.Connection | None = None) -> dict[str, Any]:
+          conn: sqlite3.Connection | None = None, on_step: StepHook | None = None) -> dict[str, Any]:
     """Create a run and execute it; a failure leaves the run resumable."""
     conn = conn or db.connect()
     run_id = create_run(conn, command, args, steps)
     log.info("run %d: %s (%d steps)", run_id, command, len(steps))
     try:
-        return execute(conn, run_id, progress)
+        return execute(conn, run_id, progress, on_step)
     except HifikitError as exc:
         raise HifikitError(f"{str(exc).splitlines()[0]} [run {run_id}: fix the cause, then "
                            f"'hifikit runs resume {run_id}']\n" + "\n".join(str(exc).splitlines()[1:])) from exc
 
 
-def resume(run_id: int, progress: bool | None = None, conn: sqlite3.Connection | None = None) -> dict[str, Any]:
+def resume(run_id: int, progress: bool | None = None, conn: sqlite3.Connection | None = None,
+           on_step: StepHook | None = None) -> dict[str, Any]:
     conn = conn or db.connect()
     run = get_run(conn, run_id)
     if run["status"] == "done" and all(s["status"] == "done" for s in run["steps"]):
@@ -171,7 +181,7 @@ def resume(run_id: int, progress: bool | None = None, conn: sqlite3.Connection |
     if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid() and atomic._pid_alive(run["pid"]) \
             and _same_command(run["pid"]):
         raise HifikitError(f"run {run_id} is still running (pid {run['pid']}); wait for it or stop it first")
-    return execute(conn, run_id, progress)
+    return execute(conn, run_id, progress, on_step)
 
 
 def _same_command(pid: int) -> bool:

@@ -89,6 +89,15 @@ def parse_quantize(text: str) -> QuantizeResult:
                           totals["quant"][1], int(fb.group(1)) if fb else 0)
 
 
+_QT_FTYPE_RE = re.compile(r"quantizing '.*' to '.*' as (\S+)")
+
+
+def parse_quantize_ftype(text: str) -> str | None:
+    """The ftype llama-quantize used ("quantizing 'IN' to 'OUT' as Q3_K_HIFI"), None if it did not say."""
+    m = _QT_FTYPE_RE.search(text)
+    return m.group(1) if m else None
+
+
 _QOPT_RE = re.compile(r"^\s*(?:(\d+)\s+or\s+)?(\S+)\s*:\s*(.*)$")
 
 

@@ -87,8 +87,28 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | None = None,
              progress: Progress | None = None, watcher: Watcher | None = None,
-             cwd: Path | None = None, check: bool = True) -> ToolResult:
-    """Run ``tool`` with ``args``; raise ToolFailedError (one line + log tail) when it fails."""
+             cwd: Path | None = None, check: bool = True, complete: str | None = None) -> ToolResult:
+    """Run ``tool`` with ``args``; raise ToolFailedError (one line + log tail) when it fails.
+
+    ``complete``: text the output must contain. At the pinned commit, common_log's worker
+    thread is never joined at exit (common/log.cpp leaks the logger on purpose), so on a
+    loaded machine a tool can exit 0 with its last lines (the final statistics) lost; such a
+    run is made once more before the parsers see it.
+    """
+    result = _run_tool_once(tool, args, log_path=log_path, progress=progress, watcher=watcher, cwd=cwd,
+                            check=check)
+    if complete and result.returncode == 0 and complete not in result.text:
+        log.warning("%s exited 0 without printing %r (output lost at exit); running it again", tool, complete)
+        if progress:
+            progress = Progress(progress.label, progress.enabled, progress.stream)
+        result = _run_tool_once(tool, args, log_path=log_path, progress=progress, watcher=watcher, cwd=cwd,
+                                check=check)
+    return result
+
+
+def _run_tool_once(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | None,
+                   progress: Progress | None, watcher: Watcher | None, cwd: Path | None,
+                   check: bool) -> ToolResult:
     exe = paths.binary(tool)
     argv = [str(exe), *map(str, args)]
     log.debug("running %s", " ".join(argv))

@@ -27,15 +27,18 @@ def quantize(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     if spec.get("imatrix"):
         args += ["--imatrix", spec["imatrix"]]
     args += list(spec.get("extra", []))
+    # no ftype: an extra argument chooses it (llama-quantize --hifi); the tool's log says which
+    ftype = [spec["ftype"]] if spec.get("ftype") else []
     with atomic.output_file(out) as tmp:
-        result = runner.run_tool("llama-quantize", [*args, src, tmp, spec["ftype"], *(
+        result = runner.run_tool("llama-quantize", [*args, src, tmp, *ftype, *(
             [str(spec["threads"])] if spec.get("threads") else [])], log_path=ctx.log_path,
             progress=Progress(f"quantize {out.name}", ctx.progress), watcher=runner.watch_quantize)
     parsed = parsers.parse_quantize(result.text)
+    chosen = spec.get("ftype") or parsers.parse_quantize_ftype(result.text)
     sha = db.file_sha256(ctx.conn, out)
     common = dict(model=str(out.resolve()), model_sha256=sha)
     return StepOutput(
-        result={"output": str(out.resolve()), "ftype": spec["ftype"], "sha256": sha,
+        result={"output": str(out.resolve()), "ftype": chosen, "sha256": sha, "bytes": out.stat().st_size,
                 **dataclasses.asdict(parsed), "log": result.log_path},
         measurements=[db.Measurement("size_mib", parsed.quant_mib, **common),
                       db.Measurement("bpw", parsed.quant_bpw, **common)],
@@ -70,7 +73,7 @@ def imatrix(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 def _model_facts(conn, model: Path) -> dict[str, Any]:
     info = gguf_io.read_info(model)
     return {"model": str(model.resolve()), "model_sha256": db.file_sha256(conn, model),
-            "size_mib": info.size_mib, "bpw": info.bits_per_weight, "types": info.types,
+            "file_bytes": info.size, "size_mib": info.size_mib, "bpw": info.bits_per_weight, "types": info.types,
             "file_type": info.file_type}
 
 
@@ -96,7 +99,8 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     text_sha = db.file_sha256(ctx.conn, text)
     where = dict(model=facts["model"], model_sha256=facts["model_sha256"], text=str(text.resolve()),
                  text_sha256=text_sha, ctx=spec["ctx"], chunks=spec["chunks"])
-    measurements = [db.Measurement("size_mib", facts["size_mib"], **where),
+    measurements = [db.Measurement("file_bytes", facts["file_bytes"], **where),
+                    db.Measurement("size_mib", facts["size_mib"], **where),
                     db.Measurement("bpw", facts["bpw"], **where)]
     label = f"eval {model.name}"
     if spec.get("ref"):
@@ -105,7 +109,7 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                                    log_path=ctx.log_path, progress=ctx.progress, threads=spec.get("threads"))
         res = runner.run_tool("llama-perplexity", [*args, "--kl-divergence-base", ref.path, "--kl-divergence"],
                               log_path=ctx.log_path, progress=Progress(label, ctx.progress),
-                              watcher=runner.watch_chunks)
+                              watcher=runner.watch_chunks, complete="Same top p:")
         k = parsers.parse_kld(res.text)
         measurements += [
             db.Measurement("ppl", k.ppl, k.ppl_error, **where),
@@ -121,7 +125,8 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                   "ppl": k.ppl, "ppl_error": k.ppl_error}
     else:
         res = runner.run_tool("llama-perplexity", args, log_path=ctx.log_path,
-                              progress=Progress(label, ctx.progress), watcher=runner.watch_chunks)
+                              progress=Progress(label, ctx.progress), watcher=runner.watch_chunks,
+                              complete="Final estimate")
         p = parsers.parse_perplexity(res.text)
         measurements.append(db.Measurement("ppl", p.ppl, p.ppl_error, **where))
         result = {**facts, "ppl": p.ppl, "ppl_error": p.ppl_error, "ppl_chunks": p.chunks}

