@@ -77,14 +77,14 @@ def _knee_finder():
         from .. import knee  # type: ignore[attr-defined]
     except ImportError:
         return None
-    fn = getattr(knee, "knee_type", None)
-    if fn is None:
+    fit = getattr(knee, "fit_curve", None)
+    if fit is None:
         return None
 
     def find(curve: curves.TensorCurve) -> str | None:
         try:
-            return fn(curve)
-        except (HifikitError, ValueError):
+            return fit(curve).knee_type
+        except (HifikitError, ValueError, RuntimeError):
             return None
     return find
 
@@ -126,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
     strat.write(p, args.output)
     plot_path = None
     if args.plots:
-        from .. import plots
-        plot_path = plots.strategy_overview(p, args.plots / f"{args.output.stem}-overview.png")
+        from .. import plan_plots
+        plot_path = plan_plots.strategy_overview(p, args.plots / f"{args.output.stem}-overview.png")
+        _curve_plots(args, conn, p)
     info = {**planner.summary(p), "strategy": str(args.output.resolve()),
             "plot": str(plot_path) if plot_path else None}
     verify = None
@@ -139,6 +140,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     render(info)
     return 0
+
+
+def _curve_plots(args: argparse.Namespace, conn, p: planner.Plan) -> None:
+    """Per-tensor error curves with the chosen type and the knee (plots.py of the analyze work, when present)."""
+    try:
+        from .. import plots  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    fn = getattr(plots, "plot_curves", None)
+    if fn is not None:
+        fn(curves.load_sweep(conn, p.run_id, p.mode), args.plots, chosen={t.name: t.type for t in p.tensors})
 
 
 def run_verify(args: argparse.Namespace, p: planner.Plan, layout: filesize.FileLayout) -> dict:
