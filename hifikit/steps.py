@@ -1,4 +1,5 @@
-"""The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench, calib, fetch, convert.
+"""The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench, calib, fetch, convert
+(and, from analyze.py, sweep-proxy, sweep-measured, knees).
 
 Each takes a JSON spec (stored in the runs database, so `runs resume` needs
 nothing else) and returns a StepOutput. Outputs are written atomically.
@@ -224,3 +225,6 @@ def convert(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         hub.convert(Path(fetched.snapshot), out, spec["outtype"], log_path=ctx.log_path)
     sha = db.file_sha256(ctx.conn, out)
     return StepOutput(result={"models": [str(out)]}, artifacts=[db.Artifact(str(out), "gguf", sha, out.stat().st_size)])
+
+
+from . import analyze as _analyze  # noqa: E402,F401  (registers the analyze step kinds)

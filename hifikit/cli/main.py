@@ -8,11 +8,11 @@ import sys
 
 from .. import __version__
 from ..errors import HifikitError
-from . import bench, calib, compare, fetch, imatrix, info, inspect, plan, quantize, runs, tool
+from . import analyze, bench, calib, compare, fetch, imatrix, info, inspect, plan, quantize, runs, tool
 from . import eval as eval_
 
 # each module registers one noun: add_parser(subparsers) sets args.func
-COMMANDS = (info, tool, inspect, quantize, plan, imatrix, eval_, compare, bench, calib, fetch, runs)
+COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, analyze, plan, runs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ from .output import emit_json, note, say, table
 
 # which module renders a run's result, by the command that created it
 RENDERERS = {"quantize": "quantize", "imatrix": "imatrix", "eval": "eval", "compare": "compare",
-             "bench": "bench", "calib": "calib", "fetch": "fetch"}
+             "bench": "bench", "calib": "calib", "fetch": "fetch",
+             "analyze": "analyze"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,109 @@
+"""The steps of ``hifikit analyze`` (a sweep, proxy or measured) and its per-tensor summary.
+
+A run is: one sweep step that streams each tensor's points to the database
+(a resumed step skips what is stored), then a ``knees`` step that fits the
+curves and writes the plots. The step specs hold everything, so
+``hifikit runs resume ID`` needs nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import curves, db, sensitivity
+from .jobs import StepContext, StepOutput, step_kind
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+# bpw levels of the summary table: the best candidate at or below each
+BPW_LEVELS = (3.5, 4.5, 5.5, 8.5)
+
+
+def _candidates(spec: dict[str, Any]) -> tuple[list[sensitivity.TensorCandidates], Any]:
+    importance = sensitivity.load_importance(spec["imatrix"]) if spec.get("imatrix") else None
+    return sensitivity.candidates(spec["model"], spec.get("types"), importance), importance
+
+
+@step_kind("sweep-proxy")
+def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    cands, importance = _candidates(spec)
+    bar = Progress(f"proxy sweep {Path(spec['model']).name}", ctx.progress)
+    try:
+        stats = sensitivity.run_proxy(ctx.conn, ctx.run_id, spec["model"], cands, importance,
+                                      workers=spec.get("workers"), progress=bar.update)
+    finally:
+        bar.close()
+    log.info("proxy sweep: %d tensors (%d already done), %d points in %.1f s wall, %.1f s CPU, %d processes",
+             stats.tensors, stats.skipped, stats.points, stats.seconds, stats.cpu_seconds, stats.workers)
+    return StepOutput(result={**sensitivity.candidate_summary(cands), **dataclasses.asdict(stats)},
+                      measurements=[db.Measurement("proxy_sweep_seconds", stats.seconds, model=spec["model"]),
+                                    db.Measurement("proxy_sweep_cpu_seconds", stats.cpu_seconds,
+                                                   model=spec["model"])])
+
+
+@step_kind("sweep-measured")
+def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    from . import measured  # written alongside (branch sens); imported only when asked for
+
+    cands, _ = _candidates(spec)
+    sensitivity.store_tensors(ctx.conn, ctx.run_id, cands)
+    res = measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]),
+                             sensitivity.sweep_pairs(cands), ctx=spec["ctx"], chunks=spec["chunks"],
+                             imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None,
+                             threads=spec.get("threads"), log_path=ctx.log_path, progress=ctx.progress)
+    if dataclasses.is_dataclass(res) and not isinstance(res, type):
+        res = dataclasses.asdict(res)
+    return StepOutput(result={**sensitivity.candidate_summary(cands),
+                              **(res if isinstance(res, dict) else {"result": res})})
+
+
+@dataclasses.dataclass
+class TensorSummary:
+    tensor: str
+    shape: list[int]
+    n_elements: int
+    source_type: str
+    points: list[dict[str, Any]]            # type, nbytes, bpw, error (by bpw)
+    best: dict[str, dict[str, Any] | None]  # bpw level -> lowest-error point at or below it
+
+
+def best_at(curve: curves.TensorCurve, level: float) -> curves.CurvePoint | None:
+    fits = [p for p in curve.points if curve.bpw(p) <= level + 1e-9]
+    return min(fits, key=lambda p: (p.error, p.nbytes)) if fits else None
+
+
+def summarize(sweep: curves.Sweep, levels: Sequence[float] = BPW_LEVELS) -> list[TensorSummary]:
+    out = []
+    for c in sweep.curves:
+        pts = sorted(c.points, key=lambda p: (c.bpw(p), p.error))
+        best = {}
+        for level in levels:
+            p = best_at(c, level)
+            best[f"{level:g}"] = ({"type": p.type, "bpw": c.bpw(p), "error": p.error} if p else None)
+        out.append(TensorSummary(c.tensor, list(c.shape), c.n_elements, c.source_type,
+                                 [{"type": p.type, "nbytes": p.nbytes, "bpw": c.bpw(p), "error": p.error,
+                                   "error_pm": p.error_pm, "seconds": p.seconds} for p in pts], best))
+    return out
+
+
+@step_kind("knees")
+def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    from . import knee
+
+    sweep = curves.load_sweep(ctx.conn, ctx.run_id, spec.get("mode"))
+    fits = knee.fit_sweep(sweep)
+    result: dict[str, Any] = {"knees": {name: dataclasses.asdict(f) for name, f in fits.items()},
+                              "methods": {m: sum(1 for f in fits.values() if f.method == m)
+                                          for m in sorted({f.method for f in fits.values()})},
+                              "plots": None}
+    artifacts = []
+    if spec.get("plots"):
+        from . import plots
+
+        paths = plots.plot_curves(sweep, Path(spec["plots"]), fits=fits)
+        result["plots"] = [str(p) for p in paths]
+        artifacts = [db.Artifact(str(p), "plot") for p in paths]
+    return StepOutput(result=result, artifacts=artifacts)
