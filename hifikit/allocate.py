@@ -47,13 +47,17 @@ class Allocation:
         return max(0.0, self.error - self.lower_bound)
 
 
-def _pareto(options: Sequence[tuple[int, float]]) -> list[int]:
-    """Indices of the non-dominated options, by increasing bytes (and decreasing error)."""
+def _pareto(options: Sequence[tuple[int, float]], tie: float = 0.0) -> list[int]:
+    """Indices of the non-dominated options, by increasing bytes (and decreasing error).
+
+    An option must lower the error by more than tie to be kept (errors closer than
+    that are measurement noise: more bytes for nothing).
+    """
     order = sorted(range(len(options)), key=lambda j: (options[j][0], options[j][1]))
     keep: list[int] = []
     best = math.inf
     for j in order:
-        if not keep or options[j][1] < best - EPS * max(1.0, abs(best)):
+        if not keep or options[j][1] < best - max(tie, EPS * max(1.0, abs(best))):
             keep.append(j)
             best = options[j][1]
     return keep
@@ -94,13 +98,15 @@ def dual_bound(items: Sequence[Sequence[tuple[int, float]]], capacity: int) -> f
     return float(total.max())
 
 
-def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_rounds: int = 10000) -> Allocation:
+def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_rounds: int = 10000,
+             tie: float = 0.0) -> Allocation:
+    """Choose one option per item; options within tie of a cheaper one's error are never bought."""
     if not items:
         return Allocation([], 0, 0.0, 0.0, [])
     for i, opts in enumerate(items):
         if not opts:
             raise HifikitError(f"item {i} has no option")
-    fronts = [_pareto(opts) for opts in items]
+    fronts = [_pareto(opts, tie) for opts in items]
     hulls = [_hull(opts, front) for opts, front in zip(items, fronts)]
     choice = [front[0] for front in fronts]
     stage = ["minimum"] * len(items)

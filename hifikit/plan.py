@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # tensor_requires_imatrix() in src/llama-quant.cpp (token_embd and output are exempt)
 IMATRIX_TYPES = ("iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq1_m", "iq1_s")
 ERROR_SCALES = ("none", "elements")
+# error differences below this share of the sweep's largest error are noise (a re-quantization that
+# reproduces the source grid gives 1e-7-level relative errors, not exact zeros): never buy bytes for them
+TIE_SHARE = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +216,9 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
     fixed_bytes = sum(filesize.padded_bytes(slots[n], t) for n, t in fixed.items())
     capacity = budget - meta - fixed_bytes
     try:
-        alloc = allocate.allocate([[(o.cost, o.weighted) for o in opts] for _, opts in chosen], capacity)
+        largest = max((o.weighted for _, opts in chosen for o in opts), default=0.0)
+        alloc = allocate.allocate([[(o.cost, o.weighted) for o in opts] for _, opts in chosen], capacity,
+                                  tie=TIE_SHARE * largest)
     except HifikitError as exc:
         raise HifikitError(f"target {target.describe()} ({budget} bytes) cannot be met: metadata {meta} + "
                            f"fixed tensors {fixed_bytes} bytes leave {capacity}; {exc}") from exc

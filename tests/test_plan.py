@@ -267,3 +267,11 @@ def test_regex_is_anchored_and_escaped():
     pattern = __import__("hifikit.strategy", fromlist=["regex_for"]).regex_for("blk.1.attn_q.weight")
     assert re.search(pattern, "blk.1.attn_q.weight")
     assert not re.search(pattern, "blk.11.attn_q.weight") and not re.search(pattern, "blkx1.attn_q.weight")
+
+
+def test_allocation_does_not_buy_noise():
+    # f16 beats q6_K by 1e-8: below the tie, so the spare bytes stay unspent
+    items = [[(100, 1.0), (200, 1e-7), (400, 0.0)], [(100, 0.5), (150, 0.2)]]
+    a = allocate.allocate(items, 1000, tie=1e-6)
+    assert a.choice == [1, 1] and a.bytes == 350
+    assert allocate.allocate(items, 1000).choice == [2, 1]
