@@ -265,9 +265,12 @@ def summary(plan: Plan) -> dict:
     for t in plan.tensors:
         counts[t.type] = counts.get(t.type, 0) + 1
         bytes_by_type[t.type] = bytes_by_type.get(t.type, 0) + t.option(t.type).cost
+    # MoE: expert tensors are candidates like the others; their share of the file is worth seeing
+    expert_bytes = sum(t.option(t.type).cost for t in plan.tensors if "_exps" in t.name)
     return {"model": plan.model, "target": dataclasses.asdict(plan.target), "budget_bytes": plan.budget,
             "predicted_bytes": plan.predicted_bytes, "predicted_mib": plan.predicted_bytes / 2**20,
             "bpw_file": plan.bpw, "predicted_error": plan.predicted_error, "lower_bound": plan.lower_bound,
             "slack_bytes": plan.budget - plan.predicted_bytes, "run": plan.run_id, "mode": plan.mode,
             "error_scale": plan.error_scale, "base_ftype": plan.base_ftype, "types": counts,
-            "type_bytes": bytes_by_type, "n_planned": len(plan.tensors), "n_fixed": len(plan.fixed)}
+            "type_bytes": bytes_by_type, "n_planned": len(plan.tensors), "n_fixed": len(plan.fixed),
+            "expert_bytes": expert_bytes, "expert_share": expert_bytes / plan.predicted_bytes}

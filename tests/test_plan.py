@@ -275,3 +275,21 @@ def test_allocation_does_not_buy_noise():
     a = allocate.allocate(items, 1000, tie=1e-6)
     assert a.choice == [1, 1] and a.bytes == 350
     assert allocate.allocate(items, 1000).choice == [2, 1]
+
+
+def test_moe_expert_tensors_are_planned(cli, tmp_path):
+    # header-only (sparse) MoE model: planning reads headers and llama-quantize --dry-run only
+    model = fm.write_model(tmp_path / "moe.gguf", fm.ModelSpec(n_layer=2, n_embd=256, n_ff=512, n_expert=4),
+                           sparse=True)
+    run_id = synthetic_sweep(model, seed=5)
+    strategy = tmp_path / "moe.yaml"
+    info = cli.json("plan", model, "--from-run", run_id, "--target-bpw", "5.5", "-o", strategy)
+    doc = yaml.safe_load(strategy.read_text())
+    experts = [n for n in doc["tensors"] if "_exps" in n]
+    assert len(experts) == 6                                     # gate/up/down x 2 layers
+    assert "blk.0.ffn_gate_inp.weight" in doc["fixed"]            # the router is never quantized
+    assert 0 < info["expert_share"] < 1
+    assert info["predicted_bytes"] <= info["budget_bytes"]
+    layout = filesize.FileLayout.read(model)
+    types = {**doc["fixed"], **{n: e["type"] for n, e in doc["tensors"].items()}}
+    assert filesize.file_size(layout, types) == info["predicted_bytes"]

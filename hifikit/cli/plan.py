@@ -186,6 +186,8 @@ def render(info: dict) -> None:
     say(f"predicted error {info['predicted_error']:.6g} ({info['mode']} curves of run {info['run']}, "
         f"scale {info['error_scale']}); lower bound {info['lower_bound']:.6g}")
     say(f"{info['n_planned']} tensors planned, {info['n_fixed']} fixed (base ftype {info['base_ftype']})")
+    if info["expert_bytes"]:
+        say(f"expert tensors: {info['expert_bytes'] / 2**20:.2f} MiB, {100 * info['expert_share']:.1f} % of the file")
     if info.get("plot"):
         say(f"overview: {info['plot']}")
     v = info.get("verify")
