@@ -14,6 +14,9 @@ so it is tested against brute force. Each item is a list of options
 5. Pair exchange: one item up, another down, together within the capacity,
    the pair that lowers the error most; then fill again. Repeated until no
    move helps.
+6. With a tie (errors closer than it are noise), steps 1-5 ignore noise-level
+   gains; the bytes still left are then spent by the fill of step 4 on the
+   smallest errors, ties included (stage "spare").
 
 The Lagrangian dual ``max_l sum_i min_j (e_ij + l b_ij) - l C`` is a lower
 bound on the optimum, so ``error - bound`` bounds how far a result can be from
@@ -40,7 +43,7 @@ class Allocation:
     bytes: int
     error: float
     lower_bound: float         # Lagrangian dual bound on the optimal error
-    stage: list[str]           # per item: "minimum", "hull", "fill" or "exchange": the step that chose it
+    stage: list[str]           # per item: "minimum", "hull", "fill", "exchange" or "spare": the step that chose it
 
     @property
     def gap(self) -> float:
@@ -148,6 +151,12 @@ def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_ro
             used = sum(items[i][c][0] for i, c in enumerate(choice))
             continue
         break
+    if tie > 0:
+        # the decisions above ignore noise-level gains; bytes left over once nothing else
+        # pays are still the caller's budget: spend them on the smallest errors, ties included
+        full = [_pareto(opts) for opts in items]
+        while _fill(items, full, choice, stage, capacity - used, label="spare"):
+            used = sum(items[i][c][0] for i, c in enumerate(choice))
     error = sum(items[i][c][1] for i, c in enumerate(choice))
     return Allocation(choice, used, error, dual_bound(items, capacity), stage)
 
@@ -167,7 +176,7 @@ def _moves(items, fronts, choice) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         np.array(de, dtype=np.float64)
 
 
-def _fill(items, fronts, choice, stage, slack: int) -> bool:
+def _fill(items, fronts, choice, stage, slack: int, label: str = "fill") -> bool:
     it, op, db, de = _moves(items, fronts, choice)
     if not len(it):
         return False
@@ -176,7 +185,7 @@ def _fill(items, fronts, choice, stage, slack: int) -> bool:
         return False
     k = int(np.argmin(np.where(ok, de, np.inf)))
     choice[it[k]] = int(op[k])
-    stage[it[k]] = "fill"
+    stage[it[k]] = label
     return True
 
 

@@ -239,7 +239,8 @@ def _reason(stage: str, opts: list[Option], j: int, knee: str | None) -> str:
     words = {"minimum": "smallest candidate: no upgrade paid for its bytes",
              "hull": "best error per byte",
              "fill": "budget fill",
-             "exchange": "budget fill (exchanged bytes with another tensor)"}[stage]
+             "exchange": "budget fill (exchanged bytes with another tensor)",
+             "spare": "spare bytes (a gain at the noise level of the curves)"}[stage]
     if j == best and stage != "minimum":
         words = "lowest error of its candidates"
     elif j == cheapest and stage == "minimum":
