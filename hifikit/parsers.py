@@ -54,6 +54,7 @@ _QT_HEAD_RE = re.compile(
 _QT_CONV_RE = re.compile(r"converting to (\S+) \.\.")
 _QT_SIZE2_RE = re.compile(rf"size =\s+({_NUM}) MiB ->\s+({_NUM}) MiB")
 _QT_SIZE1_RE = re.compile(rf"size =\s+({_NUM}) MiB")
+_QT_DRY_RE = re.compile(rf"MiB ->\s+{_NUM} MiB \((\S+)\)")   # --dry-run names the target type
 _QT_TOTAL_RE = re.compile(rf"(model|quant) size\s+=\s+({_NUM}) MiB \(({_NUM}) BPW\)")
 _QT_FALLBACK_RE = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback")
 
@@ -79,8 +80,9 @@ def parse_quantize(text: str) -> QuantizeResult:
         shape = [int(x) for x in m.group(4).replace(" ", "").split(",") if x]
         while len(shape) > 1 and shape[-1] == 1:
             shape.pop()
-        tensors.append(QuantTensor(int(m.group(1)), m.group(3), shape, src,
-                                   conv.group(1) if conv else src, before, after))
+        dry = None if conv else _QT_DRY_RE.search(body)
+        target = conv.group(1) if conv else dry.group(1) if dry else src
+        tensors.append(QuantTensor(int(m.group(1)), m.group(3), shape, src, target, before, after))
     totals = {kind: (_f(mib), _f(bpw)) for kind, mib, bpw in _QT_TOTAL_RE.findall(text)}
     if "quant" not in totals or "model" not in totals:
         raise ParseError("llama-quantize output has no 'model size' / 'quant size' lines")

@@ -7,12 +7,16 @@ nothing else) and returns a StepOutput. Outputs are written atomically.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from . import atomic, db, gguf_io, kld, parsers, runner
+from .errors import HifikitError
 from .jobs import StepContext, StepOutput, step_kind
 from .progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 def _threads(spec: dict[str, Any]) -> list[str]:
@@ -29,20 +33,53 @@ def quantize(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     args += list(spec.get("extra", []))
     # no ftype: an extra argument chooses it (llama-quantize --hifi); the tool's log says which
     ftype = [spec["ftype"]] if spec.get("ftype") else []
+    if spec.get("tensor_types"):
+        # a strategy: one anchored pattern per tensor (see strategy.overrides)
+        types_file = ctx.run_dir / f"{ctx.name}.tensor-types.txt"
+        atomic.write_text(types_file, "".join(f"{p}={t}\n" for p, t in spec["tensor_types"]))
+        args += ["--tensor-type-file", types_file]
     with atomic.output_file(out) as tmp:
         result = runner.run_tool("llama-quantize", [*args, src, tmp, *ftype, *(
             [str(spec["threads"])] if spec.get("threads") else [])], log_path=ctx.log_path,
             progress=Progress(f"quantize {out.name}", ctx.progress), watcher=runner.watch_quantize)
+        if spec.get("expect_types"):
+            _check_types(tmp, out, spec["expect_types"])
+        size = tmp.stat().st_size
     parsed = parsers.parse_quantize(result.text)
     chosen = spec.get("ftype") or parsers.parse_quantize_ftype(result.text)
     sha = db.file_sha256(ctx.conn, out)
     common = dict(model=str(out.resolve()), model_sha256=sha)
+    measurements = [db.Measurement("size_mib", parsed.quant_mib, **common),
+                    db.Measurement("bpw", parsed.quant_bpw, **common)]
+    extra: dict[str, Any] = {}
+    if spec.get("expect_bytes") is not None:
+        extra = {"file_bytes": size, "predicted_bytes": spec["expect_bytes"],
+                 "predicted_error": spec.get("predicted_error")}
+        if size != spec["expect_bytes"]:
+            log.warning("%s: %d bytes, the file size model predicted %d", out, size, spec["expect_bytes"])
+        measurements += [db.Measurement("file_bytes", size, **common),
+                         db.Measurement("predicted_bytes", spec["expect_bytes"], **common)]
+        if spec.get("predicted_error") is not None:
+            measurements.append(db.Measurement("predicted_error", spec["predicted_error"], **common))
     return StepOutput(
-        result={"output": str(out.resolve()), "ftype": chosen, "sha256": sha, "bytes": out.stat().st_size,
-                **dataclasses.asdict(parsed), "log": result.log_path},
-        measurements=[db.Measurement("size_mib", parsed.quant_mib, **common),
-                      db.Measurement("bpw", parsed.quant_bpw, **common)],
+        result={"output": str(out.resolve()), "ftype": chosen, "sha256": sha, "bytes": size,
+                **dataclasses.asdict(parsed), **extra, "log": result.log_path},
+        measurements=measurements,
         artifacts=[db.Artifact(str(out), "gguf", sha, out.stat().st_size)])
+
+
+def _check_types(path: Path, out: Path, expected: dict[str, str]) -> None:
+    """Every tensor of the written file has the planned type; otherwise one error naming them."""
+    from .filesize import tensor_types
+
+    got = tensor_types(path)
+    wrong = [f"{n}: {got[n]} instead of {t}" for n, t in expected.items() if n in got and got[n].lower() != t.lower()]
+    absent = [n for n in expected if n not in got]
+    if wrong or absent:
+        items = wrong + [f"{n}: not in the output" for n in absent]
+        raise HifikitError(f"{out}: {len(items)} tensor(s) do not have the planned type "
+                           f"(llama-quantize fell back or ignored an override): {'; '.join(items[:8])}"
+                           + (f"; and {len(items) - 8} more" if len(items) > 8 else ""))
 
 
 @step_kind("imatrix")

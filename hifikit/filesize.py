@@ -1,0 +1,261 @@
+"""The exact byte size of the GGUF that ``llama-quantize`` writes for a per-tensor type assignment.
+
+Mirrors ``llama_model_quantize_impl`` (src/llama-quant.cpp) and ``gguf_write_out``
+(ggml/src/gguf.cpp) at the pinned commit:
+
+- header: magic, version (u32), tensor count (u64), KV count (u64): 24 bytes;
+- the KV pairs of the input, as ``gguf_set_kv`` copies them, with
+  ``general.quantization_version`` and ``general.file_type`` set (u32),
+  ``split.*`` removed and, with an imatrix, the ``quantize.imatrix.*`` keys
+  that tools/quantize/quantize.cpp adds (file and dataset strings cut at 127
+  bytes, entry and chunk counts as u32);
+- one tensor info per tensor: name, ``ggml_n_dims`` dims, type, offset;
+- the metadata padded to 32 bytes, then each tensor's data padded to 32.
+
+The output context starts from ``gguf_init_empty()``, so its alignment is
+GGUF_DEFAULT_ALIGNMENT (32) even when the input carries ``general.alignment``
+(the key is copied, the context's alignment is not); llama-quant.cpp pads the
+data with GGUF_DEFAULT_ALIGNMENT too. Tensor data bytes are row-size
+arithmetic, as ``ggml_row_size`` computes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import mmap
+import struct
+from pathlib import Path
+from typing import Mapping
+
+from . import ggml, gguf_io
+from .errors import HifikitError
+
+log = logging.getLogger(__name__)
+
+ALIGNMENT = 32                      # GGUF_DEFAULT_ALIGNMENT
+HEADER_BYTES = 4 + 4 + 8 + 8        # magic, version, n_tensors, n_kv
+IMATRIX_STR_MAX = 127               # strncpy(kvo.val_str, ..., 127) in quantize.cpp
+SET_U32_KEYS = ("general.quantization_version", "general.file_type")
+REMOVED_KEYS = ("split.no", "split.count", "split.tensors.count")
+KEY_IMATRIX_FILE = "quantize.imatrix.file"
+KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
+KEY_IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
+KEY_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
+
+# tensor_allows_quantization() in src/llama-quant.cpp: name rules besides "2-D or more, ends in weight"
+_NEVER_QUANTIZED_PARTS = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+                          "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight",
+                          "indexer.k_proj.weight", "indexer.q_proj.weight")
+_NEVER_QUANTIZED_NAMES = ("position_embd.weight", "token_types.weight")
+
+
+def pad(n: int, align: int = ALIGNMENT) -> int:
+    return (n + align - 1) // align * align
+
+
+def n_dims(shape: list[int] | tuple[int, ...]) -> int:
+    """ggml_n_dims: the index of the last dimension above 1, plus one (at least 1)."""
+    for i in range(len(shape) - 1, 0, -1):
+        if shape[i] > 1:
+            return i + 1
+    return 1
+
+
+def allows_quantization(name: str, shape: list[int] | tuple[int, ...]) -> bool:
+    """Whether llama-quantize may change this tensor's type (its name and shape rules)."""
+    if n_dims(shape) < 2 or not name.endswith("weight"):
+        return False
+    if any(part in name for part in _NEVER_QUANTIZED_PARTS):
+        return False
+    return name not in _NEVER_QUANTIZED_NAMES
+
+
+def kv_u32_bytes(key: str) -> int:
+    return 8 + len(key.encode()) + 4 + 4
+
+
+def kv_str_bytes(key: str, value: str) -> int:
+    return 8 + len(key.encode()) + 4 + 8 + len(value.encode())
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    shape: tuple[int, ...]      # ggml order: shape[0] is the row length
+    source_type: str
+    n_elements: int
+    quantizable: bool
+
+    @property
+    def row_length(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_elements // self.shape[0]
+
+    @property
+    def info_bytes(self) -> int:
+        """Its tensor info: name (u64 length + bytes), n_dims (u32), ne (i64 each), type (u32), offset (u64)."""
+        return 8 + len(self.name.encode()) + 4 + 8 * n_dims(self.shape) + 4 + 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ImatrixKeys:
+    """What quantize.cpp writes for --imatrix FILE: the path as given on its command line."""
+    file: str
+    dataset: str | None
+    has_chunks: bool
+
+    @classmethod
+    def from_file(cls, path: Path | str, as_given: str | None = None) -> "ImatrixKeys":
+        summary = gguf_io.imatrix_summary(path)
+        datasets = summary.get("datasets") or []
+        chunks = summary.get("chunks")
+        return cls(as_given if as_given is not None else str(path), datasets[0] if datasets else None,
+                   bool(chunks) and int(chunks) > 0)
+
+
+def _cut(value: str, limit: int = IMATRIX_STR_MAX) -> str:
+    raw = value.encode()[:limit]
+    return raw.decode(errors="ignore") if len(raw) == limit else value
+
+
+@dataclasses.dataclass
+class FileLayout:
+    """The input model's metadata and tensors: everything the output size depends on besides the types."""
+    path: str
+    kv: dict[str, int]          # key -> serialized bytes of that KV pair in the input
+    tensors: list[TensorSlot]
+
+    @classmethod
+    def read(cls, path: Path | str) -> "FileLayout":
+        kv, infos = scan(path)
+        names = type_names()
+        tensors = []
+        for name, shape, type_id in infos:
+            n = 1
+            for d in shape:
+                n *= d
+            tensors.append(TensorSlot(name, tuple(shape), names.get(type_id, str(type_id)), n,
+                                      allows_quantization(name, shape)))
+        return cls(str(path), kv, tensors)
+
+    def tensor(self, name: str) -> TensorSlot:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise HifikitError(f"{self.path}: no tensor '{name}'")
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    def kv_bytes(self, imatrix: ImatrixKeys | None = None) -> int:
+        kv = {k: v for k, v in self.kv.items() if k not in REMOVED_KEYS}
+        for key in SET_U32_KEYS:
+            kv[key] = kv_u32_bytes(key)
+        if imatrix is not None:
+            kv[KEY_IMATRIX_FILE] = kv_str_bytes(KEY_IMATRIX_FILE, _cut(imatrix.file))
+            if imatrix.dataset is not None:
+                kv[KEY_IMATRIX_DATASET] = kv_str_bytes(KEY_IMATRIX_DATASET, _cut(imatrix.dataset))
+            kv[KEY_IMATRIX_ENTRIES] = kv_u32_bytes(KEY_IMATRIX_ENTRIES)
+            if imatrix.has_chunks:
+                kv[KEY_IMATRIX_CHUNKS] = kv_u32_bytes(KEY_IMATRIX_CHUNKS)
+        return sum(kv.values())
+
+    def meta_bytes(self, imatrix: ImatrixKeys | None = None) -> int:
+        """Header, KV pairs and tensor infos, padded: where the tensor data starts."""
+        return pad(HEADER_BYTES + self.kv_bytes(imatrix) + sum(t.info_bytes for t in self.tensors))
+
+
+def tensor_bytes(slot: TensorSlot, type_name: str) -> int:
+    """Bytes of this tensor's data in type_name (unpadded); an error if the type cannot hold its rows."""
+    t = ggml.load().type_by_name(type_name)
+    if slot.row_length % t.block_size:
+        raise HifikitError(f"{slot.name}: row length {slot.row_length} is not a multiple of "
+                           f"{t.name}'s block size {t.block_size}")
+    return t.row_size(slot.row_length) * slot.n_rows
+
+
+def padded_bytes(slot: TensorSlot, type_name: str) -> int:
+    """What this tensor costs in the file: its data padded to the alignment."""
+    return pad(tensor_bytes(slot, type_name))
+
+
+def file_size(layout: FileLayout, types: Mapping[str, str], imatrix: ImatrixKeys | None = None) -> int:
+    """Exact size of llama-quantize's output when tensor name -> type is `types` (every tensor named)."""
+    missing = [t.name for t in layout.tensors if t.name not in types]
+    if missing:
+        raise HifikitError(f"no type for {len(missing)} tensor(s): {', '.join(missing[:5])}")
+    return layout.meta_bytes(imatrix) + sum(padded_bytes(t, types[t.name]) for t in layout.tensors)
+
+
+def type_names() -> dict[int, str]:
+    return {t.id: t.name for t in ggml.load().types()}
+
+
+# GGUF value types -> fixed size in bytes (8: string, 9: array are variable)
+_SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def scan(path: Path | str) -> tuple[dict[str, int], list[tuple[str, list[int], int]]]:
+    """The KV pairs (key -> serialized bytes) and tensor infos (name, shape, type id) of a GGUF.
+
+    A direct walk of the header: gguf-py's reader builds one numpy view per
+    vocabulary string, which takes tens of seconds on a 262k-token vocabulary.
+    """
+    path = gguf_io.check_file(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        try:
+            version, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
+            if version < 2:
+                raise HifikitError(f"{path}: GGUF version {version} is not supported")
+            pos = HEADER_BYTES
+            kv: dict[str, int] = {}
+
+            def string(at: int) -> tuple[str, int]:
+                (n,) = struct.unpack_from("<Q", m, at)
+                return m[at + 8:at + 8 + n].decode("utf-8", errors="replace"), at + 8 + n
+
+            for _ in range(n_kv):
+                start = pos
+                key, pos = string(pos)
+                (vtype,) = struct.unpack_from("<I", m, pos)
+                pos += 4
+                if vtype == 8:
+                    (n,) = struct.unpack_from("<Q", m, pos)
+                    pos += 8 + n
+                elif vtype == 9:
+                    etype, count = struct.unpack_from("<IQ", m, pos)
+                    pos += 12
+                    if etype == 8:
+                        for _ in range(count):
+                            (n,) = struct.unpack_from("<Q", m, pos)
+                            pos += 8 + n
+                    elif etype in _SCALAR_SIZE:
+                        pos += _SCALAR_SIZE[etype] * count
+                    else:
+                        raise HifikitError(f"{path}: KV {key}: unsupported array element type {etype}")
+                elif vtype in _SCALAR_SIZE:
+                    pos += _SCALAR_SIZE[vtype]
+                else:
+                    raise HifikitError(f"{path}: KV {key}: unknown value type {vtype}")
+                kv[key] = pos - start
+            infos = []
+            for _ in range(n_tensors):
+                name, pos = string(pos)
+                (nd,) = struct.unpack_from("<I", m, pos)
+                shape = list(struct.unpack_from(f"<{nd}q", m, pos + 4))
+                (type_id,) = struct.unpack_from("<I", m, pos + 4 + 8 * nd)
+                pos += 4 + 8 * nd + 4 + 8
+                infos.append((name, shape, int(type_id)))
+        except struct.error as exc:
+            raise HifikitError(f"{path}: truncated or malformed GGUF header ({exc})") from exc
+    return kv, infos
+
+
+def tensor_types(path: Path | str) -> dict[str, str]:
+    """Tensor name -> type name of a GGUF, read from its header only."""
+    names = type_names()
+    return {name: names.get(type_id, str(type_id)) for name, _, type_id in scan(path)[1]}

@@ -1,0 +1,277 @@
+"""The size-budget planner: one type per tensor, least total predicted error, exact file bytes.
+
+Inputs: a sweep (curves.Sweep: per tensor, each candidate's error), the model
+(filesize.FileLayout) and a byte budget for the whole output file. Each
+tensor's cost is its data padded to the GGUF alignment; the metadata and the
+tensors the planner does not choose are fixed costs. Tensors not in the sweep
+keep the type ``llama-quantize`` gives them with the strategy's base ftype
+(its ``--dry-run``, so norms stay F32 and unswept weights get the base
+ftype's mixture); the strategy lists them under ``fixed``.
+
+Candidates are the sweep's points whose type's block size divides the row
+length (others would be silently replaced by upstream's fallback) and, without
+an imatrix, that llama-quantize can write without one.
+
+Targets (the budget is bytes of the whole file, metadata included):
+- ``bpw X``: 8 x file bytes / weights of all tensors <= X;
+- ``size MiB``: file bytes <= MiB x 2^20;
+- ``match FTYPE``: file bytes <= the size of the file llama-quantize writes
+  with that ftype (its --dry-run types through the file size model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+from . import allocate, atomic, curves, db, filesize, ggml, parsers, runner
+from .errors import HifikitError
+
+log = logging.getLogger(__name__)
+
+# tensor_requires_imatrix() in src/llama-quant.cpp (token_embd and output are exempt)
+IMATRIX_TYPES = ("iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq1_m", "iq1_s")
+ERROR_SCALES = ("none", "elements")
+# error differences below this share of the sweep's largest error are noise (a re-quantization that
+# reproduces the source grid gives 1e-7-level relative errors, not exact zeros): never buy bytes for them
+TIE_SHARE = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    kind: str          # bpw | size | match
+    value: str         # as given: "4.5", "230", "Q3_K_M"
+
+    def describe(self) -> str:
+        return {"bpw": f"{self.value} bits per weight (whole file)", "size": f"{self.value} MiB (whole file)",
+                "match": f"the size of llama-quantize's {self.value}"}[self.kind]
+
+
+@dataclasses.dataclass
+class Option:
+    type: str
+    nbytes: int            # tensor data, unpadded (as the sweep stores it)
+    cost: int              # padded: what it costs in the file
+    error: float           # as the sweep gives it
+    weighted: float        # error x the tensor's scale: what the planner adds up
+
+
+@dataclasses.dataclass
+class TensorPlan:
+    name: str
+    shape: tuple[int, ...]
+    n_elements: int
+    type: str
+    reason: str
+    options: list[Option]
+    knee: str | None = None
+
+    def option(self, type_name: str) -> Option:
+        for o in self.options:
+            if o.type == type_name:
+                return o
+        raise HifikitError(f"{self.name}: {type_name} is not one of its candidates")
+
+
+@dataclasses.dataclass
+class Plan:
+    model: str
+    target: Target
+    budget: int
+    base_ftype: str
+    imatrix: str | None
+    run_id: int
+    mode: str
+    error_scale: str
+    tensors: list[TensorPlan]
+    fixed: dict[str, str]          # tensor -> type, not chosen by the planner
+    meta_bytes: int
+    fixed_bytes: int               # padded data of the fixed tensors
+    predicted_bytes: int
+    predicted_error: float         # sum of the chosen options' errors (scaled)
+    lower_bound: float             # Lagrangian bound on the best possible predicted error
+    n_weights: int
+
+    @property
+    def types(self) -> dict[str, str]:
+        return {**self.fixed, **{t.name: t.type for t in self.tensors}}
+
+    @property
+    def bpw(self) -> float:
+        return 8.0 * self.predicted_bytes / self.n_weights
+
+
+def type_fits(slot: filesize.TensorSlot, type_name: str) -> bool:
+    return slot.row_length % ggml.load().type_by_name(type_name).block_size == 0
+
+
+def needs_imatrix(name: str, type_name: str) -> bool:
+    return type_name.lower() in IMATRIX_TYPES and not (name.startswith("token_embd") or name == "output.weight")
+
+
+def dry_run_types(model: Path, ftype: str, imatrix: Path | None = None) -> dict[str, str]:
+    """Tensor -> type as ``llama-quantize --dry-run MODEL FTYPE`` chooses them."""
+    args: list = ["--dry-run"]
+    if imatrix:
+        args += ["--imatrix", imatrix]
+    res = runner.run_tool("llama-quantize", [*args, model, ftype])
+    return {t.name: t.target_type for t in parsers.parse_quantize(res.text).tensors}
+
+
+def _cache_path(key: str) -> Path:
+    return db.home() / "cache" / "ftype-size" / f"{key}.json"
+
+
+def ftype_file_size(conn, model: Path, layout: filesize.FileLayout, ftype: str, imatrix: Path | None,
+                    imatrix_keys: filesize.ImatrixKeys | None) -> int:
+    """Bytes of the file llama-quantize writes for this model and ftype (cached by content and build)."""
+    from .jobs import versions
+
+    parts = [db.file_sha256(conn, model), ftype, db.file_sha256(conn, imatrix) if imatrix else "",
+             json.dumps(dataclasses.asdict(imatrix_keys) if imatrix_keys else None, sort_keys=True),
+             json.dumps(versions(), sort_keys=True, default=str)]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+    path = _cache_path(key)
+    if path.is_file():
+        try:
+            return int(json.loads(path.read_text())["bytes"])
+        except (ValueError, KeyError):
+            pass
+    size = filesize.file_size(layout, dry_run_types(model, ftype, imatrix), imatrix_keys)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps({"model": str(model), "ftype": ftype, "bytes": size}))
+    return size
+
+
+def budget_for(target: Target, layout: filesize.FileLayout, match_size: Callable[[str], int]) -> int:
+    n_weights = sum(t.n_elements for t in layout.tensors)
+    try:
+        if target.kind == "bpw":
+            return int(float(target.value) * n_weights // 8)
+        if target.kind == "size":
+            return int(float(target.value) * 2**20)
+    except ValueError as exc:
+        raise HifikitError(f"--target-{target.kind}: not a number: {target.value!r}") from exc
+    if target.kind == "match":
+        return match_size(target.value)
+    raise HifikitError(f"unknown target kind '{target.kind}'")
+
+
+def scale_of(curve: curves.TensorCurve, how: str, total_elements: int) -> float:
+    if how == "none":
+        return 1.0
+    if how == "elements":
+        return curve.n_elements / total_elements
+    raise HifikitError(f"unknown error scale '{how}' (expected one of {', '.join(ERROR_SCALES)})")
+
+
+def candidates(curve: curves.TensorCurve, slot: filesize.TensorSlot, scale: float, has_imatrix: bool,
+               types: list[str] | None = None) -> list[Option]:
+    out = []
+    wanted = {t.lower() for t in types} if types else None
+    for p in curve.points:
+        if wanted is not None and p.type.lower() not in wanted:
+            continue
+        if not type_fits(slot, p.type):
+            continue
+        if not has_imatrix and needs_imatrix(slot.name, p.type):
+            continue
+        nbytes = filesize.tensor_bytes(slot, p.type)
+        if nbytes != p.nbytes:
+            raise HifikitError(f"{curve.tensor}: {p.type} is stored as {p.nbytes} bytes, "
+                               f"the model's shape gives {nbytes} (sweep of another model?)")
+        out.append(Option(p.type, nbytes, filesize.pad(nbytes), p.error, p.error * scale))
+    return out
+
+
+def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, target: Target, budget: int,
+              base_types: dict[str, str], base_ftype: str, imatrix: Path | None,
+              imatrix_keys: filesize.ImatrixKeys | None, error_scale: str = "none",
+              types: list[str] | None = None, knees: Callable[[curves.TensorCurve], str | None] | None = None
+              ) -> Plan:
+    """Choose the types; base_types (llama-quantize's choice under base_ftype) fills the unswept tensors."""
+    slots = {t.name: t for t in layout.tensors}
+    unknown = [c.tensor for c in sweep.curves if c.tensor not in slots]
+    if unknown:
+        raise HifikitError(f"sweep run {sweep.run_id} has tensors this model lacks: {', '.join(unknown[:5])} "
+                           "(a sweep of another model?)")
+    total = sum(t.n_elements for t in layout.tensors)
+    chosen: list[tuple[curves.TensorCurve, list[Option]]] = []
+    fixed: dict[str, str] = {}
+    swept = {c.tensor: c for c in sweep.curves if c.points}
+    for slot in layout.tensors:
+        curve = swept.get(slot.name)
+        if curve is None or not slot.quantizable:
+            fixed[slot.name] = base_types.get(slot.name, slot.source_type) if slot.quantizable else slot.source_type
+            continue
+        opts = candidates(curve, slot, scale_of(curve, error_scale, total), imatrix is not None, types)
+        if not opts:
+            raise HifikitError(f"{slot.name}: no candidate type fits its rows of {slot.row_length} "
+                               f"(sweep types: {', '.join(p.type for p in curve.points)})")
+        chosen.append((curve, opts))
+    meta = layout.meta_bytes(imatrix_keys)
+    fixed_bytes = sum(filesize.padded_bytes(slots[n], t) for n, t in fixed.items())
+    capacity = budget - meta - fixed_bytes
+    try:
+        largest = max((o.weighted for _, opts in chosen for o in opts), default=0.0)
+        alloc = allocate.allocate([[(o.cost, o.weighted) for o in opts] for _, opts in chosen], capacity,
+                                  tie=TIE_SHARE * largest)
+    except HifikitError as exc:
+        raise HifikitError(f"target {target.describe()} ({budget} bytes) cannot be met: metadata {meta} + "
+                           f"fixed tensors {fixed_bytes} bytes leave {capacity}; {exc}") from exc
+    plans = []
+    for (curve, opts), j, stage in zip(chosen, alloc.choice, alloc.stage):
+        knee = knees(curve) if knees else None
+        plans.append(TensorPlan(curve.tensor, slots[curve.tensor].shape, slots[curve.tensor].n_elements,
+                                opts[j].type, _reason(stage, opts, j, knee), opts, knee))
+    predicted = meta + fixed_bytes + alloc.bytes
+    return Plan(str(model), target, budget, base_ftype, str(imatrix) if imatrix else None, sweep.run_id,
+                sweep.mode, error_scale, plans, fixed, meta, fixed_bytes, predicted, alloc.error,
+                alloc.lower_bound, total)
+
+
+def _reason(stage: str, opts: list[Option], j: int, knee: str | None) -> str:
+    cheapest = min(range(len(opts)), key=lambda k: (opts[k].cost, opts[k].weighted))
+    best = min(range(len(opts)), key=lambda k: (opts[k].weighted, opts[k].cost))
+    words = {"minimum": "smallest candidate: no upgrade paid for its bytes",
+             "hull": "best error per byte",
+             "fill": "budget fill",
+             "exchange": "budget fill (exchanged bytes with another tensor)",
+             "spare": "spare bytes (a gain at the noise level of the curves)"}[stage]
+    if j == best and stage != "minimum":
+        words = "lowest error of its candidates"
+    elif j == cheapest and stage == "minimum":
+        words = "smallest candidate: no upgrade paid for its bytes"
+    if knee:
+        rel = ("at" if knee == opts[j].type else
+               "above" if opts[j].cost > _cost_of(opts, knee) else "below")
+        words = f"{words}; {rel} the knee ({knee})"
+    return words
+
+
+def _cost_of(opts: list[Option], type_name: str) -> int:
+    for o in opts:
+        if o.type == type_name:
+            return o.cost
+    return 0
+
+
+def summary(plan: Plan) -> dict:
+    """The plan's figures for --json and the text summary."""
+    counts: dict[str, int] = {}
+    bytes_by_type: dict[str, int] = {}
+    for t in plan.tensors:
+        counts[t.type] = counts.get(t.type, 0) + 1
+        bytes_by_type[t.type] = bytes_by_type.get(t.type, 0) + t.option(t.type).cost
+    # MoE: expert tensors are candidates like the others; their share of the file is worth seeing
+    expert_bytes = sum(t.option(t.type).cost for t in plan.tensors if "_exps" in t.name)
+    return {"model": plan.model, "target": dataclasses.asdict(plan.target), "budget_bytes": plan.budget,
+            "predicted_bytes": plan.predicted_bytes, "predicted_mib": plan.predicted_bytes / 2**20,
+            "bpw_file": plan.bpw, "predicted_error": plan.predicted_error, "lower_bound": plan.lower_bound,
+            "slack_bytes": plan.budget - plan.predicted_bytes, "run": plan.run_id, "mode": plan.mode,
+            "error_scale": plan.error_scale, "base_ftype": plan.base_ftype, "types": counts,
+            "type_bytes": bytes_by_type, "n_planned": len(plan.tensors), "n_fixed": len(plan.fixed),
+            "expert_bytes": expert_bytes, "expert_share": expert_bytes / plan.predicted_bytes}

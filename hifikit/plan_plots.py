@@ -1,0 +1,102 @@
+"""PNG plots of a plan (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from . import atomic, ggml
+from .plan import Plan
+
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
+
+
+def _split(name: str) -> tuple[int | None, str]:
+    m = _LAYER_RE.match(name)
+    if m:
+        return int(m.group(1)), m.group(2)
+    return None, name.removesuffix(".weight")
+
+
+def strategy_overview(plan: Plan, path: Path) -> Path:
+    """Type per layer x tensor kind (a grid coloured by bits per weight); non-layer tensors in a top row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lib = ggml.load()
+    bpw = {t.name: t.bits_per_weight for t in lib.types()}
+    planned = {t.name: t.type for t in plan.tensors}
+    cells: dict[tuple[str, str], str] = {}
+    kinds: list[str] = []
+    layers: set[int] = set()
+    for name, type_name in {**plan.fixed, **planned}.items():
+        if name not in planned and (name.endswith("norm.weight") or type_name in ("f32",)):
+            continue  # norms and other unquantized tensors carry no decision
+        layer, kind = _split(name)
+        row = "global" if layer is None else str(layer)
+        if layer is not None:
+            layers.add(layer)
+        if kind not in kinds:
+            kinds.append(kind)
+        cells[(row, kind)] = type_name
+    rows = ["global"] + [str(i) for i in sorted(layers)]
+    rows = [r for r in rows if any((r, k) in cells for k in kinds)]
+    kinds.sort(key=lambda k: (not any(("global", k) == key for key in cells), k))
+    grid = np.full((len(rows), len(kinds)), np.nan)
+    for (r, k), t in cells.items():
+        grid[rows.index(r), kinds.index(k)] = bpw.get(t, np.nan)
+    fig_w = max(6.0, 1.1 * len(kinds) + 2)
+    fig_h = max(3.0, 0.32 * len(rows) + 1.6)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    for (r, k), t in cells.items():
+        ax.text(kinds.index(k), rows.index(r), t, ha="center", va="center", fontsize=7,
+                color="white" if bpw.get(t, 0) < np.nanmean(grid) else "black")
+    ax.set_xticks(range(len(kinds)), kinds, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label="bits per weight of the type")
+    ax.set_title(f"{Path(plan.model).name}: target {plan.target.kind} {plan.target.value}, "
+                 f"{plan.predicted_bytes / 2**20:.2f} MiB, predicted error {plan.predicted_error:.4g}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.output_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def pareto(points: list[dict], path: Path, title: str = "") -> Path:
+    """Mean KLD (±) against file size: one marker per file, grouped by 'kind' (stock, HIFI, plan)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"stock": ("o", "tab:blue"), "hifi": ("s", "tab:orange"), "plan": ("*", "tab:green")}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for kind, (marker, color) in styles.items():
+        sel = [p for p in points if p["kind"] == kind]
+        if not sel:
+            continue
+        ax.errorbar([p["bytes"] / 2**20 for p in sel], [p["kld"] for p in sel],
+                    yerr=[p.get("kld_error") or 0 for p in sel], fmt=marker, color=color, label=kind,
+                    markersize=9 if marker == "*" else 6, capsize=2)
+        for p in sel:
+            ax.annotate(p["label"], (p["bytes"] / 2**20, p["kld"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel("mean KL divergence vs reference")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.output_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
