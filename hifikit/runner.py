@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -28,6 +29,8 @@ LOG_PREFIX_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+ [IWEDC] ?", re.MULTILINE)
 
 # a watcher sees all output so far and returns (done, total) or None
 Watcher = Callable[[str], "tuple[int, int] | None"]
+# called, in the caller's thread, with each complete stdout line (without its newline) as it arrives
+LineHandler = Callable[[str], None]
 
 
 @dataclasses.dataclass
@@ -87,8 +90,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | None = None,
              progress: Progress | None = None, watcher: Watcher | None = None,
-             cwd: Path | None = None, check: bool = True) -> ToolResult:
-    """Run ``tool`` with ``args``; raise ToolFailedError (one line + log tail) when it fails."""
+             cwd: Path | None = None, check: bool = True, on_line: LineHandler | None = None) -> ToolResult:
+    """Run ``tool`` with ``args``; raise ToolFailedError (one line + log tail) when it fails.
+
+    ``on_line`` is called in this thread with each stdout line as soon as it is complete
+    (so it may use this thread's database connection); if it raises, the tool is killed
+    and the exception propagates.
+    """
     exe = paths.binary(tool)
     argv = [str(exe), *map(str, args)]
     log.debug("running %s", " ".join(argv))
@@ -110,12 +118,18 @@ def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | N
     bufs = {"out": [], "err": []}
     lock = threading.Lock()
     seen = [""]
+    lines: queue.Queue[str | None] = queue.Queue()
+    partial = [""]
 
     def pump(stream, key: str) -> None:
         fd = stream.fileno()
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
+                if on_line is not None and key == "out":
+                    if partial[0]:
+                        lines.put(partial[0])
+                    lines.put(None)
                 break
             text = chunk.decode("utf-8", errors="replace")
             with lock:
@@ -123,6 +137,10 @@ def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | N
                 if logf:
                     logf.write(text)
                     logf.flush()
+                if on_line is not None and key == "out":
+                    *complete, partial[0] = (partial[0] + text).split("\n")
+                    for line in complete:
+                        lines.put(line)
                 if watcher and progress:
                     seen[0] += text
                     if len(seen[0]) > 1 << 18:  # keep the head (chunk totals) and the tail (latest lines)
@@ -136,6 +154,10 @@ def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | N
     for t in threads:
         t.start()
     try:
+        if on_line is not None:
+            # None marks the end of stdout; an exception here kills the tool below
+            for line in iter(lines.get, None):
+                on_line(line)
         rc = proc.wait()
     except BaseException:
         proc.kill()
