@@ -94,6 +94,7 @@ def run_sweep(conn: sqlite3.Connection, run_id: int, model: Path, text: Path, pa
         return
     log.info("measured sweep of run %d: %d of %d pairs to measure", run_id, len(todo), n_all)
 
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     pairs_path = write_pairs(log_path.parent / f"measured-pairs-{run_id}.tsv", todo)
     wanted = {(t, ty.lower()) for t, ty in todo}
     stored: set[tuple[str, str]] = set()

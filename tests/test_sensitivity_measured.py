@@ -144,7 +144,8 @@ def test_run_sweep_stores_points_and_skips_done_ones(built, tiny_model, tiny_tex
     conn = db.connect()
     run_id = _new_run(conn, tiny_model)
     pairs = [(TENSOR, "q8_0"), (TENSOR, "Q2_K"), (OTHER, "q4_K")]
-    kw = dict(ctx=CTX, chunks=CHUNKS, imatrix=None, threads=1, log_path=tmp_path / "sweep.log", progress=False)
+    kw = dict(ctx=CTX, chunks=CHUNKS, imatrix=None, threads=1, log_path=tmp_path / "runs" / "7" / "sweep.log",
+              progress=False)
     measured.run_sweep(conn, run_id, tiny_model, tiny_text, pairs[:2], **kw)
     first = _stored(conn, run_id)
     assert set(first) == {(TENSOR, "q8_0"), (TENSOR, "q2_K")}
