@@ -72,8 +72,7 @@ def ensure_reference(conn: sqlite3.Connection, model: Path, text: Path, ctx: int
         args += ["-t", str(threads)]
     with atomic.output_file(target) as tmp:
         result = runner.run_tool("llama-perplexity", [*args, "--kl-divergence-base", tmp], log_path=log_path,
-                                 progress=Progress("reference logits", progress), watcher=runner.watch_chunks,
-                                 complete="Final estimate")
+                                 progress=Progress("reference logits", progress), watcher=runner.watch_chunks)
     ppl = dataclasses.asdict(parsers.parse_perplexity(result.text))
     if ppl["n_chunks"] != chunks:
         target.unlink(missing_ok=True)

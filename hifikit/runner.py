@@ -6,9 +6,11 @@ kept apart in memory: results are parsed from stdout, errors from both.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import logging
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -28,6 +30,8 @@ LOG_PREFIX_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+ [IWEDC] ?", re.MULTILINE)
 
 # a watcher sees all output so far and returns (done, total) or None
 Watcher = Callable[[str], "tuple[int, int] | None"]
+# called, in the caller's thread, with each complete stdout line (without its newline) as it arrives
+LineHandler = Callable[[str], None]
 
 
 @dataclasses.dataclass
@@ -87,28 +91,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | None = None,
              progress: Progress | None = None, watcher: Watcher | None = None,
-             cwd: Path | None = None, check: bool = True, complete: str | None = None) -> ToolResult:
+             cwd: Path | None = None, check: bool = True, on_line: LineHandler | None = None) -> ToolResult:
     """Run ``tool`` with ``args``; raise ToolFailedError (one line + log tail) when it fails.
 
-    ``complete``: text the output must contain. At the pinned commit, common_log's worker
-    thread is never joined at exit (common/log.cpp leaks the logger on purpose), so on a
-    loaded machine a tool can exit 0 with its last lines (the final statistics) lost; such a
-    run is made once more before the parsers see it.
+    ``on_line`` is called in this thread with each stdout line as soon as it is complete
+    (so it may use this thread's database connection); if it raises, the tool is killed
+    and the exception propagates.
     """
-    result = _run_tool_once(tool, args, log_path=log_path, progress=progress, watcher=watcher, cwd=cwd,
-                            check=check)
-    if complete and result.returncode == 0 and complete not in result.text:
-        log.warning("%s exited 0 without printing %r (output lost at exit); running it again", tool, complete)
-        if progress:
-            progress = Progress(progress.label, progress.enabled, progress.stream)
-        result = _run_tool_once(tool, args, log_path=log_path, progress=progress, watcher=watcher, cwd=cwd,
-                                check=check)
-    return result
-
-
-def _run_tool_once(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | None,
-                   progress: Progress | None, watcher: Watcher | None, cwd: Path | None,
-                   check: bool) -> ToolResult:
     exe = paths.binary(tool)
     argv = [str(exe), *map(str, args)]
     log.debug("running %s", " ".join(argv))
@@ -130,19 +119,31 @@ def _run_tool_once(tool: str, args: Sequence[str | os.PathLike], *, log_path: Pa
     bufs = {"out": [], "err": []}
     lock = threading.Lock()
     seen = [""]
+    lines: queue.Queue[str | None] = queue.Queue()
+    partial = [""]
 
     def pump(stream, key: str) -> None:
         fd = stream.fileno()
+        # a read can end inside a multi-byte character (the tools print "±"): decode incrementally
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
+                if on_line is not None and key == "out":
+                    if partial[0]:
+                        lines.put(partial[0])
+                    lines.put(None)
                 break
-            text = chunk.decode("utf-8", errors="replace")
+            text = decoder.decode(chunk)
             with lock:
                 bufs[key].append(text)
                 if logf:
                     logf.write(text)
                     logf.flush()
+                if on_line is not None and key == "out":
+                    *complete, partial[0] = (partial[0] + text).split("\n")
+                    for line in complete:
+                        lines.put(line)
                 if watcher and progress:
                     seen[0] += text
                     if len(seen[0]) > 1 << 18:  # keep the head (chunk totals) and the tail (latest lines)
@@ -156,6 +157,10 @@ def _run_tool_once(tool: str, args: Sequence[str | os.PathLike], *, log_path: Pa
     for t in threads:
         t.start()
     try:
+        if on_line is not None:
+            # None marks the end of stdout; an exception here kills the tool below
+            for line in iter(lines.get, None):
+                on_line(line)
         rc = proc.wait()
     except BaseException:
         proc.kill()

@@ -146,7 +146,7 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                                    log_path=ctx.log_path, progress=ctx.progress, threads=spec.get("threads"))
         res = runner.run_tool("llama-perplexity", [*args, "--kl-divergence-base", ref.path, "--kl-divergence"],
                               log_path=ctx.log_path, progress=Progress(label, ctx.progress),
-                              watcher=runner.watch_chunks, complete="Same top p:")
+                              watcher=runner.watch_chunks)
         k = parsers.parse_kld(res.text)
         measurements += [
             db.Measurement("ppl", k.ppl, k.ppl_error, **where),
@@ -162,8 +162,7 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                   "ppl": k.ppl, "ppl_error": k.ppl_error}
     else:
         res = runner.run_tool("llama-perplexity", args, log_path=ctx.log_path,
-                              progress=Progress(label, ctx.progress), watcher=runner.watch_chunks,
-                              complete="Final estimate")
+                              progress=Progress(label, ctx.progress), watcher=runner.watch_chunks)
         p = parsers.parse_perplexity(res.text)
         measurements.append(db.Measurement("ppl", p.ppl, p.ppl_error, **where))
         result = {**facts, "ppl": p.ppl, "ppl_error": p.ppl_error, "ppl_chunks": p.chunks}

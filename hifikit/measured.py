@@ -1,0 +1,129 @@
+"""The ``measured`` sensitivity sweep: drive ``llama-sensitivity`` and store its points.
+
+The tool loads the reference model once, computes the reference next-token
+distributions once, then for each (tensor, type) pair swaps that tensor's
+weights for their quantize -> dequantize image, measures the KL divergence of
+the output against the reference and restores the weights (docs/sensitivity.md).
+It prints one JSON line per finished pair; each line is stored as a curve
+point as soon as it arrives, so a killed sweep loses at most the pair in
+flight and a second call measures only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+from pathlib import Path
+from typing import Iterable
+
+from . import atomic, curves, db, runner
+from .errors import HifikitError
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+MODE = "measured"
+TOOL = "llama-sensitivity"
+
+_PROGRESS_RE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]", re.MULTILINE)
+
+
+def pending_pairs(conn: sqlite3.Connection, run_id: int, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs not stored yet, in the given order, without duplicates (type names compare case-blind)."""
+    done = {(t, ty.lower()) for t, ty in curves.done_points(conn, run_id, MODE)}
+    out: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for tensor, type_name in pairs:
+        key = (tensor, type_name.lower())
+        if key in done or key in seen:
+            continue
+        seen.add(key)
+        out.append((tensor, type_name))
+    return out
+
+
+def group_by_tensor(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Keep each tensor's pairs together (the tool converts a tensor to float once per run of pairs)."""
+    order: dict[str, list[str]] = {}
+    for tensor, type_name in pairs:
+        order.setdefault(tensor, []).append(type_name)
+    return [(tensor, t) for tensor, types in order.items() for t in types]
+
+
+def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    for tensor, type_name in pairs:
+        if not tensor or not type_name or any(c in tensor + type_name for c in "\t\r\n"):
+            raise HifikitError(f"invalid sweep pair ({tensor!r}, {type_name!r})")
+    atomic.write_text(path, "".join(f"{t}\t{ty}\n" for t, ty in pairs))
+    return path
+
+
+def parse_line(line: str) -> tuple[str, curves.CurvePoint] | None:
+    """One JSON result line of the tool -> (tensor, point); None for anything else."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        rec = json.loads(line)
+        return rec["tensor"], curves.CurvePoint(str(rec["type"]), int(rec["nbytes"]), float(rec["kld"]),
+                                                float(rec["kld_pm"]), float(rec["seconds"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HifikitError(f"{TOOL} printed a malformed result line: {line[:200]}") from exc
+
+
+def tool_args(model: Path, text: Path, pairs_path: Path, *, ctx: int, chunks: int, imatrix: Path | None,
+              threads: int | None) -> list[str]:
+    args = ["-m", str(model), "-f", str(text), "--pairs", str(pairs_path), "-c", str(ctx), "--chunks", str(chunks)]
+    if imatrix is not None:
+        args += ["--imatrix", str(imatrix)]
+    if threads:
+        args += ["-t", str(threads)]
+    return args
+
+
+def run_sweep(conn: sqlite3.Connection, run_id: int, model: Path, text: Path, pairs: list[tuple[str, str]], *,
+              ctx: int, chunks: int, imatrix: Path | None, threads: int | None, log_path: Path,
+              progress: bool | None) -> None:
+    """Measure every pair not stored yet for this run; each result is committed as it arrives."""
+    todo = group_by_tensor(pending_pairs(conn, run_id, pairs))
+    n_all = len({(t, ty.lower()) for t, ty in pairs})
+    n_done = n_all - len(todo)
+    if not todo:
+        log.info("measured sweep of run %d: all %d pairs already stored", run_id, n_all)
+        return
+    log.info("measured sweep of run %d: %d of %d pairs to measure", run_id, len(todo), n_all)
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pairs_path = write_pairs(log_path.parent / f"measured-pairs-{run_id}.tsv", todo)
+    wanted = {(t, ty.lower()) for t, ty in todo}
+    stored: set[tuple[str, str]] = set()
+
+    def on_line(line: str) -> None:
+        parsed = parse_line(line)
+        if parsed is None:
+            return
+        tensor, point = parsed
+        key = (tensor, point.type.lower())
+        if key not in wanted:
+            raise HifikitError(f"{TOOL} reported a pair that was not asked for: {tensor} {point.type}")
+        with db.transaction(conn):
+            curves.store_points(conn, run_id, MODE, tensor, [point])
+        stored.add(key)
+
+    def watcher(seen: str) -> tuple[int, int] | None:
+        found = _PROGRESS_RE.findall(seen[-4096:])
+        if not found:
+            return None
+        return n_done + int(found[-1][0]), n_all
+
+    bar = Progress("measured sweep", enabled=progress)
+    bar.update(n_done, n_all)
+    runner.run_tool(TOOL, tool_args(model, text, pairs_path, ctx=ctx, chunks=chunks, imatrix=imatrix,
+                                    threads=threads),
+                    log_path=log_path, progress=bar, watcher=watcher, on_line=on_line)
+    missing = wanted - stored
+    if missing:
+        tensor, type_name = sorted(missing)[0]
+        raise HifikitError(f"{TOOL} finished without measuring {len(missing)} pair(s), e.g. {tensor} {type_name} "
+                           f"(log: {log_path})")

@@ -1,0 +1,645 @@
+// llama-sensitivity: per-tensor KL divergence sweeps
+//
+// Loads a reference model once with writable weights, computes the reference
+// next-token distributions on a short text once, then for each (tensor, type)
+// pair replaces that tensor's weights with their quantize -> dequantize image,
+// measures the KL divergence of the model's output against the reference and
+// restores the original weights. No model file is written per candidate.
+//
+// One JSON line per finished pair goes to stdout; progress and logs go to stderr.
+
+#include "llama.h"
+#include "common.h"
+#include "imatrix-loader.h"
+
+#include "../../src/llama-model.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <clocale>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#if defined(_MSC_VER)
+#pragma warning(disable: 4244 4267) // possible loss of data
+#endif
+
+struct sensitivity_params {
+    std::string model;
+    std::string text;
+    std::string pairs;
+    std::string imatrix;
+    int32_t     n_ctx       = 256;
+    int32_t     n_chunks    = 2;
+    int32_t     n_threads   = 0;     // 0 = hardware concurrency
+    bool        second_half = false; // score only the second half of each chunk, as llama-perplexity does
+    bool        verbose     = false;
+};
+
+struct sensitivity_pair {
+    std::string   name;
+    ggml_tensor * tensor;
+    ggml_type     type;
+    size_t        nbytes; // the tensor's exact size in this type
+};
+
+// the reference distribution of every scored position
+// p[i] = softmax(logits)[i] is kept as float; the sums below let the KL divergence be computed
+// from the candidate's logits in two passes, without storing or exponentiating log-probabilities:
+//   KL(P || Q) = sum_i p_i (l_i - m_i) - sum_i p_i * (lse(l) - lse(m))
+// with l the reference logits and m the candidate's; identical logits give exactly 0
+struct sensitivity_reference {
+    int64_t              n_vocab = 0;
+    std::vector<float>   probs;   // [n_pos][n_vocab]
+    std::vector<double>  dot;     // sum_i p_i * l_i
+    std::vector<double>  lse;     // log(sum_i exp(l_i))
+    std::vector<double>  psum;    // sum_i p_i (1 up to rounding)
+    std::vector<int32_t> top;     // argmax_i l_i
+};
+
+struct sensitivity_stats {
+    double sum_kld    = 0.0;
+    double sum_kld2   = 0.0;
+    size_t n_same_top = 0;
+    size_t count      = 0;
+};
+
+static void sensitivity_print_usage(const char * argv0) {
+    sensitivity_params params;
+    fprintf(stderr, "usage: %s -m REF.gguf -f TEXT --pairs PAIRS.tsv [options]\n", argv0);
+    fprintf(stderr, "\n");
+    fprintf(stderr, "For each line 'tensor<TAB>type' of PAIRS.tsv, quantize -> dequantize that tensor of the reference\n");
+    fprintf(stderr, "model to the type, measure the KL divergence of the output against the reference, restore it,\n");
+    fprintf(stderr, "and print one JSON line to stdout.\n");
+    fprintf(stderr, "\n");
+    fprintf(stderr, "options:\n");
+    fprintf(stderr, "  -h, --help            show this help message and exit\n");
+    fprintf(stderr, "  -m, --model FNAME     reference model (tensors stored as F32, F16 or BF16)\n");
+    fprintf(stderr, "  -f, --file FNAME      text to evaluate on\n");
+    fprintf(stderr, "  --pairs FNAME         pairs to measure, one 'tensor<TAB>type' per line (ggml type names)\n");
+    fprintf(stderr, "  -c, --ctx-size N      tokens per chunk (default: %d)\n", params.n_ctx);
+    fprintf(stderr, "  --chunks N            number of chunks (default: %d)\n", params.n_chunks);
+    fprintf(stderr, "  --second-half         score only the second half of each chunk, as llama-perplexity does\n");
+    fprintf(stderr, "                        (default: every position but the last, i.e. every token after the first)\n");
+    fprintf(stderr, "  --imatrix FNAME       importance matrix (GGUF or legacy .dat) passed to the quantizer\n");
+    fprintf(stderr, "  -t, --threads N       number of threads (default: all cores)\n");
+    fprintf(stderr, "  -v, --verbose         show the llama.cpp log\n");
+}
+
+static bool sensitivity_verbose = false;
+
+static void sensitivity_log_callback(ggml_log_level level, const char * text, void * /*user_data*/) {
+    if (sensitivity_verbose || level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) {
+        fputs(text, stderr);
+        fflush(stderr);
+    }
+}
+
+static ggml_type sensitivity_parse_type(const std::string & name) {
+    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
+        const ggml_type type = (ggml_type) i;
+        const char * type_name = ggml_type_name(type);
+        if (type_name && strcasecmp(name.c_str(), type_name) == 0) {
+            return type;
+        }
+    }
+    return GGML_TYPE_COUNT;
+}
+
+// a type ggml_quantize_chunk can write and to_float can read back
+static bool sensitivity_type_supported(ggml_type type) {
+    if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16) {
+        return true;
+    }
+    const ggml_type_traits * traits = ggml_get_type_traits(type);
+    return traits->is_quantized && traits->blck_size > 0 && traits->type_size > 0 && traits->to_float != nullptr &&
+           type != GGML_TYPE_Q8_1 && type != GGML_TYPE_Q8_K;
+}
+
+static bool sensitivity_storage_supported(ggml_type type) {
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+
+static std::string sensitivity_json_string(const std::string & s) {
+    std::string out = "\"";
+    for (const char c : s) {
+        switch (c) {
+            case '"':  out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n";  break;
+            case '\t': out += "\\t";  break;
+            default:
+                if ((unsigned char) c < 0x20) {
+                    char buf[8];
+                    snprintf(buf, sizeof(buf), "\\u%04x", c);
+                    out += buf;
+                } else {
+                    out += c;
+                }
+        }
+    }
+    return out + "\"";
+}
+
+// run fn(i) for i in [0, n) on n_threads threads, in contiguous slices
+template <typename F>
+static void sensitivity_parallel_for(int64_t n, int n_threads, const F & fn) {
+    n_threads = (int) std::max<int64_t>(1, std::min<int64_t>(n_threads, n));
+    std::vector<std::thread> workers;
+    const int64_t per_thread = (n + n_threads - 1) / n_threads;
+    for (int t = 0; t < n_threads; ++t) {
+        const int64_t i0 = t*per_thread;
+        const int64_t i1 = std::min(n, i0 + per_thread);
+        if (i0 >= i1) {
+            break;
+        }
+        workers.emplace_back([&fn, i0, i1]() {
+            for (int64_t i = i0; i < i1; ++i) {
+                fn(i);
+            }
+        });
+    }
+    for (auto & w : workers) {
+        w.join();
+    }
+}
+
+// log(sum(exp(logits))) and the argmax, in double
+static double sensitivity_log_sum_exp(const float * logits, int64_t n_vocab, int32_t & imax) {
+    float max_logit = logits[0];
+    imax = 0;
+    for (int64_t i = 1; i < n_vocab; ++i) {
+        if (logits[i] > max_logit) {
+            max_logit = logits[i];
+            imax = (int32_t) i;
+        }
+    }
+    double sum_exp = 0.0;
+    for (int64_t i = 0; i < n_vocab; ++i) {
+        sum_exp += expf(logits[i] - max_logit);
+    }
+    return max_logit + log(sum_exp);
+}
+
+static double sensitivity_dot(const float * probs, const float * logits, int64_t n_vocab) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n_vocab; ++i) {
+        sum += (double) probs[i] * logits[i];
+    }
+    return sum;
+}
+
+// evaluate every chunk; for each one, hand the logits of its scored positions to on_chunk(chunk, logits, n_pos)
+template <typename F>
+static bool sensitivity_eval(llama_context * ctx, const std::vector<llama_token> & tokens, int n_ctx, int n_chunks,
+        int first, const F & on_chunk) {
+    const llama_vocab * vocab = llama_model_get_vocab(llama_get_model(ctx));
+    const bool add_bos = llama_vocab_get_add_bos(vocab);
+    const int n_pos = n_ctx - 1 - first; // the last position predicts a token outside the chunk
+
+    common_batch batch(ctx);
+    for (int c = 0; c < n_chunks; ++c) {
+        llama_memory_clear(llama_get_memory(ctx), true);
+        batch.clear();
+        for (int k = 0; k < n_ctx; ++k) {
+            llama_token tok = tokens[(size_t) c*n_ctx + k];
+            if (k == 0 && add_bos) {
+                tok = llama_vocab_bos(vocab);
+            }
+            batch.add(tok, k, 0, k >= first && k < n_ctx - 1);
+        }
+        if (llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch.get())) {
+            fprintf(stderr, "error: failed to decode chunk %d\n", c);
+            return false;
+        }
+        on_chunk(c, llama_get_logits(ctx), n_pos);
+    }
+    return true;
+}
+
+static bool sensitivity_read_pairs(const std::string & fname, const llama_model * model,
+        const std::unordered_map<std::string, std::vector<float>> & imatrix, std::vector<sensitivity_pair> & pairs) {
+    std::ifstream in(fname);
+    if (!in) {
+        fprintf(stderr, "error: cannot open pairs file '%s'\n", fname.c_str());
+        return false;
+    }
+    std::unordered_map<std::string, ggml_tensor *> tensors;
+    for (const auto & it : llama_internal_get_tensor_map(model)) {
+        tensors[it.first] = it.second;
+    }
+    std::string line;
+    int line_no = 0;
+    while (std::getline(in, line)) {
+        ++line_no;
+        if (!line.empty() && line.back() == '\r') {
+            line.pop_back();
+        }
+        if (line.empty() || line[0] == '#') {
+            continue;
+        }
+        const size_t tab = line.find('\t');
+        if (tab == std::string::npos || line.find('\t', tab + 1) != std::string::npos) {
+            fprintf(stderr, "error: %s:%d: expected 'tensor<TAB>type', got '%s'\n", fname.c_str(), line_no, line.c_str());
+            return false;
+        }
+        const std::string name      = line.substr(0, tab);
+        const std::string type_name = line.substr(tab + 1);
+
+        const auto it = tensors.find(name);
+        if (it == tensors.end()) {
+            fprintf(stderr, "error: %s:%d: the model has no tensor '%s'\n", fname.c_str(), line_no, name.c_str());
+            return false;
+        }
+        ggml_tensor * t = it->second;
+        if (!sensitivity_storage_supported(t->type)) {
+            fprintf(stderr, "error: %s:%d: tensor '%s' is stored as %s; the reference must be F32, F16 or BF16\n",
+                    fname.c_str(), line_no, name.c_str(), ggml_type_name(t->type));
+            return false;
+        }
+        if (t->buffer == nullptr || !ggml_backend_buffer_is_host(t->buffer)) {
+            fprintf(stderr, "error: %s:%d: tensor '%s' is not in host memory\n", fname.c_str(), line_no, name.c_str());
+            return false;
+        }
+        const ggml_type type = sensitivity_parse_type(type_name);
+        if (type == GGML_TYPE_COUNT || !sensitivity_type_supported(type)) {
+            fprintf(stderr, "error: %s:%d: unknown or unsupported type '%s'\n", fname.c_str(), line_no, type_name.c_str());
+            return false;
+        }
+        const int64_t blck_size = ggml_blck_size(type);
+        if (t->ne[0] % blck_size != 0) {
+            fprintf(stderr, "error: %s:%d: type %s does not fit tensor '%s': row length %" PRId64 " is not a multiple of %" PRId64 "\n",
+                    fname.c_str(), line_no, ggml_type_name(type), name.c_str(), t->ne[0], blck_size);
+            return false;
+        }
+        if (ggml_quantize_requires_imatrix(type) && imatrix.find(name) == imatrix.end()) {
+            fprintf(stderr, "error: %s:%d: type %s needs an importance matrix for tensor '%s' (--imatrix)\n",
+                    fname.c_str(), line_no, ggml_type_name(type), name.c_str());
+            return false;
+        }
+        const auto im = imatrix.find(name);
+        if (im != imatrix.end() && (int64_t) im->second.size() != t->ne[0]*t->ne[2]) {
+            fprintf(stderr, "error: %s:%d: the importance matrix of '%s' has %zu values, expected %" PRId64 "\n",
+                    fname.c_str(), line_no, name.c_str(), im->second.size(), t->ne[0]*t->ne[2]);
+            return false;
+        }
+        const int64_t nrows = ggml_nelements(t)/t->ne[0];
+        pairs.push_back({ name, t, type, ggml_row_size(type, t->ne[0])*nrows });
+    }
+    if (pairs.empty()) {
+        fprintf(stderr, "error: %s: no pairs to measure\n", fname.c_str());
+        return false;
+    }
+    return true;
+}
+
+// importance per column, normalised as llama-quantize does (sums / counts)
+static bool sensitivity_load_imatrix(const std::string & fname, std::unordered_map<std::string, std::vector<float>> & out) {
+    common_imatrix loaded;
+    if (!common_imatrix_load(fname, loaded)) {
+        fprintf(stderr, "error: failed to load the importance matrix '%s'\n", fname.c_str());
+        return false;
+    }
+    for (const auto & [name, entry] : loaded.entries) {
+        auto & e = out[name];
+        e.resize(entry.sums.size());
+        if (!loaded.is_legacy) {
+            const int64_t ncounts = entry.counts.size();
+            if (ncounts == 0) {
+                std::fill(e.begin(), e.end(), 1.0f);
+                continue;
+            }
+            const int64_t ne0 = (int64_t) entry.sums.size()/ncounts;
+            for (int64_t j = 0; j < ncounts; ++j) {
+                const float count = (float) entry.counts[j];
+                for (int64_t i = 0; i < ne0; ++i) {
+                    e[j*ne0 + i] = count > 0.0f ? entry.sums[j*ne0 + i]/count : 1.0f;
+                }
+            }
+        } else {
+            // legacy format: sums hold (raw/count)*ncall
+            const int64_t ncall = entry.counts.empty() ? 0 : entry.counts[0];
+            for (size_t i = 0; i < entry.sums.size(); ++i) {
+                e[i] = ncall > 0 ? entry.sums[i]/ncall : entry.sums[i];
+            }
+        }
+    }
+    fprintf(stderr, "%s: loaded %zu importance entries from %s\n", __func__, out.size(), fname.c_str());
+    return true;
+}
+
+// the tensor's weights as float, read from its storage type
+static void sensitivity_to_float(const ggml_tensor * t, const std::vector<uint8_t> & data, std::vector<float> & out) {
+    const int64_t n = ggml_nelements(t);
+    out.resize(n);
+    switch (t->type) {
+        case GGML_TYPE_F32:  memcpy(out.data(), data.data(), n*sizeof(float)); break;
+        case GGML_TYPE_F16:  ggml_fp16_to_fp32_row((const ggml_fp16_t *) data.data(), out.data(), n); break;
+        case GGML_TYPE_BF16: ggml_bf16_to_fp32_row((const ggml_bf16_t *) data.data(), out.data(), n); break;
+        default: GGML_ABORT("unsupported storage type");
+    }
+}
+
+// quantize -> dequantize src to type, written into dst in the tensor's storage type
+static void sensitivity_image(const ggml_tensor * t, ggml_type type, const std::vector<float> & src,
+        const float * imatrix, int n_threads, std::vector<uint8_t> & dst) {
+    const int64_t n_per_row = t->ne[0];
+    const int64_t nrows     = ggml_nelements(t)/n_per_row;
+    const int64_t rows_per_slice = t->ne[1]; // rows sharing one imatrix slice (one expert)
+    const size_t  row_size  = ggml_row_size(type, n_per_row);
+    const size_t  out_size  = ggml_row_size(t->type, n_per_row);
+    const ggml_type_traits * traits = ggml_get_type_traits(type);
+
+    dst.resize(ggml_nbytes(t));
+    ggml_quantize_init(type);
+
+    // rows are independent: quantize, dequantize and store them in blocks of rows inside one
+    // importance slice (one expert of a 3-D tensor)
+    const int64_t rows_per_block   = std::min<int64_t>(rows_per_slice, 16);
+    const int64_t blocks_per_slice = (rows_per_slice + rows_per_block - 1)/rows_per_block;
+    const int64_t n_blocks         = (nrows/rows_per_slice)*blocks_per_slice;
+    sensitivity_parallel_for(n_threads, n_threads, [&](int64_t ith) {
+        std::vector<uint8_t> q(rows_per_block*row_size);
+        std::vector<float>   f(rows_per_block*n_per_row);
+        for (int64_t b = ith; b < n_blocks; b += n_threads) {
+            const int64_t slice = b/blocks_per_slice;
+            const int64_t r0 = slice*rows_per_slice + (b % blocks_per_slice)*rows_per_block;
+            const int64_t r1 = std::min(r0 + rows_per_block, (slice + 1)*rows_per_slice);
+            const int64_t nr = r1 - r0;
+            const float * im = imatrix ? imatrix + (slice % t->ne[2])*n_per_row : nullptr;
+            if (type == GGML_TYPE_F32) {
+                memcpy(f.data(), src.data() + r0*n_per_row, nr*n_per_row*sizeof(float));
+            } else {
+                ggml_quantize_chunk(type, src.data() + r0*n_per_row, q.data(), 0, nr, n_per_row, im);
+                if (type == GGML_TYPE_F16) {
+                    ggml_fp16_to_fp32_row((const ggml_fp16_t *) q.data(), f.data(), nr*n_per_row);
+                } else if (type == GGML_TYPE_BF16) {
+                    ggml_bf16_to_fp32_row((const ggml_bf16_t *) q.data(), f.data(), nr*n_per_row);
+                } else {
+                    traits->to_float(q.data(), f.data(), nr*n_per_row);
+                }
+            }
+            uint8_t * out = dst.data() + r0*out_size;
+            switch (t->type) {
+                case GGML_TYPE_F32:  memcpy(out, f.data(), nr*n_per_row*sizeof(float)); break;
+                case GGML_TYPE_F16:  ggml_fp32_to_fp16_row(f.data(), (ggml_fp16_t *) out, nr*n_per_row); break;
+                case GGML_TYPE_BF16: ggml_fp32_to_bf16_row(f.data(), (ggml_bf16_t *) out, nr*n_per_row); break;
+                default: GGML_ABORT("unsupported storage type");
+            }
+        }
+    });
+}
+
+int main(int argc, char ** argv) {
+    std::setlocale(LC_NUMERIC, "C");
+
+    sensitivity_params params;
+
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        auto next = [&]() -> const char * {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "error: %s needs a value\n", arg.c_str());
+                exit(1);
+            }
+            return argv[++i];
+        };
+        if (arg == "-h" || arg == "--help") {
+            sensitivity_print_usage(argv[0]);
+            return 0;
+        } else if (arg == "-m" || arg == "--model") {
+            params.model = next();
+        } else if (arg == "-f" || arg == "--file") {
+            params.text = next();
+        } else if (arg == "--pairs") {
+            params.pairs = next();
+        } else if (arg == "--imatrix") {
+            params.imatrix = next();
+        } else if (arg == "-c" || arg == "--ctx-size") {
+            params.n_ctx = std::atoi(next());
+        } else if (arg == "--chunks") {
+            params.n_chunks = std::atoi(next());
+        } else if (arg == "-t" || arg == "--threads") {
+            params.n_threads = std::atoi(next());
+        } else if (arg == "--second-half") {
+            params.second_half = true;
+        } else if (arg == "-v" || arg == "--verbose") {
+            params.verbose = true;
+        } else {
+            fprintf(stderr, "error: unknown argument '%s' (see --help)\n", arg.c_str());
+            return 1;
+        }
+    }
+    if (params.model.empty() || params.text.empty() || params.pairs.empty()) {
+        fprintf(stderr, "error: -m, -f and --pairs are required (see --help)\n");
+        return 1;
+    }
+    if (params.n_ctx < 8 || params.n_chunks < 1) {
+        fprintf(stderr, "error: need --ctx-size >= 8 and --chunks >= 1\n");
+        return 1;
+    }
+    if (params.n_threads <= 0) {
+        params.n_threads = (int32_t) std::max(1u, std::thread::hardware_concurrency());
+    }
+    sensitivity_verbose = params.verbose;
+
+    // fail on unreadable inputs before loading anything
+    for (const std::string * fname : { &params.model, &params.text, &params.pairs }) {
+        std::ifstream f(*fname);
+        if (!f) {
+            fprintf(stderr, "error: cannot open '%s'\n", fname->c_str());
+            return 1;
+        }
+    }
+
+    llama_log_set(sensitivity_log_callback, nullptr);
+    llama_backend_init();
+
+    std::unordered_map<std::string, std::vector<float>> imatrix;
+    if (!params.imatrix.empty() && !sensitivity_load_imatrix(params.imatrix, imatrix)) {
+        return 1;
+    }
+
+    // writable weights in plain host memory: no mmap, no repacked buffers, no offload
+    llama_model_params mparams = llama_model_default_params();
+    mparams.load_mode       = LLAMA_LOAD_MODE_NONE;
+    mparams.use_extra_bufts = false;
+    mparams.n_gpu_layers    = 0;
+
+    const auto t_load = std::chrono::steady_clock::now();
+    llama_model * model = llama_model_load_from_file(params.model.c_str(), mparams);
+    if (model == nullptr) {
+        fprintf(stderr, "error: failed to load model '%s'\n", params.model.c_str());
+        return 1;
+    }
+
+    std::vector<sensitivity_pair> pairs;
+    if (!sensitivity_read_pairs(params.pairs, model, imatrix, pairs)) {
+        llama_model_free(model);
+        return 1;
+    }
+
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx           = params.n_ctx;
+    cparams.n_batch         = params.n_ctx;
+    cparams.n_ubatch        = params.n_ctx;
+    cparams.n_seq_max       = 1;
+    cparams.n_threads       = params.n_threads;
+    cparams.n_threads_batch = params.n_threads;
+
+    llama_context * ctx = llama_init_from_model(model, cparams);
+    if (ctx == nullptr) {
+        fprintf(stderr, "error: failed to create a context of %d tokens\n", params.n_ctx);
+        llama_model_free(model);
+        return 1;
+    }
+
+    std::string text;
+    {
+        std::ifstream f(params.text, std::ios::binary);
+        std::stringstream ss;
+        ss << f.rdbuf();
+        text = ss.str();
+    }
+    const std::vector<llama_token> tokens = common_tokenize(ctx, text, true);
+    const size_t n_needed = (size_t) params.n_ctx*params.n_chunks;
+    if (tokens.size() < n_needed) {
+        fprintf(stderr, "error: %s has %zu tokens, need %zu (%d chunks x %d); use a longer text or fewer chunks\n",
+                params.text.c_str(), tokens.size(), n_needed, params.n_chunks, params.n_ctx);
+        llama_free(ctx);
+        llama_model_free(model);
+        return 1;
+    }
+
+    const int     n_ctx   = params.n_ctx;
+    const int     first   = params.second_half ? n_ctx/2 : 0;
+    const int     n_pos   = n_ctx - 1 - first;
+    const int64_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    const int64_t n_total = (int64_t) n_pos*params.n_chunks;
+    const int     n_threads = params.n_threads;
+
+    fprintf(stderr, "%s: %zu pairs, %d chunks x %d tokens, scoring %d positions per chunk (%" PRId64 " in all), %d threads\n",
+            __func__, pairs.size(), params.n_chunks, n_ctx, n_pos, n_total, n_threads);
+    fprintf(stderr, "%s: reference distributions take %.1f MiB\n", __func__,
+            (double) n_total*n_vocab*sizeof(float)/(1024.0*1024.0));
+
+    // reference pass
+    sensitivity_reference ref;
+    ref.n_vocab = n_vocab;
+    ref.probs.resize((size_t) n_total*n_vocab);
+    ref.dot.resize(n_total);
+    ref.lse.resize(n_total);
+    ref.psum.resize(n_total);
+    ref.top.resize(n_total);
+
+    const auto t_ref = std::chrono::steady_clock::now();
+    const bool ok = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
+        [&](int c, const float * logits, int n) {
+            sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
+                const int64_t k = (int64_t) c*n_pos + j;
+                const float * l = logits + j*n_vocab;
+                float * p = ref.probs.data() + k*n_vocab;
+                const double lse = sensitivity_log_sum_exp(l, n_vocab, ref.top[k]);
+                double psum = 0.0;
+                for (int64_t i = 0; i < n_vocab; ++i) {
+                    p[i] = (float) exp(l[i] - lse);
+                    psum += p[i];
+                }
+                ref.lse[k]  = lse;
+                ref.psum[k] = psum;
+                ref.dot[k]  = sensitivity_dot(p, l, n_vocab);
+            });
+        });
+    if (!ok) {
+        llama_free(ctx);
+        llama_model_free(model);
+        return 1;
+    }
+    const double t_ref_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_ref).count();
+    fprintf(stderr, "%s: model loaded and reference computed in %.2f s (reference pass %.2f s)\n", __func__,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), t_ref_s);
+
+    // the pairs
+    const ggml_tensor *  cur_tensor = nullptr;
+    std::vector<uint8_t> original;  // the current tensor's bytes, for an exact restore
+    std::vector<float>   weights;   // the same as float, the quantizer's input
+    std::vector<uint8_t> image;
+    std::vector<double>  kld(n_pos);
+    std::vector<uint8_t> same_top(n_pos);
+
+    for (size_t ip = 0; ip < pairs.size(); ++ip) {
+        const sensitivity_pair & pair = pairs[ip];
+        ggml_tensor * t = pair.tensor;
+        const auto t_start = std::chrono::steady_clock::now();
+
+        if (t != cur_tensor) {
+            original.resize(ggml_nbytes(t));
+            ggml_backend_tensor_get(t, original.data(), 0, original.size());
+            sensitivity_to_float(t, original, weights);
+            cur_tensor = t;
+        }
+
+        const auto im = imatrix.find(pair.name);
+        sensitivity_image(t, pair.type, weights, im != imatrix.end() ? im->second.data() : nullptr, n_threads, image);
+        ggml_backend_tensor_set(t, image.data(), 0, image.size());
+
+        sensitivity_stats stats;
+        const bool ok_pair = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
+            [&](int c, const float * logits, int n) {
+                sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
+                    const int64_t k = (int64_t) c*n_pos + j;
+                    const float * m = logits + j*n_vocab;
+                    int32_t top = 0;
+                    const double lse = sensitivity_log_sum_exp(m, n_vocab, top);
+                    const double dot = sensitivity_dot(ref.probs.data() + k*n_vocab, m, n_vocab);
+                    kld[j]      = (ref.dot[k] - dot) - ref.psum[k]*(ref.lse[k] - lse);
+                    same_top[j] = top == ref.top[k];
+                });
+                // summed in order: the result does not depend on the thread count
+                for (int j = 0; j < n; ++j) {
+                    stats.sum_kld    += kld[j];
+                    stats.sum_kld2   += kld[j]*kld[j];
+                    stats.n_same_top += same_top[j];
+                    stats.count      += 1;
+                }
+            });
+
+        // restore the exact original bytes before anything else
+        ggml_backend_tensor_set(t, original.data(), 0, original.size());
+        if (!ok_pair) {
+            llama_free(ctx);
+            llama_model_free(model);
+            return 1;
+        }
+
+        const double mean = stats.sum_kld/stats.count;
+        const double var  = stats.sum_kld2/stats.count - mean*mean;
+        const double pm   = stats.count > 1 && var > 0 ? sqrt(var/(stats.count - 1)) : 0.0;
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+
+        printf("{\"tensor\": %s, \"type\": %s, \"nbytes\": %zu, \"kld\": %.9g, \"kld_pm\": %.9g, \"same_top\": %.6f, \"seconds\": %.3f}\n",
+                sensitivity_json_string(pair.name).c_str(), sensitivity_json_string(ggml_type_name(pair.type)).c_str(),
+                pair.nbytes, mean, pm, (double) stats.n_same_top/stats.count, secs);
+        fflush(stdout);
+        fprintf(stderr, "[%4zu/%4zu] %-32s %-10s KLD %.6f +/- %.6f  %.2f s\n", ip + 1, pairs.size(),
+                pair.name.c_str(), ggml_type_name(pair.type), mean, pm, secs);
+        fflush(stderr);
+    }
+
+    llama_free(ctx);
+    llama_model_free(model);
+    llama_backend_free();
+
+    return 0;
+}

@@ -1,0 +1,270 @@
+"""llama-sensitivity and the measured sweep driver (hifikit.measured) on the tiny synthetic model."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hifikit import curves, db, gguf_io, jobs, measured, paths, runner
+from hifikit.agreement import spearman
+from hifikit.errors import ToolFailedError
+
+TENSOR = "blk.0.ffn_down.weight"
+OTHER = "blk.1.attn_q.weight"
+# short chunks: the synthetic model's text is a few thousand tokens
+CTX, CHUNKS = 64, 2
+
+
+@functools.lru_cache(maxsize=4)
+def _tensors(model: Path) -> tuple[gguf_io.TensorInfo, ...]:
+    return tuple(gguf_io.read_info(model).tensors)
+
+
+def sensitivity(model: Path, text: Path, pairs: list[tuple[str, str]] | str, tmp_path: Path,
+                *extra: str) -> subprocess.CompletedProcess:
+    pairs_path = tmp_path / "pairs.tsv"
+    pairs_path.write_text(pairs if isinstance(pairs, str) else "".join(f"{t}\t{ty}\n" for t, ty in pairs))
+    argv = [str(paths.binary("llama-sensitivity")), "-m", str(model), "-f", str(text), "--pairs", str(pairs_path),
+            "-c", str(CTX), "--chunks", str(CHUNKS), "-t", "1", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, env=runner.tool_env(), timeout=600)
+
+
+def results(proc: subprocess.CompletedProcess) -> list[dict]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_kld_orders_types_and_sizes_are_exact(built, tiny_model, tiny_text, tmp_path):
+    types = ["f16", "q8_0", "q3_K", "q2_K", "q4_K_hifi"]
+    recs = results(sensitivity(tiny_model, tiny_text, [(TENSOR, t) for t in types], tmp_path))
+    assert [r["type"] for r in recs] == types
+    kld = {r["type"]: r["kld"] for r in recs}
+    # the model is stored as F16: an F16 image is the tensor itself, the output the reference
+    assert abs(kld["f16"]) < 1e-12
+    assert kld["q8_0"] > 0
+    assert kld["q3_K"] > kld["q8_0"]
+    assert kld["q2_K"] > kld["q8_0"]
+    for r in recs:
+        assert r["kld_pm"] >= 0 and 0.0 <= r["same_top"] <= 1.0 and r["seconds"] > 0
+    assert recs[0]["same_top"] == 1.0
+
+    from hifikit import ggml
+    shape = {t.name: t.shape for t in _tensors(tiny_model)}[TENSOR]
+    lib = ggml.load()
+    for r in recs:
+        assert r["nbytes"] == lib.type_by_name(r["type"]).row_size(shape[0]) * shape[1]
+
+
+def test_weights_are_restored_after_each_pair(built, tiny_model, tiny_text, tmp_path):
+    pairs = [(TENSOR, "q2_K"), (TENSOR, "f16"), (TENSOR, "q2_K"), (OTHER, "q2_K"), (TENSOR, "f16"), (OTHER, "f16")]
+    recs = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path))
+    assert recs[0]["kld"] > 1e-6
+    # a restored tensor gives the reference back, whatever was measured before
+    assert abs(recs[1]["kld"]) < 1e-12 and abs(recs[4]["kld"]) < 1e-12 and abs(recs[5]["kld"]) < 1e-12
+    # the same pair twice: the same result (the second starts from the original weights too)
+    assert recs[2]["kld"] == recs[0]["kld"]
+    assert recs[3]["kld"] > 1e-6
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in errors[0]
+    # validation happens before the reference pass
+    assert "reference" not in proc.stderr
+    return errors[0]
+
+
+def test_bad_pairs_are_rejected_before_any_work(built, tiny_model, tiny_text, tmp_path):
+    ok = f"{TENSOR}\tq4_K\n"
+    _one_error_line(sensitivity(tiny_model, tiny_text, ok + "blk.9.ffn_up.weight\tq4_K\n", tmp_path),
+                    "blk.9.ffn_up.weight", ":2:")
+    _one_error_line(sensitivity(tiny_model, tiny_text, ok + f"{TENSOR}\tq4_X\n", tmp_path), "q4_X")
+    _one_error_line(sensitivity(tiny_model, tiny_text, ok + f"{TENSOR} q4_K\n", tmp_path), "tensor<TAB>type")
+    _one_error_line(sensitivity(tiny_model, tiny_text, f"{TENSOR}\tiq2_xxs\n", tmp_path), "--imatrix")
+    _one_error_line(sensitivity(tiny_model, tiny_text, "# nothing\n", tmp_path), "no pairs")
+
+
+def test_type_that_does_not_fit_the_row(built, tiny_text, tmp_path):
+    from synthetic import TinyConfig, write_model
+
+    model = write_model(tmp_path / "narrow.gguf", config=TinyConfig(n_embd=384, n_head=4, n_head_kv=4))
+    line = _one_error_line(sensitivity(model, tiny_text, f"{OTHER}\tq8_0\n{OTHER}\tq4_K\n", tmp_path),
+                           OTHER, "384", "256")
+    assert ":2:" in line
+
+
+def test_missing_files_and_short_text(built, tiny_model, tiny_text, tmp_path):
+    pairs = [(TENSOR, "q4_K")]
+    proc = sensitivity(tmp_path / "none.gguf", tiny_text, pairs, tmp_path)
+    assert proc.returncode != 0 and "none.gguf" in proc.stderr.splitlines()[-1]
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\0" * 64)
+    proc = sensitivity(corrupt, tiny_text, pairs, tmp_path)
+    assert proc.returncode != 0 and "corrupt.gguf" in proc.stderr.splitlines()[-1]
+    short = tmp_path / "short.txt"
+    short.write_text("a few words only")
+    proc = sensitivity(tiny_model, short, pairs, tmp_path)
+    assert proc.returncode != 0 and "tokens, need" in proc.stderr.splitlines()[-1]
+
+
+# the driver ---------------------------------------------------------------------
+
+def _new_run(conn, model: Path) -> int:
+    run_id = jobs.create_run(conn, "analyze", {"model": str(model), "mode": "measured"}, [])
+    with db.transaction(conn):
+        for t in _tensors(model):
+            curves.store_tensor(conn, run_id, t.name, t.shape, t.n_elements, t.type)
+    return run_id
+
+
+def _sweep_pairs() -> list[tuple[str, str]]:
+    names = [f"blk.{i}.{k}.weight" for i in range(2)
+             for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
+    return [(n, t) for n in names for t in ("q3_K", "q4_K", "q8_0")]
+
+
+def _stored(conn, run_id: int) -> dict[tuple[str, str], float]:
+    return {(r["tensor"], r["type"]): r["created"] for r in conn.execute(
+        "SELECT tensor, type, created FROM curve_points WHERE run_id=? AND mode='measured'", (run_id,))}
+
+
+def test_run_sweep_stores_points_and_skips_done_ones(built, tiny_model, tiny_text, tmp_path):
+    conn = db.connect()
+    run_id = _new_run(conn, tiny_model)
+    pairs = [(TENSOR, "q8_0"), (TENSOR, "Q2_K"), (OTHER, "q4_K")]
+    kw = dict(ctx=CTX, chunks=CHUNKS, imatrix=None, threads=1, log_path=tmp_path / "runs" / "7" / "sweep.log",
+              progress=False)
+    measured.run_sweep(conn, run_id, tiny_model, tiny_text, pairs[:2], **kw)
+    first = _stored(conn, run_id)
+    assert set(first) == {(TENSOR, "q8_0"), (TENSOR, "q2_K")}
+    # the type name given in another case is the same pair: only the new one runs
+    measured.run_sweep(conn, run_id, tiny_model, tiny_text, pairs, **kw)
+    second = _stored(conn, run_id)
+    assert set(second) == set(first) | {(OTHER, "q4_K")}
+    assert all(second[k] == first[k] for k in first)
+    sweep = curves.load_sweep(conn, run_id, "measured")
+    c = sweep.curve(TENSOR)
+    assert c.point("q2_K").error > c.point("q8_0").error > 0
+    assert c.point("q2_K").nbytes < c.point("q8_0").nbytes
+    assert c.point("q8_0").error_pm is not None and c.point("q8_0").seconds > 0
+
+
+def test_run_sweep_reports_a_failing_tool(built, tiny_model, tiny_text, tmp_path):
+    conn = db.connect()
+    run_id = _new_run(conn, tiny_model)
+    with pytest.raises(ToolFailedError, match="no tensor 'blk.7.attn_q.weight'"):
+        measured.run_sweep(conn, run_id, tiny_model, tiny_text, [("blk.7.attn_q.weight", "q4_K")], ctx=CTX,
+                           chunks=CHUNKS, imatrix=None, threads=1, log_path=tmp_path / "sweep.log", progress=False)
+    assert _stored(conn, run_id) == {}
+
+
+def test_killed_sweep_resumes_and_stores_each_pair_once(built, tiny_model, tiny_text, tmp_path):
+    conn = db.connect()
+    run_id = _new_run(conn, tiny_model)
+    pairs = _sweep_pairs()
+    script = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        from hifikit import db, measured
+        pairs = [tuple(p) for p in json.loads(sys.argv[1])]
+        measured.run_sweep(db.connect(), {run_id}, Path({str(tiny_model)!r}), Path({str(tiny_text)!r}), pairs,
+                           ctx={CTX}, chunks={CHUNKS}, imatrix=None, threads=1,
+                           log_path=Path({str(tmp_path / 'killed.log')!r}), progress=False)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script, json.dumps(pairs)], env=dict(os.environ),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while len(_stored(conn, run_id)) < 3:
+            assert child.poll() is None, child.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the sweep stored nothing in 300 s"
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    before = _stored(conn, run_id)
+    assert 3 <= len(before) < len(pairs), "the sweep finished before it could be killed"
+
+    measured.run_sweep(conn, run_id, tiny_model, tiny_text, pairs, ctx=CTX, chunks=CHUNKS, imatrix=None,
+                       threads=1, log_path=tmp_path / "resumed.log", progress=False)
+    after = _stored(conn, run_id)
+    assert set(after) == set(pairs)
+    rows = conn.execute("SELECT COUNT(*) FROM curve_points WHERE run_id=? AND mode='measured'", (run_id,)).fetchone()
+    assert rows[0] == len(pairs)
+    # what was stored before the kill was not measured again
+    assert all(after[k] == before[k] for k in before)
+    resumed = (tmp_path / "resumed.log").read_text()
+    assert f"[{len(pairs) - len(before):4d}/{len(pairs) - len(before):4d}]" in resumed
+
+
+# agreement ----------------------------------------------------------------------
+
+def _sweep(mode: str, errors: dict[str, list[float]]) -> curves.Sweep:
+    types = ["q3_K", "q4_K", "q5_K", "q8_0"]
+    return curves.Sweep(1, mode, [
+        curves.TensorCurve(name, (256, 256), 65536, "f16",
+                           [curves.CurvePoint(t, 1000 * (i + 1), e) for i, (t, e) in enumerate(zip(types, errs))])
+        for name, errs in errors.items()])
+
+
+def test_spearman_per_tensor_and_overall():
+    proxy = _sweep("proxy", {"a": [4.0, 3.0, 2.0, 1.0], "b": [0.4, 0.3, 0.2, 0.1], "c": [1.0, 2.0, 3.0, 4.0]})
+    meas = _sweep("measured", {"a": [0.9, 0.5, 0.2, 0.1], "b": [0.09, 0.05, 0.02, 0.01], "c": [1, 1, 1, 1]})
+    out = spearman(proxy, meas)
+    assert out["tensors"]["a"] == {"rho": pytest.approx(1.0), "n": 4}
+    assert out["tensors"]["b"]["rho"] == pytest.approx(1.0)
+    assert out["tensors"]["c"]["rho"] is None  # constant measured errors have no ranks
+    assert out["mean_per_tensor"] == pytest.approx(1.0)
+    assert out["overall"]["n"] == 12
+    assert 0 < out["overall"]["rho"] < 1
+    reversed_meas = _sweep("measured", {"a": [0.1, 0.2, 0.5, 0.9]})
+    assert spearman(proxy, reversed_meas)["tensors"] == {"a": {"rho": pytest.approx(-1.0), "n": 4}}
+
+
+def _write_imatrix(path: Path, entries: dict[str, int], seed: int = 0) -> Path:
+    """A GGUF importance matrix (in_sum2 / counts) with a few heavy columns per tensor."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_string("general.type", "imatrix")
+    writer.add_array("imatrix.datasets", ["synthetic"])
+    writer.add_uint32("imatrix.chunk_count", 10)
+    writer.add_uint32("imatrix.chunk_size", 512)
+    for name, n in entries.items():
+        sums = rng.uniform(0.5, 1.5, size=n).astype(np.float32)
+        sums[rng.integers(0, n, size=max(1, n // 32))] = 400.0
+        writer.add_tensor(name + ".in_sum2", sums * 100.0)
+        writer.add_tensor(name + ".counts", np.array([100.0], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_imatrix_is_passed_to_the_quantizer(built, tiny_model, tiny_text, tmp_path):
+    n_per_row = {t.name: t.shape[0] for t in _tensors(tiny_model)}[TENSOR]
+    imatrix = _write_imatrix(tmp_path / "imatrix.gguf", {TENSOR: n_per_row})
+    pairs = [(TENSOR, "q3_K"), (TENSOR, "iq2_xxs")]
+    plain = results(sensitivity(tiny_model, tiny_text, pairs[:1], tmp_path))
+    weighted = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--imatrix", str(imatrix)))
+    assert weighted[0]["kld"] != plain[0]["kld"]  # the importance changed the q3_K image
+    assert weighted[1]["type"] == "iq2_xxs" and weighted[1]["kld"] > weighted[0]["kld"]
+
+    wrong = _write_imatrix(tmp_path / "wrong.gguf", {TENSOR: n_per_row // 2})
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs[:1], tmp_path, "--imatrix", str(wrong)),
+                    TENSOR, str(n_per_row // 2))
