@@ -12,9 +12,13 @@ The job (a resumable run, see jobs.py) is:
    the default and ``--full`` demos score prefixes of the same text); or a
    local text given with ``--text``;
 4. ``reference-logits``: the cached KLD base logits (kld.py);
-5. for each entry of VARIANTS: ``quantize-TAG`` then ``eval-TAG`` (PPL, KLD,
-   same-top-p against F16);
-6. ``bench``: llama-bench prompt and generation t/s of every model.
+5. ``sweep`` (when a variant is planned): the proxy error curves of every
+   tensor of the reference (analyze.py), stored under the demo's run;
+6. for each entry of VARIANTS: ``quantize-TAG`` then ``eval-TAG`` (PPL, KLD,
+   same-top-p against F16); a planned variant's quantize step first plans
+   per-tensor types at an ftype's exact file size (plan.py) and writes the
+   strategy YAML next to the model;
+7. ``bench``: llama-bench prompt and generation t/s of every model.
 
 A demo with the same arguments as an earlier one resumes that run (nothing
 finished is redone), so running ``hifikit demo`` twice is cheap.
@@ -33,7 +37,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from . import atomic, db, gguf_io, jobs, kld
+from . import atomic, curves, db, gguf_io, jobs, kld
 from .errors import HifikitError
 from .jobs import StepContext, StepOutput, StepSpec, step_kind
 
@@ -62,6 +66,7 @@ class Variant:
     role: str                      # stock | hifi | plan (how the report draws it)
     ftype: str | None              # llama-quantize's type argument; None when `extra` chooses it
     extra: tuple[str, ...] = ()    # more llama-quantize arguments (before the files)
+    plan_match: str | None = None  # a planned model: per-tensor types at the size of this ftype
 
     @property
     def tag(self) -> str:
@@ -73,6 +78,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("Q3_K_M", "stock", "Q3_K_M"),
     Variant("Q3_K_HIFI", "hifi", "Q3_K_HIFI"),
     Variant("--hifi", "hifi", None, ("--hifi",)),
+    Variant("plan@Q3_K_M", "plan", None, plan_match="Q3_K_M"),
     Variant("Q4_K_M", "stock", "Q4_K_M"),
 )
 
@@ -177,6 +183,34 @@ def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       artifacts=[db.Artifact(str(out), "evaluation-text", sha, out.stat().st_size)])
 
 
+@step_kind("demo-plan-quantize")
+def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    """Plan per-tensor types at an ftype's exact file size from this run's sweep, then apply the strategy."""
+    from . import filesize, plan as planner, strategy as strat
+    from .cli.plan import _knee_finder
+    from .cli.quantize import strategy_step
+    from .steps import quantize
+
+    model = Path(spec["input"])
+    sweep = curves.load_sweep(ctx.conn, ctx.run_id, "proxy")
+    layout = filesize.FileLayout.read(model)
+    target = planner.Target("match", spec["match"])
+    budget = planner.budget_for(target, layout, lambda f: planner.ftype_file_size(ctx.conn, model, layout, f,
+                                                                                  None, None))
+    base = "Q8_0"  # tensors outside the sweep: what llama-quantize gives them under Q8_0
+    p = planner.make_plan(sweep, model, layout, target, budget, planner.dry_run_types(model, base), base,
+                          None, None, knees=_knee_finder())
+    strategy_path = Path(spec["strategy"])
+    strat.write(p, strategy_path)
+    step = strategy_step(model, Path(spec["output"]), strat.load(strategy_path), layout, spec.get("threads"),
+                         p.predicted_bytes, p.predicted_error)
+    out = quantize(ctx, step.spec)
+    out.result.update(strategy=str(strategy_path.resolve()), ftype=f"plan at {spec['match']}'s size",
+                      plan=planner.summary(p))
+    out.artifacts.append(db.Artifact(str(strategy_path), "strategy"))
+    return out
+
+
 # --- the job ---------------------------------------------------------------------------------------
 
 
@@ -205,12 +239,20 @@ def plan_steps(opts: DemoOptions, variants: tuple[Variant, ...] = VARIANTS) -> t
     steps.append(StepSpec("reference-logits", "kld-base", {"ref": str(ref), **base, "label": "F16",
                                                            "role": "reference"}))
     models = [str(ref)]
+    if any(v.plan_match for v in variants):
+        # the planner's input: proxy error curves of every tensor of the reference (run-scoped rows)
+        steps.append(StepSpec("sweep", "sweep-proxy", {"model": str(ref)}))
     for v in variants:
         model = out / f"{src.stem}-{v.tag}.gguf"
         models.append(str(model))
-        steps.append(StepSpec(f"quantize-{v.tag}", "quantize", {
-            "input": str(ref), "output": str(model), "ftype": v.ftype, "extra": list(v.extra),
-            "threads": threads}))
+        if v.plan_match:
+            steps.append(StepSpec(f"quantize-{v.tag}", "demo-plan-quantize", {
+                "input": str(ref), "output": str(model), "match": v.plan_match,
+                "strategy": str(out / f"{src.stem}-{v.tag}.yaml"), "threads": threads}))
+        else:
+            steps.append(StepSpec(f"quantize-{v.tag}", "quantize", {
+                "input": str(ref), "output": str(model), "ftype": v.ftype, "extra": list(v.extra),
+                "threads": threads}))
         steps.append(StepSpec(f"eval-{v.tag}", "eval", {"model": str(model), "ref": str(ref), **base,
                                                         "label": v.label, "role": v.role}))
     steps.append(StepSpec("bench", "bench", {"models": models, **opts.bench, "threads": threads}))

@@ -32,6 +32,10 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
         assert m["file_bytes"] == (out / f"{tiny_model.stem}-{v.tag}.gguf").stat().st_size
         assert m["bpw"] == pytest.approx(gguf_io.read_info(m["model"]).bits_per_weight)
         assert set(m["tps"]) == {"pp16", "tg4"} and all(v[0] > 0 for v in m["tps"].values())
+    # the planned model fits in Q3_K_M's file, and its strategy was written next to it
+    planned = next(v for v in demo.VARIANTS if v.plan_match == "Q3_K_M")
+    assert models[planned.label]["file_bytes"] <= models["Q3_K_M"]["file_bytes"]
+    assert (out / f"{tiny_model.stem}-{planned.tag}.yaml").is_file()
     # every printed number is in the runs database
     conn = sqlite3.connect(hifikit_home / "runs.db")
     for label in ("Q3_K_M", "Q3_K_HIFI"):
