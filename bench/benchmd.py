@@ -36,23 +36,16 @@ def fmt_spread(values: Sequence[float], fmt: str = ".3f") -> str:
 
 
 def machine() -> str:
-    """CPU model, cores, memory, OS: one line."""
-    cpu, mem = platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f", {int(line.split()[1]) / 2**20:.0f} GiB"
-                break
-    except OSError:
-        pass
+    """CPU model, cores, memory, OS (hifikit.report.machine, the report's own facts) and the load: one line."""
+    sys.path.insert(0, str(REPO))
+    from hifikit.report import machine as machine_facts
+
+    facts = machine_facts()
+    mem = f", {facts['memory_bytes'] / 2**30:.0f} GiB" if facts["memory_bytes"] else ""
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average {os.getloadavg()[0]:.2f} at the start"
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}{load}"
+    return f"{facts['cpu']}, {facts['cores']} cores{mem}, {platform.system()} {platform.release()}{load}"
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
