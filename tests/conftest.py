@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# `hifikit pr` works on this checkout's series, wherever pytest was started from (set before any
+# fixture of any scope, and inherited by the CLI subprocesses)
+os.environ.setdefault("HIFIKIT_SOURCE_DIR", str(REPO))
 
 
 @pytest.fixture(autouse=True)

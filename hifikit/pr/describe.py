@@ -9,9 +9,9 @@ from pathlib import Path
 
 from .. import upstream
 from .evidence import METRICS, Evidence, EvalRow, pareto
+from . import template as tmpl
 from .template import PlannedCommit, Template
 
-REPO = upstream.REPO_ROOT
 CHECK_BEGIN = "<!-- pr-check:begin -->"
 CHECK_END = "<!-- pr-check:end -->"
 
@@ -62,7 +62,7 @@ def _demote(text: str, levels: int) -> str:
 
 
 def block_layouts() -> str:
-    text = section(REPO / "docs" / "hifi-types.md", "## Block layout")
+    text = section(tmpl.source_root() / "docs" / "hifi-types.md", "## Block layout")
     if not text:
         return "(docs/hifi-types.md has no block layout section)"
     # only the layout itself: stop before the first subsection
@@ -74,7 +74,7 @@ def block_layouts() -> str:
 def throughput(template: Template) -> str:
     parts = []
     for src in template.throughput:
-        text = section(REPO / src["doc"], src.get("section"))
+        text = section(tmpl.source_root() / src["doc"], src.get("section"))
         if text:
             parts.append(f"From hifikit's `{src['doc']}`:\n\n{_demote(text, 1)}")
     return "\n\n".join(parts) if parts else "Not measured."

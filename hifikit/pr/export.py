@@ -21,7 +21,6 @@ from . import describe, evidence, gitrepo, template as tmpl
 
 log = logging.getLogger(__name__)
 MANIFEST = "export.json"
-REPO = upstream.REPO_ROOT
 
 
 @dataclasses.dataclass
@@ -54,7 +53,7 @@ def _add_new_file(repo: Path, rel: str, src: Path, pristine: Path) -> None:
 
 
 def build_repo(repo: Path, commits: list[tmpl.PlannedCommit], template: tmpl.Template,
-               pristine: Path, native_dir: Path = REPO / "native") -> list[str]:
+               pristine: Path, native_dir: Path | None = None) -> list[str]:
     """Create the repository; return the commit ids after `pristine`."""
     author = (template.author_name, template.author_email)
     gitrepo.init_pristine(repo, pristine, author=author, date=template.date)
@@ -65,7 +64,7 @@ def build_repo(repo: Path, commits: list[tmpl.PlannedCommit], template: tmpl.Tem
             upstream.apply_patch(repo, patch)
             touched += [fp.path for fp in patch.files]
         for rel in c.native:
-            _add_new_file(repo, rel, native_dir / rel, pristine)
+            _add_new_file(repo, rel, (native_dir or tmpl.source_root() / "native") / rel, pristine)
             touched.append(rel)
         for rel, src in c.files.items():
             _add_new_file(repo, rel, src, pristine)
@@ -80,7 +79,7 @@ def build_repo(repo: Path, commits: list[tmpl.PlannedCommit], template: tmpl.Tem
 
 
 def export(out: Path, topic: str = "all", run_ids: list[int] | None = None, db_path: Path | None = None,
-           force: bool = False, template_path: Path = tmpl.TEMPLATE, pristine: Path | None = None) -> ExportResult:
+           force: bool = False, template_path: Path | None = None, pristine: Path | None = None) -> ExportResult:
     out = out.resolve()
     if out.exists() and any(out.iterdir()):
         if not force:
@@ -91,7 +90,7 @@ def export(out: Path, topic: str = "all", run_ids: list[int] | None = None, db_p
     commits = tmpl.plan(template, topic)
     ev = evidence.load(db_path, run_ids)
     pristine = pristine or upstream.pristine_tree()
-    series_names = upstream.read_series(REPO / "patches")
+    series_names = upstream.read_series(tmpl.source_root() / "patches")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}{atomic.PARTIAL_TAG}{os.getpid()}")
@@ -116,7 +115,7 @@ def export(out: Path, topic: str = "all", run_ids: list[int] | None = None, db_p
             plots.append(name if evidence.plot(rows, staging / name, f"setup {n}: size vs mean KLD") else None)
         pr_md = describe.render(template, topic, commits, stats, ev, plots, series_names)
         (staging / "PR.md").write_text(pr_md)
-        manifest = {"topic": topic, "base": upstream.LLAMA_CPP_COMMIT, "template": str(template_path),
+        manifest = {"topic": topic, "base": upstream.LLAMA_CPP_COMMIT, "template": str(template.path),
                     "db": ev.db_path, "runs": sorted(ev.runs), "rows": [(r.run_id, r.step_id) for r in ev.rows],
                     "commits": [dataclasses.asdict(s) | {
                         "patches": [p.name for p in c.patches], "native": c.native, "files": sorted(c.files)}

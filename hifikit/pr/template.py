@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,25 @@ import yaml
 from .. import upstream
 from ..errors import HifikitError
 
-REPO = upstream.REPO_ROOT
-TEMPLATE = REPO / "pr" / "template.yaml"
+
+def source_root() -> Path:
+    """The hifikit checkout the PR is made from (its patches/, native/, pr/ and docs/).
+
+    An installed hifikit has no series of its own: HIFIKIT_SOURCE_DIR, the package's
+    own checkout (an editable or in-tree run), or the checkout the command runs in.
+    """
+    explicit = os.environ.get("HIFIKIT_SOURCE_DIR")
+    here = Path.cwd().resolve()
+    for candidate in ([Path(explicit)] if explicit else [upstream.REPO_ROOT, here, *here.parents]):
+        if (candidate / "patches" / "series").is_file() and (candidate / "pr" / "template.yaml").is_file():
+            return candidate.resolve()
+    where = f"HIFIKIT_SOURCE_DIR={explicit}" if explicit else f"{here} (or a folder above it)"
+    raise HifikitError(f"{where} is not a hifikit source checkout (patches/series, pr/template.yaml): "
+                       "run hifikit pr inside one, or set HIFIKIT_SOURCE_DIR")
+
+
+def template_path() -> Path:
+    return source_root() / "pr" / "template.yaml"
 TOPICS = ("types", "ftypes", "all")
 
 
@@ -44,7 +62,8 @@ class Template:
     path: Path
 
 
-def load(path: Path = TEMPLATE) -> Template:
+def load(path: Path | None = None) -> Template:
+    path = path or template_path()
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -73,9 +92,11 @@ def _date(patches: list[upstream.Patch], default: str) -> str:
     return f"{days[-1]}T12:00:00+00:00" if days else default
 
 
-def plan(template: Template, topic: str = "all", patches_dir: Path = REPO / "patches",
-         native_dir: Path = REPO / "native") -> list[PlannedCommit]:
+def plan(template: Template, topic: str = "all", patches_dir: Path | None = None,
+         native_dir: Path | None = None) -> list[PlannedCommit]:
     """The commits of a topic, in series order; every patch and native file is accounted for."""
+    patches_dir = patches_dir or source_root() / "patches"
+    native_dir = native_dir or source_root() / "native"
     if topic not in template.topics:
         raise HifikitError(f"unknown topic '{topic}'; the template has {', '.join(template.topics)}")
     series = upstream.load_series(patches_dir)
@@ -108,7 +129,7 @@ def plan(template: Template, topic: str = "all", patches_dir: Path = REPO / "pat
             if not any(base in text for owner, text in sources if owner != rel):
                 raise HifikitError(f"{template.path}: native/{rel} is in commit '{subject}', "
                                    f"but none of its patches or other files mention {base}")
-        files = {dst: REPO / src for dst, src in (spec.get("files") or {}).items()}
+        files = {dst: source_root() / src for dst, src in (spec.get("files") or {}).items()}
         for dst, src in files.items():
             if not src.is_file():
                 raise HifikitError(f"{template.path}: commit '{subject}' adds {dst} from {src}, which does not exist")
