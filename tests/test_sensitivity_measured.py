@@ -183,8 +183,10 @@ def test_killed_sweep_resumes_and_stores_each_pair_once(built, tiny_model, tiny_
                            ctx={CTX}, chunks={CHUNKS}, imatrix=None, threads=1,
                            log_path=Path({str(tmp_path / 'killed.log')!r}), progress=False)
     """)
+    # cwd: `python -c` puts the working directory first on sys.path; from the checkout's root that
+    # would import the source tree (no binaries) instead of the installed package
     child = subprocess.Popen([sys.executable, "-c", script, json.dumps(pairs)], env=dict(os.environ),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     deadline = time.monotonic() + 300
     try:
         while len(_stored(conn, run_id)) < 3:
