@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             f"1-minute load average {load:.2f} on {cores} cores at the start")
     print(text)
     if not args.no_doc:
-        body = (f"`{' '.join(pip[1:3])} pip install --no-deps --no-cache-dir COPY` into a new venv, from a copy "
+        body = (f"`python {' '.join(pip[1:6])} COPY` into a new venv, from a copy "
                 f"of the checkout (empty `build/`), pinned source from the user cache.\n\n```\n{text}\n```\n")
         benchmd.update("build", TITLE, body, machine_line)
     return 0
