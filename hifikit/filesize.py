@@ -257,5 +257,4 @@ def scan(path: Path | str) -> tuple[dict[str, int], list[tuple[str, list[int], i
 
 def tensor_types(path: Path | str) -> dict[str, str]:
     """Tensor name -> type name of a GGUF, read from its header only."""
-    names = type_names()
-    return {name: names.get(type_id, str(type_id)) for name, _, type_id in scan(path)[1]}
+    return {name: type_name for name, _, type_name in gguf_io.tensor_types(path)}

@@ -145,59 +145,10 @@ def read_info(path: Path | str) -> ModelInfo:
         metadata=metadata)
 
 
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
-_STRING, _ARRAY = 8, 9
-
-
 def tensor_types(path: Path | str) -> list[tuple[str, list[int], str]]:
-    """(name, shape, type name) of every tensor, from the header alone.
-
-    GGUFReader builds every metadata value (Gemma 3's 262k-token vocabulary takes it
-    tens of seconds); this walks past the values and reads only the tensor infos.
-    """
-    import mmap
-    import struct
-
-    path = check_file(path)
+    """(name, shape, type name) of every tensor, from the header alone (tensor_index)."""
     names = _type_names()
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        try:
-            version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-            if version < 2:
-                raise HifikitError(f"{path}: GGUF version {version} is not supported")
-            pos = 24
-
-            def skip_value(vtype: int, pos: int) -> int:
-                if vtype == _STRING:
-                    return pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
-                if vtype == _ARRAY:
-                    etype, count = struct.unpack_from("<IQ", buf, pos)
-                    pos += 12
-                    if etype in _SCALAR_SIZES:
-                        return pos + count * _SCALAR_SIZES[etype]
-                    for _ in range(count):
-                        pos = skip_value(etype, pos)
-                    return pos
-                return pos + _SCALAR_SIZES[vtype]
-
-            for _ in range(n_kv):
-                pos += 8 + struct.unpack_from("<Q", buf, pos)[0]          # key
-                vtype = struct.unpack_from("<I", buf, pos)[0]
-                pos = skip_value(vtype, pos + 4)
-            out = []
-            for _ in range(n_tensors):
-                n = struct.unpack_from("<Q", buf, pos)[0]
-                name = bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace")
-                pos += 8 + n
-                n_dims = struct.unpack_from("<I", buf, pos)[0]
-                shape = list(struct.unpack_from(f"<{n_dims}Q", buf, pos + 4))
-                pos += 4 + 8 * n_dims
-                type_id = struct.unpack_from("<I", buf, pos)[0]
-                pos += 12                                                   # type, offset
-                out.append((name, shape, names.get(type_id, str(type_id))))
-        except (struct.error, KeyError, ValueError) as exc:
-            raise HifikitError(f"{path}: truncated or malformed GGUF header ({exc})") from exc
-    return out
+    return [(t.name, list(t.shape), names.get(t.type_id, str(t.type_id))) for t in tensor_index(path).tensors]
 
 
 def general_type(path: Path | str) -> str | None:
