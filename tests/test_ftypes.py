@@ -62,19 +62,24 @@ class Rule:
     layer_pct: Callable[[int], int]
 
 
+# a rule's type "twin": the HIFI twin of the base ftype's K-quant choice
+TWIN = {"q3_K": "q3_K_hifi", "q4_K": "q4_K_hifi", "q5_K": "q5_K_hifi", "q6_K": "q6_K_hifi"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     base: str | None  # a stock ftype, or None: upstream's generic rules on Q4_K
     rules: tuple[Rule, ...]
-    fallback: str = "q4_0"  # for rows that q2_K/q3_K cannot take (upstream: q4_0)
+    # rows that cannot take a K-quant: the recipe's type instead of FALLBACK's (upstream's)
+    fallbacks: tuple[tuple[str, str], ...] = ()
 
 
 RECIPES = {
     "Q3_K_HIFI": Recipe("Q3_K_M", (
-        Rule("attn_v", "q3_K_hifi", _q3_early),
-        Rule("ffn_down", "q3_K_hifi", _q3_early),
-        Rule("output", "q3_K_hifi", _all),
-    ), fallback="iq4_nl"),
+        Rule("attn_v", "twin", _q3_early),
+        Rule("ffn_down", "twin", _q3_early),
+        Rule("output", "q6_K", _all),
+    ), fallbacks=(("q3_K", "q5_1"), ("q6_K", "q5_1"))),
     "Q4_K_HIFI": Recipe(None, (
         Rule("attn_v", "q4_K_hifi", _q4_attn_v),
         Rule("ffn_down", "q4_K_hifi", _q4_ffn_down),
@@ -141,6 +146,8 @@ def layer_of(name: str) -> int | None:
 
 def expected_types(ftype: str, spec: fm.ModelSpec, stock_base: dict[str, str] | None = None) -> dict[str, str]:
     recipe = RECIPES[ftype]
+    fallbacks = dict(recipe.fallbacks)
+    k_quant_of = {hifi: k for k, hifi in TWIN.items()}
     n = fm.n_params(spec)
     out = {}
     for t in fm.tensors(spec):
@@ -154,12 +161,16 @@ def expected_types(ftype: str, spec: fm.ModelSpec, stock_base: dict[str, str] | 
                 continue
             layer, pct = layer_of(t.name), rule.layer_pct(n)
             in_cut = layer is None or pct >= 100 or layer < spec.n_layer * pct // 100
-            if fits(t) and in_cut:
-                chosen = rule.type
+            if in_cut:
+                want = TWIN.get(base, base) if rule.type == "twin" else rule.type
+                if t.n_per_row % (QK_K if k_quant_of.get(want, want) in TWIN else 32) == 0:
+                    chosen = want
+                elif k_quant_of.get(want, want) in fallbacks:   # the recipe's fallback for the rule's type
+                    chosen = fallbacks[k_quant_of.get(want, want)]
             break
-        # a K-quant mixture picks q4_0 only as the fallback of a q2_K/q3_K row that cannot take it
-        if chosen == "q4_0" and not fits(t) and t.n_per_row % 32 == 0:
-            chosen = recipe.fallback
+        # a K-quant mixture picks q4_0 only as upstream's fallback of a q2_K/q3_K row that cannot take it
+        if chosen == "q4_0" and not fits(t) and t.n_per_row % 32 == 0 and "q3_K" in fallbacks:
+            chosen = fallbacks["q3_K"]
         out[t.name] = chosen
     return out
 
@@ -272,11 +283,16 @@ def test_dry_run_types_match_recipe(quantize_bin, models, model, ftype):
 
 
 def test_q3_k_hifi_matches_seed_cut_at_28_layers(quantize_bin, models):
-    # seed 000: layers 0-10 of a 28-layer model, plus the output
+    # seed 000: layers 0-10 of a 28-layer model; each takes the HIFI twin of Q3_K_M's type
     types = dry_run(quantize_bin, models["small28"], "Q3_K_HIFI").types
-    hifi = sorted(name for name, t in types.items() if t == "q3_K_hifi")
-    want = sorted([f"blk.{i}.{n}.weight" for i in range(11) for n in ("attn_v", "ffn_down")] + ["output.weight"])
+    q3m = dry_run(quantize_bin, models["small28"], "Q3_K_M").types
+    hifi = sorted(name for name, t in types.items() if t.endswith("_hifi"))
+    want = sorted(f"blk.{i}.{n}.weight" for i in range(11) for n in ("attn_v", "ffn_down"))
     assert hifi == want
+    assert {types[name] for name in want} == {"q4_K_hifi", "q5_K_hifi"}
+    assert all(types[name] == TWIN[q3m[name]] for name in want)
+    # the output keeps Q3_K_M's type (the seed's Q3_K_HIFI output is not used, docs/ftypes.md)
+    assert types["output.weight"] == q3m["output.weight"] == "q6_K"
 
 
 def test_q4_k_hifi_coverage_by_size(quantize_bin, models):
@@ -298,19 +314,22 @@ def test_stock_ftype_unchanged_on_640_rows(quantize_bin, models):
     assert types["token_embd.weight"] == "q8_0"
 
 
-def test_gemma_like_640_rows_keep_base_fallback(quantize_bin, models):
-    # 640-wide rows cannot take a 256 block: the recipe leaves them to the base ftype
+def test_gemma_like_640_rows_take_the_recipe_fallbacks(quantize_bin, models):
+    # 640-wide rows cannot take a 256 block: attn_v keeps the base ftype's fallback
     q3 = dry_run(quantize_bin, models["gemma_like"], "Q3_K_HIFI")
     q3m = dry_run(quantize_bin, models["gemma_like"], "Q3_K_M").types
-    for name in ("blk.0.attn_v.weight", "token_embd.weight"):
-        assert q3.types[name] == q3m[name]
-    # except the q3_K rows: Q3_K_M gives them q4_0, Q3_K_HIFI iq4_nl (same size)
+    assert q3.types["blk.0.attn_v.weight"] == q3m["blk.0.attn_v.weight"] == "q5_1"
+    # the q3_K rows: Q3_K_M gives them q4_0, Q3_K_HIFI q5_1
     for name in ("blk.0.attn_q.weight", "blk.3.attn_k.weight", "blk.17.ffn_gate.weight", "blk.9.ffn_up.weight"):
-        assert (q3m[name], q3.types[name]) == ("q4_0", "iq4_nl")
-    assert "rows that q2_K/q3_K cannot take -> iq4_nl (instead of q4_0)" in q3.log
+        assert (q3m[name], q3.types[name]) == ("q4_0", "q5_1")
+    # the tied output (q6_K): Q3_K_M gives it q8_0, Q3_K_HIFI q5_1
+    assert (q3m["token_embd.weight"], q3.types["token_embd.weight"]) == ("q8_0", "q5_1")
+    assert "rows that q3_K cannot take -> q5_1 (instead of q4_0)" in q3.log
+    assert "rows that q6_K cannot take -> q5_1 (instead of q8_0)" in q3.log
     q3 = q3.types
-    # ffn_down rows are 2048 wide: they take the HIFI block on the early layers
-    assert q3["blk.0.ffn_down.weight"] == "q3_K_hifi"
+    # ffn_down rows are 2048 wide: the early layers take the HIFI twin of Q3_K_M's type
+    assert (q3m["blk.0.ffn_down.weight"], q3["blk.0.ffn_down.weight"]) == ("q5_K", "q5_K_hifi")
+    assert (q3m["blk.6.ffn_down.weight"], q3["blk.6.ffn_down.weight"]) == ("q4_K", "q4_K_hifi")
     assert q3["blk.7.ffn_down.weight"] == q3m["blk.7.ffn_down.weight"]   # 40% of 18 = 7 layers
 
 
@@ -437,10 +456,10 @@ def test_imatrix_reaches_hifi_tensors(quantize_bin, tiny_plain, tmp_path):
     a, b = fm.read_index(with_im).tensors, fm.read_index(without).tensors
 
     def data(path: Path, entry: fm.TensorEntry) -> bytes:
-        return fm.tensor_bytes(path, entry, 134 * 64)  # 64 q3_K_hifi blocks
+        return fm.tensor_bytes(path, entry, 134 * 64)  # the first 8576 bytes
 
-    for name in ("blk.0.ffn_down.weight", "blk.0.attn_v.weight"):
-        assert a[name].type_id == GGML_TYPE_IDS["q3_K_hifi"]
+    for name, hifi_type in (("blk.0.ffn_down.weight", "q4_K_hifi"), ("blk.0.attn_v.weight", "q5_K_hifi")):
+        assert a[name].type_id == GGML_TYPE_IDS[hifi_type]
         assert data(with_im, a[name]) != data(without, b[name]), f"{name} ignores the imatrix"
     # the output has no imatrix entry: same bytes both times (quantization is deterministic)
     assert data(with_im, a["output.weight"]) == data(without, b["output.weight"])

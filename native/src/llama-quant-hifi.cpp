@@ -36,40 +36,61 @@ static int hifi_layers_q4_attn_v(uint64_t n_params) {
 // recipes
 //
 
+// a rule's type: GGML_TYPE_COUNT stands for "the HIFI type of the base ftype's K-quant choice"
+#define HIFI_TYPE_OF_BASE GGML_TYPE_COUNT
+
 struct hifi_rule {
     llama_hifi_role role;
     ggml_type       type;
     int          (* layer_pct)(uint64_t n_params);
 };
 
-#define HIFI_MAX_RULES 6
+// rows whose length is not a multiple of 256 cannot take K-quant blocks; upstream's tensor_type_fallback maps
+// Q3_K -> Q4_0 and Q6_K -> Q8_0, a recipe can name other 32-block types (the HIFI twin of a K-quant is mapped
+// like the K-quant)
+struct hifi_fallback {
+    ggml_type from;
+    ggml_type to;
+};
+
+#define HIFI_MAX_RULES     6
+#define HIFI_MAX_FALLBACKS 2
 
 struct hifi_recipe {
-    llama_ftype  ftype;
-    const char * name;
-    llama_ftype  base;      // stock mixture for what the rules do not name; the ftype itself = upstream's generic rules
-    const char * base_name;
-    ggml_type    fallback;  // for rows a Q2_K/Q3_K type cannot take, instead of upstream's Q4_0 (GGML_TYPE_Q4_0: as upstream)
-    hifi_rule    rules[HIFI_MAX_RULES]; // unused entries are zero, i.e. LLAMA_HIFI_ROLE_OTHER
+    llama_ftype   ftype;
+    const char  * name;
+    llama_ftype   base;      // stock mixture for what the rules do not name; the ftype itself = upstream's generic rules
+    const char  * base_name;
+    hifi_rule     rules[HIFI_MAX_RULES];         // unused entries are zero, i.e. LLAMA_HIFI_ROLE_OTHER
+    hifi_fallback fallbacks[HIFI_MAX_FALLBACKS]; // unused entries are zero, i.e. from = GGML_TYPE_F32
 };
 
 static const hifi_recipe hifi_recipes[] = {
+    // measured on Gemma 3 270M (docs/results.md): downgrading the early ffn_down from Q3_K_M's Q4_K/Q5_K to
+    // Q3_K_HIFI (the seed's rule) cost more than it saved, so the early layers get the HIFI twin of Q3_K_M's
+    // type instead; the output keeps Q3_K_M's Q6_K (at ~4.5 bpw it was the costliest tensor of the model)
+    // and the bytes come from the fallbacks of rows that cannot take K-quants: Q5_1 for both the Q3_K rows
+    // (instead of Q4_0) and the output (instead of Q8_0, which upstream picks for an output whose rows
+    // cannot take Q6_K)
     {
-        LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", GGML_TYPE_IQ4_NL, {
-            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q3_K_HIFI, hifi_layers_q3_early    },
-            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q3_K_HIFI, hifi_layers_q3_early    },
-            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q3_K_HIFI, hifi_layers_all         },
+        LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", {
+            { LLAMA_HIFI_ROLE_ATTN_V,      HIFI_TYPE_OF_BASE,   hifi_layers_q3_early    },
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    HIFI_TYPE_OF_BASE,   hifi_layers_q3_early    },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
+        }, {
+            { GGML_TYPE_Q3_K, GGML_TYPE_Q5_1 },
+            { GGML_TYPE_Q6_K, GGML_TYPE_Q5_1 },
         },
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K_HIFI", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K", GGML_TYPE_Q4_0, {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K_HIFI", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K", {
             { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_attn_v   },
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_ffn_down },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
         },
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", GGML_TYPE_Q4_0, {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", {
             { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q5_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_FFN_GATE,    GGML_TYPE_Q5_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_TOKEN_EMBD,  GGML_TYPE_Q5_K,      hifi_layers_all         },
@@ -79,7 +100,7 @@ static const hifi_recipe hifi_recipes[] = {
         },
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", GGML_TYPE_Q4_0, {
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", {
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
             { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
@@ -113,6 +134,44 @@ static int hifi_rule_n_cut(const hifi_rule & rule, int n_layer, uint64_t n_param
     return n_layer * rule.layer_pct(n_params) / 100;
 }
 
+// the HIFI twin of a K-quant; any other type is returned unchanged
+static ggml_type hifi_type_of(ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_Q3_K: return GGML_TYPE_Q3_K_HIFI;
+        case GGML_TYPE_Q4_K: return GGML_TYPE_Q4_K_HIFI;
+        case GGML_TYPE_Q5_K: return GGML_TYPE_Q5_K_HIFI;
+        case GGML_TYPE_Q6_K: return GGML_TYPE_Q6_K_HIFI;
+        default:             return type;
+    }
+}
+
+// the K-quant a HIFI type extends; any other type is returned unchanged
+static ggml_type hifi_k_quant_of(ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_Q3_K_HIFI: return GGML_TYPE_Q3_K;
+        case GGML_TYPE_Q4_K_HIFI: return GGML_TYPE_Q4_K;
+        case GGML_TYPE_Q5_K_HIFI: return GGML_TYPE_Q5_K;
+        case GGML_TYPE_Q6_K_HIFI: return GGML_TYPE_Q6_K;
+        default:                  return type;
+    }
+}
+
+// what tensor_type_fallback in llama-quant.cpp gives rows that cannot take this K-quant (for the log)
+static ggml_type hifi_upstream_fallback(ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_Q2_K:
+        case GGML_TYPE_Q3_K: return GGML_TYPE_Q4_0;
+        case GGML_TYPE_Q4_K: return GGML_TYPE_Q5_0;
+        case GGML_TYPE_Q5_K: return GGML_TYPE_Q5_1;
+        case GGML_TYPE_Q6_K: return GGML_TYPE_Q8_0;
+        default:             return type;
+    }
+}
+
+static const char * hifi_rule_type_name(const hifi_rule & rule) {
+    return rule.type == HIFI_TYPE_OF_BASE ? "HIFI twin" : ggml_type_name(rule.type);
+}
+
 bool llama_ftype_is_hifi(llama_ftype ftype) {
     return hifi_find_recipe(ftype) != nullptr;
 }
@@ -120,6 +179,36 @@ bool llama_ftype_is_hifi(llama_ftype ftype) {
 llama_ftype llama_ftype_hifi_base(llama_ftype ftype) {
     const hifi_recipe * recipe = hifi_find_recipe(ftype);
     return recipe ? recipe->base : ftype;
+}
+
+// the recipe's 32-block type for rows of ncols weights that cannot take this K-quant (or its HIFI twin),
+// GGML_TYPE_COUNT where the recipe names none
+static ggml_type hifi_recipe_fallback(const hifi_recipe & recipe, ggml_type type, int64_t ncols) {
+    const ggml_type k_quant = hifi_k_quant_of(type);
+    for (int i = 0; i < HIFI_MAX_FALLBACKS && recipe.fallbacks[i].from != GGML_TYPE_F32; ++i) {
+        const hifi_fallback & fallback = recipe.fallbacks[i];
+        if (fallback.from == k_quant && ncols % ggml_blck_size(fallback.to) == 0) {
+            return fallback.to;
+        }
+    }
+    return GGML_TYPE_COUNT;
+}
+
+// a type the rows cannot take becomes the recipe's fallback for it; without one, tensor_type_fallback in
+// llama-quant.cpp handles it as upstream does
+static ggml_type hifi_fallback_type(const hifi_recipe & recipe, const ggml_tensor * tensor, ggml_type type) {
+    const int64_t ncols = tensor->ne[0];
+    if (ncols % ggml_blck_size(type) == 0) {
+        return type;
+    }
+    const ggml_type fallback = hifi_recipe_fallback(recipe, type, ncols);
+    if (fallback == GGML_TYPE_COUNT) {
+        return type;
+    }
+    LLAMA_LOG_WARN("warning: %-36s - ncols %6" PRId64 " not divisible by %3" PRId64 " (required for type %7s) "
+            "-> falling back to %7s (%s)\n", ggml_get_name(tensor), ncols, ggml_blck_size(type),
+            ggml_type_name(type), ggml_type_name(fallback), recipe.name);
+    return fallback;
 }
 
 // the recipe's rule for this tensor, or base_type where no rule applies
@@ -139,40 +228,22 @@ static ggml_type hifi_rule_type(
         if (rule.role != role) {
             continue;
         }
-        // a row that cannot take the recipe's block keeps the base ftype's choice (and its fallback)
-        if (tensor->ne[0] % ggml_blck_size(rule.type) != 0) {
-            return base_type;
-        }
         int i_layer = -1;
         if (sscanf(ggml_get_name(tensor), "blk.%d.", &i_layer) == 1 &&
             rule.layer_pct(n_params) < 100 && i_layer >= hifi_rule_n_cut(rule, n_layer, n_params)) {
             return base_type;
         }
-        return rule.type;
+        const ggml_type type = rule.type == HIFI_TYPE_OF_BASE ? hifi_type_of(base_type) : rule.type;
+        // a row that cannot take the rule's block keeps the base ftype's choice (and its fallback), unless the
+        // recipe names a fallback for the rule's type (hifi_fallback_type then applies it)
+        if (tensor->ne[0] % ggml_blck_size(type) != 0 &&
+            hifi_recipe_fallback(recipe, type, tensor->ne[0]) == GGML_TYPE_COUNT) {
+            return base_type;
+        }
+        return type;
     }
 
     return base_type;
-}
-
-// rows that a Q2_K/Q3_K type cannot take fall back to Q4_0 in tensor_type_fallback; a recipe can name another
-// 32-block type for them (IQ4_NL: the same 4.5 bpw, with a non-linear grid)
-static ggml_type hifi_fallback_type(const hifi_recipe & recipe, const ggml_tensor * tensor, ggml_type type) {
-    const int64_t ncols = tensor->ne[0];
-    if (recipe.fallback == GGML_TYPE_Q4_0 || ncols % ggml_blck_size(type) == 0 ||
-        ncols % ggml_blck_size(recipe.fallback) != 0) {
-        return type;
-    }
-    switch (type) {
-        case GGML_TYPE_Q2_K:
-        case GGML_TYPE_Q3_K:
-        case GGML_TYPE_Q3_K_HIFI:
-            LLAMA_LOG_WARN("warning: %-36s - ncols %6" PRId64 " not divisible by %3" PRId64 " (required for type %7s) "
-                    "-> falling back to %7s (%s)\n", ggml_get_name(tensor), ncols, ggml_blck_size(type),
-                    ggml_type_name(type), ggml_type_name(recipe.fallback), recipe.name);
-            return recipe.fallback;
-        default:
-            return type;
-    }
 }
 
 ggml_type llama_hifi_tensor_type(
@@ -202,21 +273,24 @@ void llama_hifi_log_recipe(llama_ftype ftype, int n_layer, uint64_t n_params) {
     for (int i = 0; i < HIFI_MAX_RULES && recipe->rules[i].role != LLAMA_HIFI_ROLE_OTHER; ++i) {
         const hifi_rule & rule = recipe->rules[i];
         const int pct = rule.layer_pct(n_params);
+        const char * of_base = rule.type == HIFI_TYPE_OF_BASE ? " of the base type" : "";
         if (rule.role == LLAMA_HIFI_ROLE_OUTPUT || rule.role == LLAMA_HIFI_ROLE_TOKEN_EMBD || pct >= 100) {
-            LLAMA_LOG_INFO("%s:   %-11s -> %s\n", __func__, hifi_role_name(rule.role), ggml_type_name(rule.type));
+            LLAMA_LOG_INFO("%s:   %-11s -> %s%s\n", __func__, hifi_role_name(rule.role), hifi_rule_type_name(rule), of_base);
         } else {
             const int n_cut = hifi_rule_n_cut(rule, n_layer, n_params);
             if (n_cut > 0) {
-                LLAMA_LOG_INFO("%s:   %-11s -> %-9s on layers 0-%d (%d%% of %d)\n", __func__,
-                        hifi_role_name(rule.role), ggml_type_name(rule.type), n_cut - 1, pct, n_layer);
+                LLAMA_LOG_INFO("%s:   %-11s -> %s%s on layers 0-%d (%d%% of %d)\n", __func__,
+                        hifi_role_name(rule.role), hifi_rule_type_name(rule), of_base, n_cut - 1, pct, n_layer);
             } else {
-                LLAMA_LOG_INFO("%s:   %-11s -> %-9s on no layer (%d%% of %d)\n", __func__,
-                        hifi_role_name(rule.role), ggml_type_name(rule.type), pct, n_layer);
+                LLAMA_LOG_INFO("%s:   %-11s -> %s%s on no layer (%d%% of %d)\n", __func__,
+                        hifi_role_name(rule.role), hifi_rule_type_name(rule), of_base, pct, n_layer);
             }
         }
     }
-    if (recipe->fallback != GGML_TYPE_Q4_0) {
-        LLAMA_LOG_INFO("%s:   rows that q2_K/q3_K cannot take -> %s (instead of q4_0)\n", __func__,
-                ggml_type_name(recipe->fallback));
+    for (int i = 0; i < HIFI_MAX_FALLBACKS && recipe->fallbacks[i].from != GGML_TYPE_F32; ++i) {
+        const hifi_fallback & fallback = recipe->fallbacks[i];
+        LLAMA_LOG_INFO("%s:   rows that %s cannot take -> %s (instead of %s)\n", __func__,
+                ggml_type_name(fallback.from), ggml_type_name(fallback.to),
+                ggml_type_name(hifi_upstream_fallback(fallback.from)));
     }
 }
