@@ -77,7 +77,7 @@ class Recipe:
 RECIPES = {
     "Q3_K_HIFI": Recipe("Q3_K_M", (
         Rule("attn_v", "twin", _q3_early),
-        Rule("ffn_down", "twin", _q3_early),
+        Rule("ffn_down", "twin", _all),
         Rule("output", "q6_K", _all),
     ), fallbacks=(("q3_K", "q5_1"), ("q6_K", "q5_1"))),
     "Q4_K_HIFI": Recipe(None, (
@@ -283,11 +283,12 @@ def test_dry_run_types_match_recipe(quantize_bin, models, model, ftype):
 
 
 def test_q3_k_hifi_matches_seed_cut_at_28_layers(quantize_bin, models):
-    # seed 000: layers 0-10 of a 28-layer model; each takes the HIFI twin of Q3_K_M's type
+    # seed 000: attn_v of layers 0-10 of a 28-layer model; ffn_down of every layer (measured, docs/ftypes.md);
+    # each takes the HIFI twin of Q3_K_M's type
     types = dry_run(quantize_bin, models["small28"], "Q3_K_HIFI").types
     q3m = dry_run(quantize_bin, models["small28"], "Q3_K_M").types
     hifi = sorted(name for name, t in types.items() if t.endswith("_hifi"))
-    want = sorted(f"blk.{i}.{n}.weight" for i in range(11) for n in ("attn_v", "ffn_down"))
+    want = sorted([f"blk.{i}.attn_v.weight" for i in range(11)] + [f"blk.{i}.ffn_down.weight" for i in range(28)])
     assert hifi == want
     assert {types[name] for name in want} == {"q4_K_hifi", "q5_K_hifi"}
     assert all(types[name] == TWIN[q3m[name]] for name in want)
@@ -327,10 +328,10 @@ def test_gemma_like_640_rows_take_the_recipe_fallbacks(quantize_bin, models):
     assert "rows that q3_K cannot take -> q5_1 (instead of q4_0)" in q3.log
     assert "rows that q6_K cannot take -> q5_1 (instead of q8_0)" in q3.log
     q3 = q3.types
-    # ffn_down rows are 2048 wide: the early layers take the HIFI twin of Q3_K_M's type
+    # ffn_down rows are 2048 wide: every layer takes the HIFI twin of Q3_K_M's type
     assert (q3m["blk.0.ffn_down.weight"], q3["blk.0.ffn_down.weight"]) == ("q5_K", "q5_K_hifi")
-    assert (q3m["blk.6.ffn_down.weight"], q3["blk.6.ffn_down.weight"]) == ("q4_K", "q4_K_hifi")
-    assert q3["blk.7.ffn_down.weight"] == q3m["blk.7.ffn_down.weight"]   # 40% of 18 = 7 layers
+    assert {(q3m[f"blk.{i}.ffn_down.weight"], q3[f"blk.{i}.ffn_down.weight"]) for i in range(1, 18)} == \
+        {("q4_K", "q4_K_hifi")}
 
 
 @pytest.mark.parametrize("override,want", [
