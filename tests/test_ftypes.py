@@ -79,7 +79,7 @@ RECIPES = {
         Rule("attn_v", "twin", _q3_early),
         Rule("ffn_down", "twin", _all),
         Rule("output", "q6_K", _all),
-    ), fallbacks=(("q3_K", "q5_1"), ("q6_K", "q5_1"))),
+    ), fallbacks=(("q3_K", "q5_0"), ("q6_K", "q5_1"))),
     "Q4_K_HIFI": Recipe(None, (
         Rule("attn_v", "q4_K_hifi", _q4_attn_v),
         Rule("ffn_down", "q4_K_hifi", _q4_ffn_down),
@@ -320,12 +320,12 @@ def test_gemma_like_640_rows_take_the_recipe_fallbacks(quantize_bin, models):
     q3 = dry_run(quantize_bin, models["gemma_like"], "Q3_K_HIFI")
     q3m = dry_run(quantize_bin, models["gemma_like"], "Q3_K_M").types
     assert q3.types["blk.0.attn_v.weight"] == q3m["blk.0.attn_v.weight"] == "q5_1"
-    # the q3_K rows: Q3_K_M gives them q4_0, Q3_K_HIFI q5_1
+    # the q3_K rows: Q3_K_M gives them q4_0, Q3_K_HIFI q5_0
     for name in ("blk.0.attn_q.weight", "blk.3.attn_k.weight", "blk.17.ffn_gate.weight", "blk.9.ffn_up.weight"):
-        assert (q3m[name], q3.types[name]) == ("q4_0", "q5_1")
+        assert (q3m[name], q3.types[name]) == ("q4_0", "q5_0")
     # the tied output (q6_K): Q3_K_M gives it q8_0, Q3_K_HIFI q5_1
     assert (q3m["token_embd.weight"], q3.types["token_embd.weight"]) == ("q8_0", "q5_1")
-    assert "rows that q3_K cannot take -> q5_1 (instead of q4_0)" in q3.log
+    assert "rows that q3_K cannot take -> q5_0 (instead of q4_0)" in q3.log
     assert "rows that q6_K cannot take -> q5_1 (instead of q8_0)" in q3.log
     q3 = q3.types
     # ffn_down rows are 2048 wide: every layer takes the HIFI twin of Q3_K_M's type

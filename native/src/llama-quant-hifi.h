@@ -30,7 +30,7 @@ llama_ftype llama_ftype_hifi_base(llama_ftype ftype);
 // the type the recipe of ftype gives this tensor, or base_type (the base ftype's choice) when the
 // recipe does not name the tensor, its layer is outside the recipe's cut, or its rows are not a
 // multiple of the recipe type's block size (the base ftype's own fallback then applies); for rows that
-// cannot take a K-quant, a recipe may replace upstream's fallback type (Q3_K_HIFI: Q5_1 for Q3_K and Q6_K)
+// cannot take a K-quant, a recipe may replace upstream's fallback type (Q3_K_HIFI: Q5_0 for Q3_K, Q5_1 for Q6_K)
 //   n_layer:  number of layers of the model (the cuts are fractions of it)
 //   n_params: parameter count of the model (Q4_K_HIFI's coverage shrinks with it)
 ggml_type llama_hifi_tensor_type(
