@@ -1,28 +1,18 @@
 """PNG plots of a plan (matplotlib, no display needed)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from . import atomic, ggml
+from . import ggml
+from .plots import pyplot, save_png, split_layer
 from .plan import Plan
-
-_LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
-
-
-def _split(name: str) -> tuple[int | None, str]:
-    m = _LAYER_RE.match(name)
-    if m:
-        return int(m.group(1)), m.group(2)
-    return None, name.removesuffix(".weight")
 
 
 def strategy_overview(plan: Plan, path: Path) -> Path:
     """Type per layer x tensor kind (a grid coloured by bits per weight); non-layer tensors in a top row."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     lib = ggml.load()
     bpw = {t.name: t.bits_per_weight for t in lib.types()}
@@ -33,7 +23,7 @@ def strategy_overview(plan: Plan, path: Path) -> Path:
     for name, type_name in {**plan.fixed, **planned}.items():
         if name not in planned and (name.endswith("norm.weight") or type_name in ("f32",)):
             continue  # norms and other unquantized tensors carry no decision
-        layer, kind = _split(name)
+        layer, kind = split_layer(name)
         row = "global" if layer is None else str(layer)
         if layer is not None:
             layers.add(layer)
@@ -60,20 +50,14 @@ def strategy_overview(plan: Plan, path: Path) -> Path:
     ax.set_title(f"{Path(plan.model).name}: target {plan.target.kind} {plan.target.value}, "
                  f"{plan.predicted_bytes / 2**20:.2f} MiB, predicted error {plan.predicted_error:.4g}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.output_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_png(fig, path, dpi=110)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def pareto(points: list[dict], path: Path, title: str = "") -> Path:
     """Mean KLD (±) against file size: one marker per file, grouped by 'kind' (stock, HIFI, plan)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     styles = {"stock": ("o", "tab:blue"), "hifi": ("s", "tab:orange"), "plan": ("*", "tab:green")}
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for kind, (marker, color) in styles.items():
@@ -94,9 +78,6 @@ def pareto(points: list[dict], path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.output_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_png(fig, path, dpi=110)
     plt.close(fig)
-    return path
+    return Path(path)

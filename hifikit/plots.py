@@ -18,7 +18,8 @@ from . import atomic, curves, knee
 OVERVIEW = "overview.png"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -29,9 +30,12 @@ def file_name(tensor: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tensor) + ".png"
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path, dpi: float | None = None) -> Path:
+    """Write the figure as a PNG atomically (temp name + rename), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.output_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        fig.savefig(tmp, format="png", dpi=dpi or fig.dpi)
     return path
 
 
@@ -74,7 +78,7 @@ def _curve_axes(ax, curve: curves.TensorCurve, fit: knee.KneeFit, chosen: str | 
 
 def plot_tensor(curve: curves.TensorCurve, fit: knee.KneeFit, path: Path, mode: str = "proxy",
                 chosen: str | None = None) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     try:
         _curve_axes(a1, curve, fit, chosen, log_scale=False)
@@ -83,7 +87,7 @@ def plot_tensor(curve: curves.TensorCurve, fit: knee.KneeFit, path: Path, mode: 
         a1.legend(fontsize=7)
         fig.suptitle(f"{curve.tensor}  {'x'.join(map(str, curve.shape))}  ({mode})", fontsize=10)
         fig.tight_layout()
-        return _save(fig, path)
+        return save_png(fig, path)
     finally:
         plt.close(fig)
 
@@ -91,26 +95,34 @@ def plot_tensor(curve: curves.TensorCurve, fit: knee.KneeFit, path: Path, mode: 
 _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
 
 
+def split_layer(name: str) -> tuple[int | None, str]:
+    """(layer, kind) of a tensor name: blk.3.ffn_down.weight -> (3, "ffn_down"), output.weight -> (None, "output")."""
+    m = _BLK_RE.match(name)
+    if m:
+        return int(m.group(1)), m.group(2)
+    return None, name.removesuffix(".weight")
+
+
 def _grid_layout(names: Sequence[str]) -> tuple[dict[str, tuple[int, int]], list[str], list[str]]:
     """Cell (row, column) per tensor: a row per layer, a column per tensor kind (first-seen order);
     tensors outside the blocks fill the top rows, one per cell."""
-    kinds = list(dict.fromkeys(m.group(2) for m in map(_BLK_RE.match, names) if m))
-    layers = list(dict.fromkeys(m.group(1) for m in map(_BLK_RE.match, names) if m))
+    split = {n: split_layer(n) for n in names}
+    kinds = list(dict.fromkeys(kind for layer, kind in split.values() if layer is not None))
+    layers = list(dict.fromkeys(layer for layer, _ in split.values() if layer is not None))
     ncols = max(len(kinds), 1)
-    others = [n for n in names if not _BLK_RE.match(n)]
+    others = [n for n in names if split[n][0] is None]
     n_top = -(-len(others) // ncols)
     pos = {n: (i // ncols, i % ncols) for i, n in enumerate(others)}
-    for n in names:
-        m = _BLK_RE.match(n)
-        if m:
-            pos[n] = (n_top + layers.index(m.group(1)), kinds.index(m.group(2)))
+    for n, (layer, kind) in split.items():
+        if layer is not None:
+            pos[n] = (n_top + layers.index(layer), kinds.index(kind))
     return pos, [""] * n_top + [f"blk.{x}" for x in layers], kinds or [""]
 
 
 def plot_overview(sweep: curves.Sweep, fits: dict[str, knee.KneeFit], path: Path,
                   chosen: dict[str, str] | None = None) -> Path:
     """One grid: a row per layer (tensors outside the blocks on top), a column per tensor kind; log error."""
-    plt = _pyplot()
+    plt = pyplot()
     items = [c for c in sweep.curves if c.tensor in fits]
     pos, row_names, col_names = _grid_layout([c.tensor for c in items])
     rows, cols = max(1, len(row_names)), max(1, len(col_names))
@@ -151,7 +163,7 @@ def plot_overview(sweep: curves.Sweep, fits: dict[str, knee.KneeFit], path: Path
         # tight_layout costs minutes on a 19 x 7 grid; fixed margins do
         fig.subplots_adjust(left=0.04, right=0.99, bottom=0.03, top=1 - 0.5 / fig.get_figheight(),
                             wspace=0.35, hspace=0.6)
-        return _save(fig, path)
+        return save_png(fig, path)
     finally:
         plt.close(fig)
 

@@ -17,12 +17,12 @@ import json
 import logging
 import os
 import platform
-import re
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__, atomic, db, gguf_io, jobs
+from . import __version__, atomic, gguf_io, jobs
+from .plots import pyplot, split_layer
 from .errors import HifikitError
 
 log = logging.getLogger(__name__)
@@ -181,17 +181,10 @@ def format_table(records: list[Row]) -> str:
 # --- plots -----------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -208,7 +201,7 @@ def pareto_png(records: list[Row]) -> bytes | None:
     pts = [r for r in records if r.kld_mean is not None and r.file_mib is not None]
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for role in ROLES:
         mine = [r for r in pts if r.role == role]
@@ -235,9 +228,6 @@ def pareto_png(records: list[Row]) -> bytes | None:
     return _png(fig)
 
 
-_BLK_RE = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
-
-
 def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
     """(row labels, column labels, (row, column) -> type) of a GGUF's matrices (tensors with 2+ dims)."""
     cells: dict[tuple[str, str], str] = {}
@@ -247,15 +237,13 @@ def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, 
     for name, shape, typ in gguf_io.tensor_types(model):
         if len([n for n in shape if n > 1]) < 2:
             continue
-        m = _BLK_RE.match(name)
-        if m:
-            layer, kind = int(m.group(1)), m.group(2)
+        layer, kind = split_layer(name)
+        if layer is not None:
             layers.add(layer)
             if kind not in kinds:
                 kinds.append(kind)
             cells[(str(layer), kind)] = typ
         else:
-            kind = name[:-len(".weight")] if name.endswith(".weight") else name
             other.append(kind)
             cells[("other", kind)] = typ
     row_labels = [str(i) for i in sorted(layers)] + (["other"] if other else [])
@@ -267,7 +255,7 @@ def type_map_png(model: str | Path, title: str, all_types: list[str] | None = No
     import matplotlib.colors as mcolors
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     row_labels, col_labels, cells = type_grid(model)
     types = all_types or sorted(set(cells.values()))
     index = {t: i for i, t in enumerate(types)}

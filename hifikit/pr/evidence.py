@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import db
+from ..plots import pyplot
 from ..errors import HifikitError
 
 # the metrics of an eval step that PR.md shows, in column order
@@ -155,10 +156,7 @@ def plot(rows: list[EvalRow], out: Path, title: str) -> bool:
            and r.metrics.get("kld_mean", (None,))[0] is not None]
     if len(pts) < 2:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     front = pareto(pts)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for r in pts:
