@@ -53,31 +53,3 @@ def strategy_overview(plan: Plan, path: Path) -> Path:
     save_png(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
-
-
-def pareto(points: list[dict], path: Path, title: str = "") -> Path:
-    """Mean KLD (±) against file size: one marker per file, grouped by 'kind' (stock, HIFI, plan)."""
-    plt = pyplot()
-    styles = {"stock": ("o", "tab:blue"), "hifi": ("s", "tab:orange"), "plan": ("*", "tab:green")}
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for kind, (marker, color) in styles.items():
-        sel = [p for p in points if p["kind"] == kind]
-        if not sel:
-            continue
-        ax.errorbar([p["bytes"] / 2**20 for p in sel], [p["kld"] for p in sel],
-                    yerr=[p.get("kld_error") or 0 for p in sel], fmt=marker, color=color, label=kind,
-                    markersize=9 if marker == "*" else 6, capsize=2)
-        for p in sel:
-            ax.annotate(p["label"], (p["bytes"] / 2**20, p["kld"]), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
-    ax.set_yscale("log")
-    ax.set_xlabel("file size (MiB)")
-    ax.set_ylabel("mean KL divergence vs reference")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    save_png(fig, path, dpi=110)
-    plt.close(fig)
-    return Path(path)
