@@ -11,7 +11,8 @@ import math
 from .curves import Sweep
 
 
-def _rho(xs: list[float], ys: list[float]) -> float | None:
+def rank_correlation(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rho of two paired lists; None when a side is constant or too short."""
     from scipy.stats import spearmanr
 
     if len(xs) < 2 or len(set(xs)) < 2 or len(set(ys)) < 2:
@@ -35,10 +36,10 @@ def spearman(proxy_sweep: Sweep, measured_sweep: Sweep) -> dict:
         ys = [other[p.type] for p in common]
         all_x += xs
         all_y += ys
-        tensors[curve.tensor] = {"rho": _rho(xs, ys), "n": len(common)}
+        tensors[curve.tensor] = {"rho": rank_correlation(xs, ys), "n": len(common)}
     rhos = [t["rho"] for t in tensors.values() if t["rho"] is not None]
     return {
-        "overall": {"rho": _rho(all_x, all_y), "n": len(all_x)},
+        "overall": {"rho": rank_correlation(all_x, all_y), "n": len(all_x)},
         "mean_per_tensor": sum(rhos) / len(rhos) if rhos else None,
         "tensors": tensors,
     }

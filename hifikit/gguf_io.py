@@ -189,6 +189,7 @@ def hifi_type_ids() -> dict[str, int]:
 _SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
                12: "<d"}
 _STRING, _ARRAY = 8, 9
+SMALL_ARRAY = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +212,19 @@ class TensorIndex:
     path: str
     architecture: str | None
     tensors: list[IndexEntry]
+    # where the header's parts end (byte offsets), for tools that rewrite a header (degrid.py)
+    version: int = 3
+    n_kv: int = 0
+    kv_end: int = 0           # end of the KV pairs = start of the tensor infos
+    info_end: int = 0         # end of the tensor infos
+    alignment: int = 32
+    data_start: int = 0       # info_end padded to the alignment: tensor offsets are relative to it
+    keys: tuple[str, ...] = ()
+    # scalar and string values, and scalar arrays of up to SMALL_ARRAY items (per-layer hparams)
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
 
 
 def _row_sizes(type_ids: set[int]) -> dict[int, tuple[int, int]]:
@@ -270,15 +284,30 @@ def tensor_index(path: Path | str) -> TensorIndex:
             if version < 2:
                 raise HifikitError(f"{path}: GGUF version {version} is not supported")
             n_tensors, n_kv = take("<Q"), take("<Q")
-            arch, alignment = None, 32
+            keys: list[str] = []
+            values: dict[str, Any] = {}
             for _ in range(n_kv):
                 key, vtype = string(), take("<I")
-                if key == "general.architecture" and vtype == _STRING:
-                    arch = string()
-                elif key == "general.alignment" and vtype in _SCALAR_FMT:
-                    alignment = int(take(_SCALAR_FMT[vtype]))
+                keys.append(key)
+                if vtype == _STRING:
+                    values[key] = string()
+                elif vtype in _SCALAR_FMT:
+                    values[key] = take(_SCALAR_FMT[vtype])
+                elif vtype == _ARRAY:
+                    sub, n = struct.unpack_from("<IQ", data, pos)
+                    if sub in _SCALAR_FMT and n <= SMALL_ARRAY:
+                        pos += 12
+                        values[key] = tuple(take(_SCALAR_FMT[sub]) for _ in range(n))
+                    else:
+                        skip(vtype)
                 else:
                     skip(vtype)
+            arch = values.get("general.architecture")
+            arch = arch if isinstance(arch, str) else None
+            alignment = values.get("general.alignment", 32)
+            if not isinstance(alignment, int) or isinstance(alignment, bool):
+                alignment = 32
+            kv_end = pos
             infos = []
             for _ in range(n_tensors):
                 name, n_dims = string(), take("<I")
@@ -286,6 +315,9 @@ def tensor_index(path: Path | str) -> TensorIndex:
                 infos.append((name, shape, take("<I"), take("<Q")))
         except struct.error as exc:
             raise HifikitError(f"{path}: truncated or malformed GGUF header ({exc})") from exc
+        info_end = pos
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise HifikitError(f"{path}: general.alignment {alignment} is not a power of two")
         start = (pos + alignment - 1) // alignment * alignment
         size = len(data)
     tensors = [IndexEntry(name, shape, type_id, start + off) for name, shape, type_id, off in infos]
@@ -297,4 +329,30 @@ def tensor_index(path: Path | str) -> TensorIndex:
         end = t.offset + t.n_elements // block * type_size
         if end > size:
             raise HifikitError(f"{path}: truncated GGUF (tensor {t.name} ends at byte {end}, file has {size})")
-    return TensorIndex(str(path), arch, tensors)
+    return TensorIndex(str(path), arch, tensors, version, n_kv, kv_end, info_end, alignment, start, tuple(keys),
+                       values)
+
+
+def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0: int, n_rows: int
+              ) -> Any:
+    """Rows [row0, row0 + n_rows) of the tensor whose data start at byte offset, as a float32 numpy array
+    (n_rows, n_per_row): F32/F16/BF16 read as they are, quantized types dequantized by the built ggml."""
+    import numpy as np
+
+    from . import ggml
+
+    lib = ggml.load()
+    row_bytes = lib.base.ggml_row_size(type_id, n_per_row)
+    start = offset + row0 * row_bytes
+    name = lib._traits(type_id).type_name.decode()
+    if name in ("f32", "f16"):
+        dtype = np.float32 if name == "f32" else np.float16
+        raw = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(n_rows, n_per_row))
+        return np.asarray(raw, dtype=np.float32)
+    if name == "bf16":
+        raw = np.memmap(path, dtype=np.uint16, mode="r", offset=start, shape=(n_rows, n_per_row))
+        return (np.asarray(raw, dtype=np.uint32) << 16).view(np.float32)
+    with open(path, "rb") as f:
+        f.seek(start)
+        blob = f.read(row_bytes * n_rows)
+    return lib.dequantize(type_id, blob, n_per_row)

@@ -215,24 +215,6 @@ class _ChunkResult:
     cpu_seconds: float
 
 
-def _read_rows(task: _Task) -> np.ndarray:
-    lib = ggml.load()
-    row_bytes = lib.base.ggml_row_size(task.source_type_id, task.n_per_row)
-    start = task.offset + task.row0 * row_bytes
-    name = lib._traits(task.source_type_id).type_name.decode()
-    if name in ("f32", "f16"):
-        dtype = np.float32 if name == "f32" else np.float16
-        raw = np.memmap(task.path, dtype=dtype, mode="r", offset=start, shape=(task.n_rows, task.n_per_row))
-        return np.asarray(raw, dtype=np.float32)
-    if name == "bf16":
-        raw = np.memmap(task.path, dtype=np.uint16, mode="r", offset=start, shape=(task.n_rows, task.n_per_row))
-        return (np.asarray(raw, dtype=np.uint32) << 16).view(np.float32)
-    with open(task.path, "rb") as f:
-        f.seek(start)
-        blob = f.read(row_bytes * task.n_rows)
-    return lib.dequantize(task.source_type_id, blob, task.n_per_row)
-
-
 def _worker_init() -> None:
     """Pool workers die with the sweep: a killed `analyze` must not leave them computing (Linux)."""
     try:
@@ -249,7 +231,7 @@ def _worker_init() -> None:
 def _measure(task: _Task) -> _ChunkResult:
     cpu0 = time.process_time()
     lib = ggml.load()
-    x = _read_rows(task)
+    x = gguf_io.read_rows(task.path, task.offset, task.source_type_id, task.n_per_row, task.row0, task.n_rows)
     w = task.importance.astype(np.float64) if task.importance is not None else None
     colsq = np.einsum("ij,ij->j", x, x, dtype=np.float64)
     den = float(colsq @ w) if w is not None else float(colsq.sum())
