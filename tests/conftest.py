@@ -60,6 +60,15 @@ def tiny_model(built, tmp_path_factory) -> Path:
     return write_model(tmp_path_factory.mktemp("models") / "tiny-f16.gguf")
 
 
+@pytest.fixture(scope="session", params=["llama", "gemma3"])
+def arch_model(request, built, tmp_path_factory) -> Path:
+    """A small runnable F16 model of each architecture degrid supports, with GQA and its own head_dim."""
+    from ftype_models import ARCH_SPECS, write_model
+
+    out = tmp_path_factory.mktemp(f"arch-{request.param}") / f"{request.param}-f16.gguf"
+    return write_model(out, ARCH_SPECS[request.param], sparse=False, tokenizer=True, seed=3)
+
+
 @pytest.fixture(scope="session")
 def tiny_text(tmp_path_factory) -> Path:
     from synthetic import write_text

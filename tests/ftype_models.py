@@ -41,6 +41,7 @@ class ModelSpec:
     tied: bool = False            # no output.weight: the token embeddings are the output
     extra_params: int = 0         # length of a 1-D F32 rope_freqs tensor, to tune the parameter count
     context_length: int = 2048
+    arch: str = "llama"           # or "gemma3": post-norms, q/k norms and a sliding window
 
     @property
     def hd(self) -> int:
@@ -66,6 +67,15 @@ class TensorSpec:
         return self.n_elements * np.dtype(self.dtype).itemsize
 
 
+# runnable models of each architecture `hifikit degrid` supports: GQA (2 q heads per kv head) and a
+# head_dim of its own, so the value-head permutation is exercised
+ARCH_SPECS = {
+    "llama": ModelSpec(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, head_dim=64),
+    "gemma3": ModelSpec(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, head_dim=64, tied=True,
+                        arch="gemma3"),
+}
+
+
 def tensors(spec: ModelSpec) -> Iterator[TensorSpec]:
     """The model's tensors in file order."""
     s, f16, f32 = spec, np.float16, np.float32
@@ -80,6 +90,10 @@ def tensors(spec: ModelSpec) -> Iterator[TensorSpec]:
         yield TensorSpec(p + "attn_k.weight", (kv_dim, s.n_embd), f16)
         yield TensorSpec(p + "attn_v.weight", (kv_dim, s.n_embd), f16)
         yield TensorSpec(p + "attn_output.weight", (s.n_embd, q_dim), f16)
+        if s.arch == "gemma3":
+            yield TensorSpec(p + "attn_q_norm.weight", (s.hd,), f32)
+            yield TensorSpec(p + "attn_k_norm.weight", (s.hd,), f32)
+            yield TensorSpec(p + "post_attention_norm.weight", (s.n_embd,), f32)
         yield TensorSpec(p + "ffn_norm.weight", (s.n_embd,), f32)
         if s.n_expert:
             yield TensorSpec(p + "ffn_gate_inp.weight", (s.n_expert, s.n_embd), f32)
@@ -90,6 +104,8 @@ def tensors(spec: ModelSpec) -> Iterator[TensorSpec]:
             yield TensorSpec(p + "ffn_gate.weight", (s.n_ff, s.n_embd), f16)
             yield TensorSpec(p + "ffn_up.weight", (s.n_ff, s.n_embd), f16)
             yield TensorSpec(p + "ffn_down.weight", (s.n_embd, s.n_ff), f16)
+        if s.arch == "gemma3":
+            yield TensorSpec(p + "post_ffw_norm.weight", (s.n_embd,), f32)
     yield TensorSpec("output_norm.weight", (s.n_embd,), f32)
     if not s.tied:
         yield TensorSpec("output.weight", (s.n_vocab, s.n_embd), f16)
@@ -118,7 +134,7 @@ def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
     if split_max_tensors and sparse:
         raise ValueError("a split model is written with its weights (sparse=False)")
     tmp = path if split_max_tensors else path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(tmp, "llama", split_max_tensors=split_max_tensors)
+    writer = gguf.GGUFWriter(tmp, spec.arch, split_max_tensors=split_max_tensors)
     if tokenizer:
         n_vocab = _copy_tokenizer(writer, vocab_path())
         spec = dataclasses.replace(spec, n_vocab=n_vocab)
@@ -136,6 +152,8 @@ def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(s.n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    if s.arch == "gemma3":
+        writer.add_sliding_window(64)
     if s.n_expert:
         writer.add_expert_count(s.n_expert)
         writer.add_expert_used_count(s.n_expert_used)
