@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import analyze, curves, db, gguf_io, jobs, kld, sensitivity
+from .. import analyze, curves, db, gguf_io, grid, jobs, kld, sensitivity
 from ..errors import HifikitError
 from .common import add_json, model_path, positive, run_job
-from .output import emit_json, say, table
+from .output import emit_json, note, say, table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +89,9 @@ def records(run: dict) -> dict:
         rec["knee"] = knees.get(s.tensor)
         tensors.append(rec)
     plots = next((st["result"].get("plots") for st in run["steps"] if st["kind"] == "knees" and st["result"]), None)
-    return {"run": run["id"], "mode": sweep.mode, "sweep": _sweep_result(run), "plots": plots, "tensors": tensors}
+    report = grid.detect(run["args"]["model"]).to_json()
+    return {"run": run["id"], "mode": sweep.mode, "sweep": _sweep_result(run), "plots": plots, "grid": report,
+            "tensors": tensors}
 
 
 def render(run: dict, as_json: bool) -> None:
@@ -116,3 +118,5 @@ def render(run: dict, as_json: bool) -> None:
             f"{timing}run {rec['run']}")
     if rec["plots"]:
         say(f"plots: {len(rec['plots'])} PNG files in {Path(rec['plots'][0]).parent}")
+    if rec["grid"]["message"]:
+        note(("warning: " if rec["grid"]["detected"] else "") + rec["grid"]["message"])

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .. import curves, db, filesize, gguf_io, jobs, kld
+from .. import curves, db, filesize, gguf_io, grid, jobs, kld
 from .. import plan as planner
 from .. import strategy as strat
 from ..errors import HifikitError
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         plot_path = plan_plots.strategy_overview(p, args.plots / f"{args.output.stem}-overview.png")
         _curve_plots(args, conn, p)
     info = {**planner.summary(p), "strategy": str(args.output.resolve()),
-            "plot": str(plot_path) if plot_path else None}
+            "plot": str(plot_path) if plot_path else None, "grid": grid.detect(p.model).to_json()}
     verify = None
     if args.verify:
         verify = run_verify(args, p, layout)
@@ -177,6 +177,8 @@ def run_verify(args: argparse.Namespace, p: planner.Plan, layout: filesize.FileL
 
 
 def render(info: dict) -> None:
+    if info["grid"]["message"]:
+        note(("warning: " if info["grid"]["detected"] else "") + info["grid"]["message"])
     say(table(["type", "tensors", "MiB"], [[t, n, f"{info['type_bytes'][t] / 2**20:.2f}"]
                                           for t, n in sorted(info["types"].items())], right=[False, True, True]))
     say(f"\nstrategy {info['strategy']}: target {info['target']['kind']} {info['target']['value']}, "
