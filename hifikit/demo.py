@@ -187,8 +187,8 @@ def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """Plan per-tensor types at an ftype's exact file size from this run's sweep, then apply the strategy."""
     from . import filesize, plan as planner, strategy as strat
-    from .cli.plan import _knee_finder
-    from .cli.quantize import strategy_step
+    from .knee import knee_type
+    from .quantize import strategy_step
     from .steps import quantize
 
     model = Path(spec["input"])
@@ -199,7 +199,7 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                                                                                   None, None))
     base = "Q8_0"  # tensors outside the sweep: what llama-quantize gives them under Q8_0
     p = planner.make_plan(sweep, model, layout, target, budget, planner.dry_run_types(model, base), base,
-                          None, None, knees=_knee_finder())
+                          None, None, knees=knee_type)
     strategy_path = Path(spec["strategy"])
     strat.write(p, strategy_path)
     step = strategy_step(model, Path(spec["output"]), strat.load(strategy_path), layout, spec.get("threads"),

@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from . import curves
+from .errors import HifikitError
 
 RESIDUAL_TOL = 0.05
 _LN2 = math.log(2.0)
@@ -168,3 +169,11 @@ def fit_curve(curve: curves.TensorCurve, residual_tol: float = RESIDUAL_TOL) -> 
 def fit_sweep(sweep: curves.Sweep, residual_tol: float = RESIDUAL_TOL) -> dict[str, KneeFit]:
     """Knee fits of every tensor of a sweep that has points."""
     return {c.tensor: fit_curve(c, residual_tol) for c in sweep.curves if c.points}
+
+
+def knee_type(curve: curves.TensorCurve) -> str | None:
+    """The type at the knee of one tensor's curve, None when the curve has no usable knee."""
+    try:
+        return fit_curve(curve).knee_type
+    except (HifikitError, ValueError, RuntimeError):
+        return None

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import atomic, kld
 from ..errors import HifikitError
 from . import eval as eval_cli
-from . import quantize as quantize_cli
+from .. import quantize as quantize_lib
 from .common import add_eval_args, add_json, model_path, positive, run_job
 
 
@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise HifikitError("nothing to compare: give MODEL files and/or --quant TYPE")
     positive(args.ctx, "ctx")
     positive(args.chunks, "chunks")
-    ftypes = [quantize_cli.resolve_type(t) for t in args.quant]
-    quantize_cli.check_imatrix(args.imatrix)
+    ftypes = [quantize_lib.resolve_type(t) for t in args.quant]
+    quantize_lib.check_imatrix(args.imatrix)
     out_dir = (args.out_dir or ref.parent).resolve()
     outputs = [out_dir / f"{ref.stem}-{t}.gguf" for t in ftypes]
     for out in outputs:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     chunks = kld.check_text(ref, args.text, args.ctx, args.chunks)
     steps = eval_cli.eval_steps(ref, [], args.text, args.ctx, chunks, args.threads)
     for t, out in zip(ftypes, outputs):
-        steps.append(quantize_cli.make_step(ref, out, t, args.imatrix, args.threads, name=f"quantize-{t}"))
+        steps.append(quantize_lib.make_step(ref, out, t, args.imatrix, args.threads, name=f"quantize-{t}"))
     steps += eval_cli.eval_steps(ref, [*models, *outputs], args.text, args.ctx, chunks, args.threads)[1:]
     run = run_job("compare", {"ref": str(ref), "models": [str(m) for m in models], "quant": ftypes,
                               "text": str(args.text), "ctx": args.ctx, "chunks": chunks}, steps, args)
