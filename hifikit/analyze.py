@@ -54,14 +54,31 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
     cands, _ = _candidates(spec)
     sensitivity.store_tensors(ctx.conn, ctx.run_id, cands)
-    res = measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]),
-                             sensitivity.sweep_pairs(cands), ctx=spec["ctx"], chunks=spec["chunks"],
-                             imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None,
-                             threads=spec.get("threads"), log_path=ctx.log_path, progress=ctx.progress)
-    if dataclasses.is_dataclass(res) and not isinstance(res, type):
-        res = dataclasses.asdict(res)
-    return StepOutput(result={**sensitivity.candidate_summary(cands),
-                              **(res if isinstance(res, dict) else {"result": res})})
+    # a tensor in its own (source) type is the reference itself: KLD 0 by construction, nothing to measure
+    exact = [c for c in cands if c.source_type in c.types]
+    with db.transaction(ctx.conn):
+        for c in exact:
+            curves.store_points(ctx.conn, ctx.run_id, "measured", c.tensor,
+                                [curves.CurvePoint(c.source_type, c.nbytes[c.source_type], 0.0, 0.0, 0.0)])
+    exact_pairs = {(c.tensor, c.source_type) for c in exact}
+    pairs = [pair for pair in sensitivity.sweep_pairs(cands) if pair not in exact_pairs]
+    points = spec.get("calibration_points")
+    stages = [pairs]
+    if points is not None:
+        # calibrated mode: a few pairs per tensor, picked from the proxy points this run stored before;
+        # with "all", those first (a calibration is usable early) and then every other pair
+        from . import objective
+
+        picked = objective.pick_pairs(curves.load_sweep(ctx.conn, ctx.run_id, "proxy"),
+                                      len(objective.CALIBRATION_TARGETS) if points == "all" else int(points),
+                                      spec.get("calibration_layers"))
+        stages = [picked, pairs] if points == "all" else [picked]
+    for stage in stages:
+        measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]),
+                           stage, ctx=spec["ctx"], chunks=spec["chunks"],
+                           imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None,
+                           threads=spec.get("threads"), log_path=ctx.log_path, progress=ctx.progress)
+    return StepOutput(result={**sensitivity.candidate_summary(cands), "measured_pairs": len(stages[-1])})
 
 
 @dataclasses.dataclass

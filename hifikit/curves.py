@@ -22,7 +22,9 @@ from typing import Iterable
 from .errors import HifikitError
 
 MODES = ("proxy", "measured")
-
+# a derived mode: the proxy curves scaled per tensor by the run's measured points (objective.py)
+CALIBRATED = "calibrated"
+LOAD_MODES = (*MODES, CALIBRATED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,14 +91,36 @@ def done_points(conn: sqlite3.Connection, run_id: int, mode: str) -> set[tuple[s
         "SELECT tensor, type FROM curve_points WHERE run_id=? AND mode=?", (run_id, mode))}
 
 
+def default_mode(modes: Iterable[str]) -> str:
+    """calibrated when a run has both kinds of points, else measured, else proxy."""
+    modes = set(modes)
+    if {"proxy", "measured"} <= modes:
+        return CALIBRATED
+    return "measured" if "measured" in modes else "proxy"
+
+
+def run_modes(conn: sqlite3.Connection, run_id: int) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT mode FROM curve_points WHERE run_id=?", (run_id,))]
+
+
 def load_sweep(conn: sqlite3.Connection, run_id: int, mode: str | None = None) -> Sweep:
-    """The curves of one analyze run; mode defaults to 'measured' when the run has it, else 'proxy'."""
-    modes = [r[0] for r in conn.execute("SELECT DISTINCT mode FROM curve_points WHERE run_id=?", (run_id,))]
+    """The curves of one analyze run; mode defaults to default_mode() of what the run has.
+
+    ``calibrated`` is the proxy curves scaled by the run's measured points (objective.py)."""
+    modes = run_modes(conn, run_id)
     if not modes:
         raise HifikitError(f"run {run_id} has no sensitivity curves (run 'hifikit analyze' first)")
     if mode is None:
-        mode = "measured" if "measured" in modes else "proxy"
-    elif mode not in modes:
+        mode = default_mode(modes)
+    if mode == CALIBRATED:
+        from . import objective
+
+        if not {"proxy", "measured"} <= set(modes):
+            raise HifikitError(f"run {run_id} has no calibrated curves: it needs proxy and measured points "
+                               f"(it has: {', '.join(modes)}; 'hifikit analyze MODEL --mode calibrated --text F')")
+        proxy = load_sweep(conn, run_id, "proxy")
+        return objective.calibrated_sweep(proxy, objective.calibrate(proxy, load_sweep(conn, run_id, "measured")))
+    if mode not in modes:
         raise HifikitError(f"run {run_id} has no {mode} curves (it has: {', '.join(modes)})")
     tensors = {r["tensor"]: r for r in conn.execute(
         "SELECT * FROM sweep_tensors WHERE run_id=? ORDER BY rowid", (run_id,))}

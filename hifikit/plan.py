@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import allocate, atomic, curves, db, filesize, ggml, parsers, runner
 from .errors import HifikitError
@@ -104,6 +104,34 @@ class Plan:
         return 8.0 * self.predicted_bytes / self.n_weights
 
 
+def make_target(bpw: str | None = None, size: str | None = None, match: str | None = None) -> Target:
+    """The one target given (an ftype name is checked against this build's llama-quantize)."""
+    given = [(k, v) for k, v in (("bpw", bpw), ("size", size), ("match", match)) if v is not None]
+    if len(given) != 1:
+        raise HifikitError("give one target: --target-bpw X, --target-size MiB or --match FTYPE")
+    kind, value = given[0]
+    if kind == "match":
+        from .quantize import resolve_type
+
+        value = resolve_type(value)
+    return Target(kind, str(value))
+
+
+def find_sweep_run(conn, model: Path) -> int:
+    """The latest analyze run of this model that has curves."""
+    model = Path(model).resolve()
+    for row in conn.execute("SELECT id, args FROM runs WHERE command='analyze' ORDER BY id DESC"):
+        try:
+            args = json.loads(row["args"])
+        except json.JSONDecodeError:
+            continue
+        path = args.get("model") or args.get("input")
+        if path and Path(path).resolve() == model and \
+                conn.execute("SELECT 1 FROM curve_points WHERE run_id=? LIMIT 1", (row["id"],)).fetchone():
+            return int(row["id"])
+    raise HifikitError(f"no 'hifikit analyze' run of {model} with curves; run it, or name one with --from-run")
+
+
 def type_fits(slot: filesize.TensorSlot, type_name: str) -> bool:
     return slot.row_length % ggml.load().type_by_name(type_name).block_size == 0
 
@@ -112,38 +140,38 @@ def needs_imatrix(name: str, type_name: str) -> bool:
     return type_name.lower() in IMATRIX_TYPES and not (name.startswith("token_embd") or name == "output.weight")
 
 
-def dry_run_types(model: Path, ftype: str, imatrix: Path | None = None) -> dict[str, str]:
-    """Tensor -> type as ``llama-quantize --dry-run MODEL FTYPE`` chooses them."""
-    args: list = ["--dry-run"]
+def dry_run_types(model: Path, ftype: str, imatrix: Path | None = None, extra: Sequence[str] = ()) -> dict[str, str]:
+    """Tensor -> type as ``llama-quantize --dry-run [EXTRA] MODEL FTYPE`` chooses them."""
+    args: list = ["--dry-run", *extra]
     if imatrix:
         args += ["--imatrix", imatrix]
     res = runner.run_tool("llama-quantize", [*args, model, ftype])
     return {t.name: t.target_type for t in parsers.parse_quantize(res.text).tensors}
 
 
-def _cache_path(key: str) -> Path:
-    return db.home() / "cache" / "ftype-size" / f"{key}.json"
-
-
-def ftype_file_size(conn, model: Path, layout: filesize.FileLayout, ftype: str, imatrix: Path | None,
-                    imatrix_keys: filesize.ImatrixKeys | None) -> int:
-    """Bytes of the file llama-quantize writes for this model and ftype (cached by content and build)."""
+def cached_dry_run(conn, model: Path, ftype: str, imatrix: Path | None = None, extra: Sequence[str] = ()
+                   ) -> dict[str, str]:
+    """dry_run_types, cached in $HIFIKIT_HOME by model and imatrix content, arguments and build."""
     from .jobs import versions
 
     parts = [db.file_sha256(conn, model), ftype, db.file_sha256(conn, imatrix) if imatrix else "",
-             json.dumps(dataclasses.asdict(imatrix_keys) if imatrix_keys else None, sort_keys=True),
-             json.dumps(versions(), sort_keys=True, default=str)]
-    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-    path = _cache_path(key)
+             json.dumps(list(extra)), json.dumps(versions(), sort_keys=True, default=str)]
+    path = db.home() / "cache" / "dry-run" / f"{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:32]}.json"
     if path.is_file():
         try:
-            return int(json.loads(path.read_text())["bytes"])
-        except (ValueError, KeyError):
+            return dict(json.loads(path.read_text())["types"])
+        except (ValueError, KeyError, TypeError):
             pass
-    size = filesize.file_size(layout, dry_run_types(model, ftype, imatrix), imatrix_keys)
+    types = dry_run_types(model, ftype, imatrix, extra)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps({"model": str(model), "ftype": ftype, "bytes": size}))
-    return size
+    atomic.write_text(path, json.dumps({"model": str(model), "ftype": ftype, "extra": list(extra), "types": types}))
+    return types
+
+
+def ftype_file_size(conn, model: Path, layout: filesize.FileLayout, ftype: str, imatrix: Path | None,
+                    imatrix_keys: filesize.ImatrixKeys | None, extra: Sequence[str] = ()) -> int:
+    """Bytes of the file llama-quantize writes for this model and ftype (its dry run is cached)."""
+    return filesize.file_size(layout, cached_dry_run(conn, model, ftype, imatrix, extra), imatrix_keys)
 
 
 def budget_for(target: Target, layout: filesize.FileLayout, match_size: Callable[[str], int]) -> int:

@@ -13,9 +13,15 @@ from .output import emit_json, note, say, table
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="per-tensor sensitivity: error vs bits per weight for every candidate type")
     p.add_argument("model", type=Path, help="reference GGUF (F16/BF16/F32, or quantized: it is dequantized first)")
-    p.add_argument("--mode", choices=curves.MODES, default="proxy",
+    p.add_argument("--mode", choices=(*curves.MODES, curves.CALIBRATED), default="proxy",
                    help="proxy: weighted quantization error of each tensor (fast); measured: KL divergence "
-                        "of the model with only that tensor quantized (needs --text)")
+                        "of the model with only that tensor quantized (needs --text); calibrated: the proxy "
+                        "sweep plus --points measured pairs per tensor, which scale it to KL divergence")
+    p.add_argument("--points", default="2", metavar="N|all",
+                   help="calibrated mode: measured pairs per tensor (1, 2, or all; default 2)")
+    p.add_argument("--layers", type=int, default=None, metavar="K",
+                   help="calibrated mode: measure only K layers of each tensor kind, spread out, and interpolate "
+                        "the others (default: every layer)")
     p.add_argument("--imatrix", type=Path, default=None, help="importance matrix (GGUF) used as llama-quantize does")
     p.add_argument("--types", nargs="+", default=None, metavar="TYPE",
                    help=f"candidate types (default: {' '.join(sensitivity.DEFAULT_TYPES)})")
@@ -42,22 +48,32 @@ def run(args: argparse.Namespace) -> int:
     # validate the types and the imatrix before a run exists: errors stay one line
     importance = sensitivity.load_importance(spec["imatrix"]) if spec["imatrix"] else None
     cands = sensitivity.candidates(model, args.types, importance)
+    if args.points not in ("1", "2", "all"):
+        raise HifikitError(f"--points must be 1, 2 or all, got {args.points!r}")
+    positive(args.layers, "layers")
     if args.mode == "proxy":
         if args.text:
-            raise HifikitError("--text is for --mode measured (proxy mode reads only the weights)")
+            raise HifikitError("--text is for --mode measured or calibrated (proxy mode reads only the weights)")
         steps = [jobs.StepSpec("sweep", "sweep-proxy", {**spec, "workers": args.threads})]
     else:
         if not args.text:
-            raise HifikitError("--mode measured needs --text FILE (the evaluation text)")
+            raise HifikitError(f"--mode {args.mode} needs --text FILE (a calibration text, kept apart from the "
+                               "evaluation text)")
         positive(args.ctx, "ctx")
         positive(args.chunks, "chunks")
         chunks = kld.check_text(model, args.text, args.ctx, args.chunks)
-        steps = [jobs.StepSpec("sweep", "sweep-measured", {**spec, "text": str(args.text.resolve()),
-                                                           "ctx": args.ctx, "chunks": chunks,
-                                                           "threads": args.threads})]
+        measured_spec = {**spec, "text": str(args.text.resolve()), "ctx": args.ctx, "chunks": chunks,
+                         "threads": args.threads}
+        steps = []
+        if args.mode == curves.CALIBRATED:
+            steps.append(jobs.StepSpec("proxy", "sweep-proxy", {**spec, "workers": args.threads}))
+            measured_spec["calibration_points"] = args.points
+            measured_spec["calibration_layers"] = args.layers
+        steps.append(jobs.StepSpec("sweep", "sweep-measured", measured_spec))
     steps.append(jobs.StepSpec("knees", "knees", {"mode": args.mode, "workers": args.threads,
-                                                 "plots": str(args.plots.resolve()) if args.plots else None}))
-    run_ = run_job("analyze", {**spec, "mode": args.mode, "tensors": len(cands),
+                                                  "plots": str(args.plots.resolve()) if args.plots else None}))
+    calibration = args.points if args.mode == curves.CALIBRATED else None
+    run_ = run_job("analyze", {**spec, "mode": args.mode, "calibration_points": calibration, "tensors": len(cands),
                                "points": sum(len(c.types) for c in cands)}, steps, args)
     render(run_, args.json)
     return 0
@@ -71,10 +87,12 @@ def _knees(run: dict) -> dict:
 
 
 def _sweep_result(run: dict) -> dict:
+    """The sweep steps' figures (a calibrated run has a proxy and a measured one)."""
+    out: dict = {}
     for step in run["steps"]:
         if step["kind"].startswith("sweep-"):
-            return step["result"] or {}
-    return {}
+            out.update(step["result"] or {})
+    return out
 
 
 def records(run: dict) -> dict:

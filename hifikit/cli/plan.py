@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
-from .. import curves, db, filesize, gguf_io, grid, jobs, kld
+from .. import curves, db, filesize, gguf_io, grid, jobs, kld, knee
 from .. import plan as planner
 from .. import strategy as strat
 from ..errors import HifikitError
 from .common import add_json, model_path, positive, run_job, step_result
 from .eval import format_table, rows
 from .output import emit_json, note, say, table
-from .quantize import check_imatrix, resolve_type, strategy_step
+from ..quantize import check_imatrix, resolve_type, strategy_step
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", type=Path, metavar="FILE", help="validate an (edited) strategy file and exit")
     p.add_argument("--from-run", type=int, metavar="ID", help="the 'hifikit analyze' run whose curves to use "
                    "(default: the latest one of this model)")
-    p.add_argument("--mode", choices=curves.MODES, help="which curves of the run (default: measured if present)")
+    p.add_argument("--mode", choices=curves.LOAD_MODES,
+                   help="which curves of the run: proxy, measured, or calibrated (the proxy scaled to KL divergence by "
+                        "the measured points; the default when the run has both, else measured, else proxy)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--target-bpw", metavar="X", help="bits per weight of the whole file (8 x file bytes / weights)")
     g.add_argument("--target-size", metavar="MiB", help="size of the whole file in MiB")
@@ -47,46 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _target(args: argparse.Namespace) -> planner.Target:
-    if args.target_bpw is not None:
-        return planner.Target("bpw", args.target_bpw)
-    if args.target_size is not None:
-        return planner.Target("size", args.target_size)
-    if args.match is not None:
-        return planner.Target("match", resolve_type(args.match))
-    raise HifikitError("give a target: --target-bpw X, --target-size MiB or --match FTYPE")
-
-
-def find_run(conn, model: Path) -> int:
-    """The latest analyze run of this model that has curves."""
-    for row in conn.execute("SELECT id, args FROM runs WHERE command='analyze' ORDER BY id DESC"):
-        try:
-            args = json.loads(row["args"])
-        except json.JSONDecodeError:
-            continue
-        path = args.get("model") or args.get("input")
-        if path and Path(path).resolve() == model and \
-                conn.execute("SELECT 1 FROM curve_points WHERE run_id=? LIMIT 1", (row["id"],)).fetchone():
-            return int(row["id"])
-    raise HifikitError(f"no 'hifikit analyze' run of {model} with curves; run it, or name one with --from-run")
-
-
-def _knee_finder():
-    """knee.py (the analyze work) when present: tensor curve -> the knee's type name."""
-    try:
-        from .. import knee  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    fit = getattr(knee, "fit_curve", None)
-    if fit is None:
-        return None
-
-    def find(curve: curves.TensorCurve) -> str | None:
-        try:
-            return fit(curve).knee_type
-        except (HifikitError, ValueError, RuntimeError):
-            return None
-    return find
+def target_of(args: argparse.Namespace) -> planner.Target:
+    return planner.make_target(args.target_bpw, args.target_size, args.match)
 
 
 def build_plan(args: argparse.Namespace, conn) -> tuple[planner.Plan, filesize.FileLayout]:
@@ -95,8 +58,8 @@ def build_plan(args: argparse.Namespace, conn) -> tuple[planner.Plan, filesize.F
     base = resolve_type(args.base_ftype)
     if base.upper() in strat.UNQUANTIZED_BASES:
         raise HifikitError(f"--base-ftype {base}: per-tensor types need a quantized base ftype (e.g. Q8_0)")
-    target = _target(args)
-    run_id = args.from_run if args.from_run is not None else find_run(conn, model)
+    target = target_of(args)
+    run_id = args.from_run if args.from_run is not None else planner.find_sweep_run(conn, model)
     sweep = curves.load_sweep(conn, run_id, args.mode)
     layout = filesize.FileLayout.read(model)
     imatrix = args.imatrix.resolve() if args.imatrix else None
@@ -106,7 +69,7 @@ def build_plan(args: argparse.Namespace, conn) -> tuple[planner.Plan, filesize.F
     base_types = planner.dry_run_types(model, base, imatrix)
     types = [t.strip() for t in args.types.split(",")] if args.types else None
     p = planner.make_plan(sweep, model, layout, target, budget, base_types, base, imatrix, ikeys,
-                          args.error_scale, types, _knee_finder())
+                          args.error_scale, types, knee.knee_type)
     return p, layout
 
 
