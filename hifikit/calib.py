@@ -239,3 +239,53 @@ def build(domains: list[Domain], tokens: int, output: Path, seed: int = 0, model
     atomic.write_text(output, text)
     total = count(text)
     return CalibResult(str(output.resolve()), total, len(text), seed, str(model) if model else None, results)
+
+
+# --- keeping calibration and evaluation apart -----------------------------------------------------
+
+# word n-grams of this length shared by two texts mean shared passages, not shared vocabulary
+# (13 words, as contamination checks of evaluation sets use)
+OVERLAP_NGRAM = 13
+# the share of the evaluation text's n-grams found in the calibration text above which we warn
+OVERLAP_WARN = 0.01
+
+
+def _ngrams(text: str, n: int) -> set[int]:
+    words = re.findall(r"\w+", text.lower())
+    return {hash(tuple(words[i:i + n])) for i in range(max(0, len(words) - n + 1))}
+
+
+def text_overlap(calibration: Path, evaluation: Path, n: int = OVERLAP_NGRAM) -> float:
+    """Share of the evaluation text's word n-grams that also occur in the calibration text."""
+    ev = _ngrams(evaluation.read_text(encoding="utf-8", errors="replace"), n)
+    if not ev:
+        return 0.0
+    cal = _ngrams(calibration.read_text(encoding="utf-8", errors="replace"), n)
+    return len(ev & cal) / len(ev)
+
+
+def overlap_warning(model: Path, evaluation: Path) -> str | None:
+    """A warning when a quantized model's imatrix came from (part of) the evaluation text, else None.
+
+    llama-quantize records the imatrix's dataset (the file llama-imatrix read) in the model's
+    quantize.imatrix.dataset key; llama-imatrix records it in imatrix.datasets."""
+    from . import gguf_io
+
+    index = gguf_io.tensor_index(model)
+    dataset = index.value("quantize.imatrix.dataset")
+    datasets = [dataset] if isinstance(dataset, str) else []
+    if index.value("general.type") == "imatrix":
+        datasets = [d for d in gguf_io.imatrix_summary(model).get("datasets") or [] if isinstance(d, str)]
+    if not datasets:
+        return None
+    found = [Path(d) for d in datasets if Path(d).is_file()]
+    if not found:
+        return (f"{model.name}: its imatrix's calibration text ({', '.join(datasets)}) is not on this machine, so "
+                f"its overlap with the evaluation text {evaluation.name} cannot be checked")
+    shares = {d: text_overlap(d, evaluation) for d in found}
+    worst = max(shares, key=shares.get)
+    if shares[worst] <= OVERLAP_WARN:
+        return None
+    return (f"{model.name}: its imatrix was computed on {worst}, which shares {100 * shares[worst]:.1f} % of the "
+            f"evaluation text's {OVERLAP_NGRAM}-word passages, so its KLD is flattered (keep calibration and "
+            "evaluation texts apart)")

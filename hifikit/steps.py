@@ -167,6 +167,12 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         measurements.append(db.Measurement("ppl", p.ppl, p.ppl_error, **where))
         result = {**facts, "ppl": p.ppl, "ppl_error": p.ppl_error, "ppl_chunks": p.chunks}
     result.update(text=str(text.resolve()), ctx=spec["ctx"], chunks=spec["chunks"])
+    from .calib import overlap_warning
+
+    warning = overlap_warning(model, text)
+    if warning:
+        log.warning("%s", warning)
+        result["warnings"] = [warning]
     return StepOutput(result=result, measurements=measurements)
 
 

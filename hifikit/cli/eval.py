@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import jobs, kld
 from .common import add_eval_args, add_json, model_path, positive, run_job
-from .output import emit_json, say, table
+from .output import emit_json, note, say, table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,15 +54,16 @@ def rows(run: dict) -> list[dict]:
             ppl = res.get("ppl") or {}
             out.append({"model": res["model"], "role": "reference", "size_mib": res["size_mib"], "bpw": res["bpw"],
                         "ppl": ppl.get("ppl"), "ppl_error": ppl.get("ppl_error"), "kld_mean": None,
-                        "kld_error": None, "kld_p99": None, "kld_max": None, "same_top_p": None,
+                        "kld_error": None, "kld_p99": None, "kld_p999": None, "kld_max": None, "same_top_p": None,
                         "rms_dp": None, "kld_base_mib": res["size"] / 2**20})
         elif step["kind"] == "eval" and res:
             k = res.get("kld") or {}
             out.append({"model": res["model"], "role": "model", "size_mib": res["size_mib"], "bpw": res["bpw"],
                         "ppl": res["ppl"], "ppl_error": res["ppl_error"], "kld_mean": k.get("kld_mean"),
                         "kld_error": k.get("kld_error"), "kld_p99": (k.get("kld_percentiles") or {}).get("99.0"),
+                        "kld_p999": (k.get("kld_percentiles") or {}).get("99.9"),
                         "kld_max": k.get("kld_max"), "same_top_p": k.get("same_top_p"),
-                        "rms_dp": k.get("rms_dp")})
+                        "rms_dp": k.get("rms_dp"), "warnings": res.get("warnings", [])})
     return out
 
 
@@ -73,14 +74,16 @@ def _pm(v, e, fmt: str) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    return table(["model", "MiB", "BPW", "PPL", "mean KLD", "KLD 99%", "max KLD", "same top %", "RMS Δp %"],
+    return table(["model", "MiB", "BPW", "PPL", "mean KLD", "KLD 99%", "KLD 99.9%", "max KLD", "same top %",
+                  "RMS Δp %"],
                  [[Path(r["model"]).name + (" (ref)" if r["role"] == "reference" else ""), f"{r['size_mib']:.2f}",
                    f"{r['bpw']:.3f}", _pm(r["ppl"], r["ppl_error"], ".4f"), _pm(r["kld_mean"], r["kld_error"], ".6f"),
                    "" if r["kld_p99"] is None else f"{r['kld_p99']:.4f}",
+                   "" if r["kld_p999"] is None else f"{r['kld_p999']:.4f}",
                    "" if r["kld_max"] is None else f"{r['kld_max']:.4f}",
                    "" if r["same_top_p"] is None else f"{r['same_top_p']:.2f}",
                    "" if r["rms_dp"] is None else f"{r['rms_dp']:.3f}"] for r in records],
-                 right=[False] + [True] * 8)
+                 right=[False] + [True] * 9)
 
 
 def render(run: dict, as_json: bool) -> None:
@@ -89,6 +92,9 @@ def render(run: dict, as_json: bool) -> None:
         emit_json({"run": run["id"], "args": run["args"], "models": records})
         return
     say(format_table(records))
+    for r in records:
+        for w in r.get("warnings") or []:
+            note(f"warning: {w}")
     args = run["args"]
     say(f"\ntext {args.get('text')}, ctx {args.get('ctx')}, {args.get('chunks')} chunks  [run {run['id']}]")
     for r in records:
