@@ -17,6 +17,11 @@ so it is tested against brute force. Each item is a list of options
 6. With a tie (errors closer than it are noise), steps 1-5 ignore noise-level
    gains; the bytes still left are then spent by the fill of step 4 on the
    smallest errors, ties included (stage "spare").
+7. Branching: steps 2-6 run again for every combination of options of the
+   few large items (an option span of 5 % of the capacity or more), those held
+   fixed, and a better result than step 6's is kept (stage "branch"). A large step (a tied
+   embedding at three quarters of the file) is then weighed against the many
+   small steps it displaces, which the greedy walk of step 3 cannot do.
 
 The Lagrangian dual ``max_l sum_i min_j (e_ij + l b_ij) - l C`` is a lower
 bound on the optimum, so ``error - bound`` bounds how far a result can be from
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import math
 from typing import Sequence
 
@@ -35,6 +41,11 @@ from .errors import HifikitError
 
 EPS = 1e-15
 MAX_PAIRS = 4_000_000     # above this many (up, down) pairs, exchanges go one step along each front
+# branching on large items: those whose options span at least this share of the capacity, at most
+# BRANCH_ITEMS of them and MAX_BRANCHES combinations of their options
+BRANCH_SHARE = 0.05
+BRANCH_ITEMS = 3
+MAX_BRANCHES = 256
 
 
 @dataclasses.dataclass
@@ -43,7 +54,7 @@ class Allocation:
     bytes: int
     error: float
     lower_bound: float         # Lagrangian dual bound on the optimal error
-    stage: list[str]           # per item: "minimum", "hull", "fill", "exchange" or "spare": the step that chose it
+    stage: list[str]           # per item: "minimum", "hull", "fill", "exchange", "spare" or "branch"
 
     @property
     def gap(self) -> float:
@@ -103,19 +114,52 @@ def dual_bound(items: Sequence[Sequence[tuple[int, float]]], capacity: int) -> f
 
 def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_rounds: int = 10000,
              tie: float = 0.0) -> Allocation:
-    """Choose one option per item; options within tie of a cheaper one's error are never bought."""
+    """Choose one option per item; options within tie of a cheaper one's error are never bought.
+
+    Large items (an option span of at least BRANCH_SHARE of the capacity, at most BRANCH_ITEMS of
+    them) are branched on: the procedure runs again once per combination of their options, fixed,
+    and a result better than the plain run's is kept. The greedy walk alone cannot trade one large
+    step (a tied embedding that is three quarters of the file) against many small ones.
+    """
     if not items:
         return Allocation([], 0, 0.0, 0.0, [])
     for i, opts in enumerate(items):
         if not opts:
             raise HifikitError(f"item {i} has no option")
     fronts = [_pareto(opts, tie) for opts in items]
-    hulls = [_hull(opts, front) for opts, front in zip(items, fronts)]
-    choice = [front[0] for front in fronts]
+    floor = sum(items[i][front[0]][0] for i, front in enumerate(fronts))
+    if floor > capacity:
+        raise HifikitError(f"the budget ({capacity} bytes) is below the smallest possible size ({floor} bytes)")
+    spans = sorted(((items[i][front[-1]][0] - items[i][front[0]][0], i) for i, front in enumerate(fronts)
+                    if len(front) > 1), reverse=True)
+    large = [i for span, i in spans[:BRANCH_ITEMS] if span >= BRANCH_SHARE * capacity]
+    best = _solve(items, fronts, capacity, tie, {}, max_rounds)
+    combos = list(itertools.product(*(fronts[i] for i in large))) if large else []
+    for combo in combos[:MAX_BRANCHES]:
+        fixed = dict(zip(large, combo))
+        if floor + sum(items[i][j][0] - items[i][fronts[i][0]][0] for i, j in fixed.items()) > capacity:
+            continue
+        choice, stage, used = _solve(items, fronts, capacity, tie, fixed, max_rounds)
+        if _total(items, choice) < _total(items, best[0]) - EPS * max(1.0, abs(_total(items, best[0]))):
+            for i in large:
+                stage[i] = "branch"
+            best = (choice, stage, used)
+    choice, stage, used = best
+    return Allocation(choice, used, _total(items, choice), dual_bound(items, capacity), stage)
+
+
+def _total(items, choice: list[int]) -> float:
+    return sum(items[i][c][1] for i, c in enumerate(choice))
+
+
+def _solve(items, fronts, capacity: int, tie: float, fixed: dict[int, int], max_rounds: int
+           ) -> tuple[list[int], list[str], int]:
+    """Steps 2-6 with the items in `fixed` held at their given option."""
+    free = [front if i not in fixed else [fixed[i]] for i, front in enumerate(fronts)]
+    hulls = [_hull(opts, front) for opts, front in zip(items, free)]
+    choice = [front[0] for front in free]
     stage = ["minimum"] * len(items)
     used = sum(items[i][c][0] for i, c in enumerate(choice))
-    if used > capacity:
-        raise HifikitError(f"the budget ({capacity} bytes) is below the smallest possible size ({used} bytes)")
 
     # 3. greedy along the hulls
     pos = [0] * len(items)
@@ -144,21 +188,20 @@ def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_ro
 
     # 4./5. exact fill and pair exchanges over all non-dominated options
     for _ in range(max_rounds):
-        if _fill(items, fronts, choice, stage, capacity - used):
+        if _fill(items, free, choice, stage, capacity - used):
             used = sum(items[i][c][0] for i, c in enumerate(choice))
             continue
-        if _exchange(items, fronts, choice, stage, capacity - used):
+        if _exchange(items, free, choice, stage, capacity - used):
             used = sum(items[i][c][0] for i, c in enumerate(choice))
             continue
         break
     if tie > 0:
         # the decisions above ignore noise-level gains; bytes left over once nothing else
         # pays are still the caller's budget: spend them on the smallest errors, ties included
-        full = [_pareto(opts) for opts in items]
+        full = [_pareto(opts) if i not in fixed else [fixed[i]] for i, opts in enumerate(items)]
         while _fill(items, full, choice, stage, capacity - used, label="spare"):
             used = sum(items[i][c][0] for i, c in enumerate(choice))
-    error = sum(items[i][c][1] for i, c in enumerate(choice))
-    return Allocation(choice, used, error, dual_bound(items, capacity), stage)
+    return choice, stage, used
 
 
 def _moves(items, fronts, choice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -297,3 +297,37 @@ def test_moe_expert_tensors_are_planned(cli, tmp_path):
     layout = filesize.FileLayout.read(model)
     types = {**doc["fixed"], **{n: e["type"] for n, e in doc["tensors"].items()}}
     assert filesize.file_size(layout, types) == info["predicted_bytes"]
+
+
+def _one_large_item_instances(n: int, seed: int = 1):
+    """One item spanning much of the budget (a tied embedding) and six small ones; with the brute-force optimum."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        lo = (rng.randint(100, 300), rng.uniform(5, 20))
+        hi = (rng.randint(400, 900), rng.uniform(0, 5))
+        items = [[lo, (hi[0], min(hi[1], lo[1]))]]
+        for _ in range(6):
+            b = sorted(rng.sample(range(10, 120), 3))
+            e = sorted((rng.uniform(0, 3) for _ in range(3)), reverse=True)
+            items.append(list(zip(b, e)))
+        cap = rng.randint(600, 1300)
+        feasible = [sum(items[i][j][1] for i, j in enumerate(c)) for c in itertools.product(*(range(3 if i else 2)
+                    for i in range(7))) if sum(items[i][j][0] for i, j in enumerate(c)) <= cap]
+        if feasible:
+            out.append((items, cap, min(feasible)))
+    return out
+
+
+def test_branching_on_a_large_item_finds_what_the_greedy_walk_misses(monkeypatch):
+    cases = _one_large_item_instances(200)
+    with_branching = [allocate.allocate(items, cap) for items, cap, _ in cases]
+    optimal = sum(a.error <= best + 1e-9 for a, (_, _, best) in zip(with_branching, cases))
+    assert optimal >= 0.98 * len(cases)
+    assert any("branch" in a.stage for a in with_branching)
+    monkeypatch.setattr(allocate, "BRANCH_ITEMS", 0)
+    plain = sum(allocate.allocate(items, cap).error <= best + 1e-9 for items, cap, best in cases)
+    assert plain < optimal
