@@ -27,10 +27,11 @@ from .errors import HifikitError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("reference", "stock", "hifi", "plan")
+ROLES = ("reference", "stock", "recipe", "hifi", "plan")
 ROLE_STYLE = {  # matplotlib marker, colour
     "reference": ("*", "#444444"),
     "stock": ("o", "#1f77b4"),
+    "recipe": ("^", "#9467bd"),
     "hifi": ("D", "#d62728"),
     "plan": ("s", "#2ca02c"),
 }
@@ -40,7 +41,7 @@ ROLE_STYLE = {  # matplotlib marker, colour
 class Row:
     run_id: int
     label: str
-    role: str                       # reference | stock | hifi | plan
+    role: str                       # reference | stock | recipe | hifi | plan
     model: str
     file_bytes: int | None
     size_mib: float | None          # tensor data, MiB
@@ -55,6 +56,10 @@ class Row:
     ctx: int | None = None
     types: dict[str, int] = dataclasses.field(default_factory=dict)
     tps: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)   # test -> (avg, stddev)
+    kld_p999: float | None = None
+    size: str | None = None          # the ftype whose size it is held to (baselines.py)
+    predicted: float | None = None   # the objective's prediction of its mean KLD
+    note: str = ""
 
     @property
     def file_mib(self) -> float | None:
@@ -72,7 +77,7 @@ def _role(run: dict[str, Any], step: dict[str, Any], result: dict[str, Any]) -> 
         return spec["role"]
     if step["kind"] == "kld-base":
         return "reference"
-    if run["command"] == "plan":
+    if run["command"] in ("plan", "plan-verify"):
         return "plan"
     return "hifi" if _is_hifi(result) else "stock"
 
@@ -117,7 +122,9 @@ def rows(runs: list[dict[str, Any]]) -> list[Row]:
                 row = Row(run["id"], spec.get("label") or Path(model).stem, _role(run, step, res), model,
                           _file_bytes(model, res), res.get("size_mib"), res.get("bpw"), ppl, ppl_error,
                           kl.get("kld_mean"), kl.get("kld_error"), kl.get("same_top_p"), kl.get("same_top_p_error"),
-                          res.get("chunks"), res.get("ctx"), res.get("types") or {})
+                          res.get("chunks"), res.get("ctx"), res.get("types") or {},
+                          kld_p999=(kl.get("kld_percentiles") or {}).get("99.9"), size=spec.get("size"),
+                          predicted=spec.get("predicted"), note=spec.get("note") or "")
                 by_model[model] = row
                 out.append(row)
             elif step["kind"] == "bench":

@@ -88,3 +88,27 @@ def test_recipes_command_lists_and_verifies(cli, swept, tiny_model, tiny_text, t
     assert "recipes fit" in text and "--pure" in text
     bad = cli("recipes", tiny_model, "--match", "Q9_Z", "--from-run", run_id, check=False)
     assert bad.returncode == 1 and "unknown quantization type 'Q9_Z'" in bad.stderr
+
+
+def test_compare_baselines_puts_stock_recipes_and_plan_side_by_side(cli, swept, tiny_model, tiny_text, tmp_path,
+                                                                   monkeypatch):
+    home, run_id = swept
+    monkeypatch.setenv("HIFIKIT_HOME", str(home))
+    info = cli.json("compare", "--ref", tiny_model, "--text", tiny_text, "--ctx", "128", "--chunks", "2",
+                    "--baselines", "Q4_K_M", "--from-run", run_id, "--top", "1", "--out-dir", tmp_path, "--bench")
+    group = info["groups"]["Q4_K_M"]
+    roles = [r["role"] for r in group]
+    assert roles == ["stock", "recipe", "plan"]
+    stock, recipe, plan = group
+    assert stock["bytes_ratio"] == pytest.approx(1.0) and stock["kld_ratio"] == pytest.approx(1.0)
+    for r in (recipe, plan):
+        # no more bytes than the stock file, measured on the same text, its speed as a ratio beside it
+        assert r["file_bytes"] <= stock["file_bytes"] and r["kld_mean"] > 0 and r["predicted"] > 0
+        assert set(r["speed_ratio"]) == {"pp128", "tg32"}
+    assert recipe["note"].startswith("rank 1 of ")
+    assert info["additivity"]["files"] == 3
+    from hifikit.cli.compare import format_baselines
+
+    text = format_baselines(info)
+    assert "== Q4_K_M" in text and "objective vs measured mean KLD over 3 files" in text
+    print(text)
