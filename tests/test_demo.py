@@ -23,8 +23,11 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
     first = cli.json(*demo_args(tiny_model, tiny_text, out))
     assert first["resumed"] is False
     models = {m["label"]: m for m in first["models"]}
-    assert list(models) == ["F16", *[v.label for v in demo.VARIANTS]]
-    assert models["F16"]["role"] == "reference" and models["F16"]["kld_mean"] is None
+    ref = "F16 twin (seed 0)"
+    assert list(models) == [ref, *[v.label for v in demo.VARIANTS]]
+    assert models[ref]["role"] == "reference" and models[ref]["kld_mean"] is None
+    # the reference is the de-gridded twin of the dequantized model
+    assert first["degrid"]["seed"] == 0 and models[ref]["model"] == first["degrid"]["output"]
     for v in demo.VARIANTS:
         m = models[v.label]
         assert m["role"] == v.role
@@ -32,9 +35,11 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
         assert m["file_bytes"] == (out / f"{tiny_model.stem}-{v.tag}.gguf").stat().st_size
         assert m["bpw"] == pytest.approx(gguf_io.read_info(m["model"]).bits_per_weight)
         assert set(m["tps"]) == {"pp16", "tg4"} and all(v[0] > 0 for v in m["tps"].values())
-    # the planned model fits in Q3_K_M's file, and its strategy was written next to it
+    # the planned model and the best simple recipe fit in Q3_K_M's file; the strategy was written next to it
     planned = next(v for v in demo.VARIANTS if v.plan_match == "Q3_K_M")
-    assert models[planned.label]["file_bytes"] <= models["Q3_K_M"]["file_bytes"]
+    recipe = next(v for v in demo.VARIANTS if v.recipe_match == "Q3_K_M")
+    for v in (planned, recipe):
+        assert models[v.label]["file_bytes"] <= models["Q3_K_M"]["file_bytes"]
     assert (out / f"{tiny_model.stem}-{planned.tag}.yaml").is_file()
     # every printed number is in the runs database
     conn = sqlite3.connect(hifikit_home / "runs.db")
@@ -45,10 +50,16 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
     report = (out / "report.html").read_text()
     assert f"{models['Q4_K_M']['kld_mean']:.6f}" in report
 
-    # llama-quantize --hifi chose the ftype itself; the step recorded which
     shown = cli.json("runs", "show", first["run"])
     steps = {s["name"]: s for s in shown["steps"]}
-    assert steps["quantize-hifi"]["result"]["ftype"] == "Q3_K_HIFI"  # the synthetic model is < 2e9 parameters
+    # the objective was calibrated by measured pairs on the calibration text, which shares no module with
+    # the evaluation text; the imatrix baseline used it too
+    calib, text = steps["calibration"]["result"], steps["text"]["result"] if "text" in steps else None
+    assert set(calib["modules"]) <= set(demo.CALIB_MODULES) and not set(calib["modules"]) & set(demo.STDLIB_MODULES)
+    assert text is None  # --text was given
+    assert steps["calibrate"]["result"]["measured_pairs"] > 0
+    assert steps["quantize-Q3_K_M-imatrix"]["spec"]["imatrix"] == steps["imatrix"]["result"]["path"]
+    assert steps["quantize-recipe-Q3_K_M"]["result"]["ftype"].startswith("--pure ")
 
     # a second demo with the same arguments resumes the same run and redoes nothing
     second = cli.json(*demo_args(tiny_model, tiny_text, out))
@@ -62,6 +73,16 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
     assert not demo._files_gone(jobs.get_run(db.connect(), first["run"]))
     (out / f"{tiny_model.stem}-Q4_K_M.gguf").unlink()
     assert demo._files_gone(jobs.get_run(db.connect(), first["run"]))
+
+
+def test_demo_text_and_calibration_share_nothing(tiny_model, tmp_path, built):
+    from hifikit import calib
+
+    ev = demo.build_text(tmp_path / "eval.txt", tiny_model, 3000)
+    cal = demo.build_text(tmp_path / "calib.txt", tiny_model, 3000, demo.CALIB_MODULES)
+    assert not set(ev["modules"]) & set(cal["modules"])
+    assert calib.text_overlap(tmp_path / "calib.txt", tmp_path / "eval.txt") < calib.OVERLAP_WARN
+    assert calib.text_overlap(tmp_path / "eval.txt", tmp_path / "eval.txt") == 1.0
 
 
 def test_demo_text_from_the_standard_library(tiny_model, tmp_path, built):
