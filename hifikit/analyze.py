@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from . import curves, db, sensitivity
 from .errors import HifikitError
 from .jobs import StepContext, StepOutput, step_kind
@@ -129,3 +131,60 @@ def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         result["plots"] = [str(p) for p in paths]
         artifacts = [db.Artifact(str(p), "plot") for p in paths]
     return StepOutput(result=result, artifacts=artifacts)
+
+
+# each HIFI type and the stock types of the nearest size an upstream reviewer compares it with
+HIFI_NEIGHBOURS = {
+    "q3_K_hifi": ("iq4_xs", "q4_K"),
+    "q4_K_hifi": ("q5_K",),
+    "q5_K_hifi": ("q6_K",),
+    "q6_K_hifi": ("q8_0",),
+}
+
+
+@dataclasses.dataclass
+class HifiStanding:
+    """How one HIFI type fares on the tensors that can hold it."""
+    type: str
+    tensors: int                    # tensors with a point for it and its neighbours
+    on_front: int                   # on the tensor's (bytes, error) Pareto front
+    on_hull: int                    # on its lower convex hull: the planner's efficient choices
+    beats: dict[str, int]           # neighbour -> tensors where the HIFI type has the lower error
+    error_ratio: dict[str, float]   # neighbour -> median of (HIFI error / neighbour error)
+    bytes_ratio: dict[str, float]   # neighbour -> HIFI bytes / neighbour bytes (the same on every tensor)
+
+
+def hifi_standing(sweep: curves.Sweep, neighbours: dict[str, tuple[str, ...]] = HIFI_NEIGHBOURS
+                  ) -> list[HifiStanding]:
+    """Per HIFI type: on how many tensors it is on the front and on the hull, and against its neighbours."""
+    from .knee import lower_hull, pareto_frontier
+
+    out = []
+    for hifi, near in neighbours.items():
+        n = front = hull = 0
+        beats = {t: 0 for t in near}
+        ratios: dict[str, list[float]] = {t: [] for t in near}
+        sizes: dict[str, float] = {}
+        for c in sweep.curves:
+            pts = {p.type: p for p in c.points}
+            if hifi not in pts or not all(t in pts for t in near):
+                continue
+            n += 1
+            order = sorted(c.points, key=lambda p: (p.nbytes, p.error))
+            xs, ys = [p.nbytes for p in order], [p.error for p in order]
+            on_front = {order[i].type for i in pareto_frontier(xs, ys)}
+            front_pts = sorted((p for p in order if p.type in on_front), key=lambda p: p.nbytes)
+            on_hull = {front_pts[i].type
+                       for i in lower_hull([p.nbytes for p in front_pts], [p.error for p in front_pts])}
+            front += hifi in on_front
+            hull += hifi in on_hull
+            h = pts[hifi]
+            for t in near:
+                beats[t] += h.error < pts[t].error
+                if pts[t].error > 0:
+                    ratios[t].append(h.error / pts[t].error)
+                sizes[t] = h.nbytes / pts[t].nbytes
+        if n:
+            out.append(HifiStanding(hifi, n, front, hull, beats,
+                                    {t: float(np.median(r)) for t, r in ratios.items() if r}, sizes))
+    return out

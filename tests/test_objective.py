@@ -144,3 +144,24 @@ def test_calibrated_analyze_then_plan(cli, tiny_model, tiny_text, tmp_path):
     assert not missing and total == pytest.approx(plan["predicted_error"], rel=1e-6)
     bad = cli("analyze", tiny_model, "--mode", "calibrated", "--points", "3", "--text", tiny_text, check=False)
     assert bad.returncode == 1 and "--points must be 1, 2 or all" in bad.stderr
+
+
+def test_hifi_standing_against_the_nearest_stock_types():
+    from hifikit import analyze
+
+    def curve(name: str, pts: dict[str, tuple[int, float]]) -> curves.TensorCurve:
+        return curves.TensorCurve(name, (256, 4), 1024, "f16", [curves.CurvePoint(t, b, e) for t, (b, e) in pts.items()])
+
+    base = {"q4_K": (144, 4e-3), "q5_K": (176, 1e-3), "q6_K": (210, 3e-4), "q8_0": (272, 2e-5)}
+    sweep = curves.Sweep(1, "proxy", [
+        # a HIFI point above the hull (worse per byte than its neighbours)
+        curve("blk.0.ffn_down.weight", {**base, "q4_K_hifi": (168, 3e-3)}),
+        # one below its neighbour's error at fewer bytes: on the hull, and it beats q5_K
+        curve("blk.1.ffn_down.weight", {**base, "q4_K_hifi": (168, 8e-4)}),
+        # a tensor without the HIFI type is not counted
+        curve("blk.2.attn_q.weight", base),
+    ])
+    (h,) = [s for s in analyze.hifi_standing(sweep) if s.type == "q4_K_hifi"]
+    assert h.tensors == 2 and h.on_front == 2 and h.on_hull == 1 and h.beats == {"q5_K": 1}
+    assert h.bytes_ratio == {"q5_K": pytest.approx(168 / 176)}
+    assert h.error_ratio["q5_K"] == pytest.approx((3.0 + 0.8) / 2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from .. import analyze, curves, db, gguf_io, grid, jobs, kld, sensitivity
@@ -108,8 +109,9 @@ def records(run: dict) -> dict:
         tensors.append(rec)
     plots = next((st["result"].get("plots") for st in run["steps"] if st["kind"] == "knees" and st["result"]), None)
     report = grid.detect(run["args"]["model"]).to_json()
+    hifi = [dataclasses.asdict(h) for h in analyze.hifi_standing(sweep)]
     return {"run": run["id"], "mode": sweep.mode, "sweep": _sweep_result(run), "plots": plots, "grid": report,
-            "tensors": tensors}
+            "hifi": hifi, "tensors": tensors}
 
 
 def render(run: dict, as_json: bool) -> None:
@@ -136,5 +138,11 @@ def render(run: dict, as_json: bool) -> None:
             f"{timing}run {rec['run']}")
     if rec["plots"]:
         say(f"plots: {len(rec['plots'])} PNG files in {Path(rec['plots'][0]).parent}")
+    if rec["hifi"]:
+        say("\nHIFI types against the stock types of the nearest size (the tensors that hold both):")
+        say(table(["type", "tensors", "on front", "on hull", "vs", "bytes ×", "error × (median)", "lower error on"],
+                  [[h["type"], h["tensors"], h["on_front"], h["on_hull"], t, f"{h['bytes_ratio'][t]:.3f}",
+                    f"{h['error_ratio'].get(t, float('nan')):.3f}", h["beats"][t]]
+                   for h in rec["hifi"] for t in h["beats"]], right=[False, True, True, True, False, True, True, True]))
     if rec["grid"]["message"]:
         note(("warning: " if rec["grid"]["detected"] else "") + rec["grid"]["message"])
