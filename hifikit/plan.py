@@ -269,7 +269,8 @@ def _reason(stage: str, opts: list[Option], j: int, knee: str | None) -> str:
              "fill": "budget fill",
              "exchange": "budget fill (exchanged bytes with another tensor)",
              "spare": "spare bytes (a gain at the noise level of the curves)",
-             "branch": "a large tensor: the best of its options, the rest re-planned for each"}[stage]
+             "branch": "a large tensor: the best of its options, the rest re-planned for each",
+             "time": "moved to a faster type to meet the speed budget"}[stage]
     if j == best and stage != "minimum":
         words = "lowest error of its candidates"
     elif j == cheapest and stage == "minimum":

@@ -331,3 +331,63 @@ def test_branching_on_a_large_item_finds_what_the_greedy_walk_misses(monkeypatch
     monkeypatch.setattr(allocate, "BRANCH_ITEMS", 0)
     plain = sum(allocate.allocate(items, cap).error <= best + 1e-9 for items, cap, best in cases)
     assert plain < optimal
+
+
+def _limited_instances(n: int, seed: int = 3):
+    """Small random instances with two time-like resources; with the brute-force optimum (None if infeasible)."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        items, costs = [], []
+        for _ in range(5):
+            b = sorted(rng.sample(range(10, 100), 3))
+            e = sorted((rng.uniform(0, 3) for _ in range(3)), reverse=True)
+            # more bytes are usually slower, but not always (a repacked or sgemm type can be faster)
+            items.append(list(zip(b, e)))
+            costs.append([(x * rng.uniform(0.5, 1.5), x * rng.uniform(0.5, 1.5)) for x in b])
+        cap = rng.randint(200, 400)
+        limits = (rng.uniform(150, 350), rng.uniform(150, 350))
+        best = None
+        for c in itertools.product(range(3), repeat=5):
+            if sum(items[i][j][0] for i, j in enumerate(c)) > cap:
+                continue
+            if any(sum(costs[i][j][r] for i, j in enumerate(c)) > limits[r] for r in range(2)):
+                continue
+            e = sum(items[i][j][1] for i, j in enumerate(c))
+            best = e if best is None or e < best else best
+        out.append((items, costs, cap, limits, best))
+    return out
+
+
+def test_time_limits_are_met_near_the_optimum():
+    cases = _limited_instances(150)
+    found = near = 0
+    for items, costs, cap, limits, best in cases:
+        a = allocate.allocate_limited(items, cap, costs, limits)
+        assert a.bytes <= cap and a.lower_bound <= (best if best is not None else float("inf")) + 1e-9
+        if best is None:
+            continue
+        if a.feasible:
+            found += 1
+            assert all(t <= lim * (1 + 1e-9) for t, lim in zip(a.totals, limits))
+            assert a.error >= best - 1e-9
+            near += a.error <= best * 1.10 + 1e-9
+        else:
+            assert a.totals != () and not all(t <= lim for t, lim in zip(a.totals, limits))
+    feasible = sum(best is not None for *_, best in cases)
+    # every instance that has a solution gets one; nearly all within 10 % of the optimum
+    assert found == feasible and near >= 0.9 * feasible
+
+
+def test_time_limits_that_already_hold_change_nothing():
+    items = [[(100, 1.0), (200, 0.1)], [(100, 0.5), (150, 0.2)]]
+    costs = [[(1.0,), (2.0,)], [(1.0,), (1.5,)]]
+    free = allocate.allocate(items, 350)
+    limited = allocate.allocate_limited(items, 350, costs, (10.0,))
+    assert limited.choice == free.choice and limited.multipliers == (0.0,) and limited.feasible
+    # a tight limit forces the slower upgrade out
+    tight = allocate.allocate_limited(items, 350, costs, (3.0,))
+    assert tight.feasible and tight.totals[0] <= 3.0 and tight.error > free.error
