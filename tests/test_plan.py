@@ -391,3 +391,45 @@ def test_time_limits_that_already_hold_change_nothing():
     # a tight limit forces the slower upgrade out
     tight = allocate.allocate_limited(items, 350, costs, (3.0,))
     assert tight.feasible and tight.totals[0] <= 3.0 and tight.error > free.error
+
+
+def test_a_speed_budget_makes_the_plan_trade_error_for_time(built, gemma_small, tmp_path):
+    from hifikit import plan as planner
+    from hifikit import strategy as strat
+
+    run_id = synthetic_sweep(gemma_small, seed=4)
+    conn = db.connect()
+    sweep = curves.load_sweep(conn, run_id)
+    layout = filesize.FileLayout.read(gemma_small)
+    budget = int(filesize.file_size(layout, {t.name: t.source_type for t in layout.tensors}) * 0.6)
+    base = planner.dry_run_types(gemma_small, "Q8_0")
+
+    # made-up costs: seconds grow with the bytes, except q8_0, which is fast (as a repacked layout can be)
+    def seconds(tensor: str, type_name: str) -> tuple[float, float]:
+        slot = layout.tensor(tensor)
+        if not slot.quantizable:
+            return 0.0, 0.0
+        bpw = ggml.load().type_by_name(type_name).bits_per_weight
+        rate = 0.25 if type_name == "q8_0" else 1.0
+        return 1e-9 * slot.n_elements * bpw * rate * 8, 1e-9 * slot.n_elements * bpw * rate
+
+    def plan(limits):
+        speed = planner.SpeedBudget(seconds, (0.01, 0.001), limits, "test costs", 512)
+        return planner.make_plan(sweep, gemma_small, layout, planner.Target("size", "1"), budget, base, "Q8_0",
+                                 None, None, speed=speed)
+
+    free = plan((None, None))
+    fast = plan((None, 0.9 * free.speed["tg_seconds"]))
+    assert fast.speed["tg_seconds"] <= 0.9 * free.speed["tg_seconds"] * (1 + 1e-9)
+    assert fast.predicted_error >= free.predicted_error and fast.predicted_bytes <= budget
+    assert fast.types != free.types and fast.speed["multipliers"][1] > 0 == free.speed["multipliers"][1]
+    # the prediction is the sum of the chosen types' costs plus the constant
+    speed = planner.SpeedBudget(seconds, (0.01, 0.001), (None, None), "test costs", 512)
+    assert fast.speed["tg_seconds"] == pytest.approx(speed.total(fast.types)[1])
+    path = tmp_path / "fast.yaml"
+    strat.write(fast, path)
+    doc = yaml.safe_load(path.read_text())
+    assert doc["speed"]["tg_seconds"] == pytest.approx(fast.speed["tg_seconds"], rel=1e-5)
+    assert doc["speed"]["source"] == "test costs"
+    with pytest.raises(HifikitError, match="speed budget cannot be met"):
+        plan((None, 0.0005))
