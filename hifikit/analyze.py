@@ -27,7 +27,7 @@ BPW_LEVELS = (3.5, 4.5, 5.5, 8.5)
 
 def _candidates(spec: dict[str, Any]) -> tuple[list[sensitivity.TensorCandidates], Any]:
     importance = sensitivity.load_importance(spec["imatrix"]) if spec.get("imatrix") else None
-    return sensitivity.candidates(spec["model"], spec.get("types"), importance), importance
+    return sensitivity.candidates(spec["model"], spec.get("types"), importance, spec.get("tensors")), importance
 
 
 @step_kind("sweep-proxy")
