@@ -118,6 +118,7 @@ def test_a_file_that_fits_several_sizes_is_measured_once(tmp_path):
     from hifikit import baselines
 
     spec = {"input": "m.gguf", "ftype": "Q8_0", "extra": ["--pure"], "threads": None}
+
     def contender(label, role, size, out, **change):
         return baselines.Contender(label, role, size, None, 10, 0.1, {**spec, **change, "output": str(tmp_path / out)})
 
