@@ -18,14 +18,14 @@ The job (a resumable run, see jobs.py) is:
 5. ``reference-logits``: the cached KLD base logits (kld.py);
 6. ``sweep`` and ``calibrate``: the proxy error curves of every tensor, then a
    few measured pairs on the calibration text (one type per tensor, three
-   layers of each tensor kind) that scale them to KL divergence (objective.py);
+   layers of each tensor kind) that scale them to KL divergence (sweep/objective.py);
 7. ``imatrix``: an importance matrix over the calibration text, for the
    imatrix baseline;
 8. for each entry of VARIANTS: ``quantize-TAG`` then ``eval-TAG`` (PPL, KLD,
    same-top-p against the reference); a planned variant's quantize step first
-   plans per-tensor types at an ftype's exact file size (plan.py), a recipe
+   plans per-tensor types at an ftype's exact file size (planner/plan.py), a recipe
    variant takes the best simple recipe of that size by the same objective
-   (recipes.py);
+   (planner/recipes.py);
 9. ``bench``: llama-bench prompt and generation t/s of every model.
 
 A demo with the same arguments as an earlier one resumes that run (nothing
@@ -45,7 +45,8 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from . import atomic, curves, db, gguf_io, jobs, kld
+from . import atomic, db, gguf_io, jobs, kld
+from .sweep import curves
 from .errors import HifikitError
 from .jobs import StepContext, StepOutput, StepSpec, step_kind
 
@@ -219,7 +220,7 @@ def degrid_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 
 def _budget(ctx: StepContext, model: Path, match: str):
-    from . import filesize, plan as planner
+    from .planner import filesize, plan as planner
 
     layout = filesize.FileLayout.read(model)
     budget = planner.budget_for(planner.Target("match", match), layout,
@@ -230,8 +231,8 @@ def _budget(ctx: StepContext, model: Path, match: str):
 @step_kind("demo-plan-quantize")
 def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """Plan per-tensor types at an ftype's exact file size from this run's sweep, then apply the strategy."""
-    from . import plan as planner, strategy as strat
-    from .knee import knee_type
+    from .planner import plan as planner, strategy as strat
+    from .sweep.knee import knee_type
     from .quantize import strategy_step
     from .steps import quantize
 
@@ -255,7 +256,8 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 @step_kind("demo-recipe-quantize")
 def recipe_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """The best simple recipe at an ftype's exact file size by this run's objective, quantized."""
-    from . import objective, plan as planner, recipes
+    from .sweep import objective
+    from .planner import plan as planner, recipes
     from .steps import quantize
 
     model = Path(spec["input"])

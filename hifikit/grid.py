@@ -102,7 +102,7 @@ def relative_error(lib: ggml.GGML, type_id: int, x: np.ndarray) -> float:
 
 def detect(model: Path | str, types: Sequence[str] = PROBE_TYPES, sample_rows: int = SAMPLE_ROWS) -> GridReport:
     """Check every quantizable F32/F16/BF16 tensor of the model (a sample of its rows)."""
-    from .sensitivity import quantizable
+    from .sweep.proxy import quantizable
 
     index = gguf_io.tensor_index(model)
     lib = ggml.load()

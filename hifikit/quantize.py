@@ -56,7 +56,7 @@ def check_imatrix(path: Path | None) -> None:
 def strategy_step(src: Path, out: Path, s, layout, threads: int | None, expect_bytes: int | None = None,
                   predicted_error: float | None = None) -> jobs.StepSpec:
     """A quantize step applying strategy s: --tensor-type-file with one anchored pattern per tensor."""
-    from . import strategy as strat
+    from .planner import strategy as strat
 
     pairs = strat.overrides(s, layout)
     spec = {"input": str(src), "output": str(out.resolve()), "ftype": resolve_type(s.base_ftype),

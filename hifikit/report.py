@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__, atomic, gguf_io, jobs
-from .plots import pyplot, split_layer
+from .sweep.plots import pyplot, split_layer
 from .errors import HifikitError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Row:
     types: dict[str, int] = dataclasses.field(default_factory=dict)
     tps: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)   # test -> (avg, stddev)
     kld_p999: float | None = None
-    size: str | None = None          # the ftype whose size it is held to (baselines.py)
+    size: str | None = None          # the ftype whose size it is held to (planner/baselines.py)
     predicted: float | None = None   # the objective's prediction of its mean KLD
     note: str = ""
 

@@ -1,5 +1,5 @@
 """The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench, calib, fetch, convert
-(and, from analyze.py, sweep-proxy, sweep-measured, knees).
+(and, from sweep/steps.py, sweep-proxy, sweep-measured, knees).
 
 Each takes a JSON spec (stored in the runs database, so `runs resume` needs
 nothing else) and returns a StepOutput. Outputs are written atomically.
@@ -70,7 +70,7 @@ def quantize(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 def _check_types(path: Path, out: Path, expected: dict[str, str]) -> None:
     """Every tensor of the written file has the planned type; otherwise one error naming them."""
-    from .filesize import tensor_types
+    from .planner.filesize import tensor_types
 
     got = tensor_types(path)
     wrong = [f"{n}: {got[n]} instead of {t}" for n, t in expected.items() if n in got and got[n].lower() != t.lower()]
@@ -237,4 +237,4 @@ def convert(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     return StepOutput(result={"models": [str(out)]}, artifacts=[db.Artifact(str(out), "gguf", sha, out.stat().st_size)])
 
 
-from . import analyze as _analyze  # noqa: E402,F401  (registers the analyze step kinds)
+from .sweep import steps as _analyze  # noqa: E402,F401  (registers the analyze step kinds)

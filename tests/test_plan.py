@@ -12,7 +12,9 @@ import yaml
 import ftype_models as fm
 from synthetic import write_model
 
-from hifikit import allocate, curves, db, filesize, ggml, jobs, steps  # noqa: F401  (steps registers kinds)
+from hifikit.planner import allocate, filesize
+from hifikit.sweep import curves
+from hifikit import db, ggml, jobs, steps  # noqa: F401  (steps registers kinds)
 from hifikit.errors import HifikitError
 
 # a Gemma-3-270M-like layout, small: hidden 640 (no 256-block type fits most rows), tied embeddings
@@ -253,7 +255,7 @@ def test_check_rejects_edited_strategy(cli, gemma_small, tmp_path):
 
 def test_strategy_mismatch_is_an_error(built, gemma_small, tmp_path):
     # bypass the check: ask llama-quantize for q4_K on a 640-wide tensor; it falls back, the step must fail
-    from hifikit import strategy as strat
+    from hifikit.planner import strategy as strat
     name = "blk.0.attn_q.weight"
     spec = {"input": str(gemma_small), "output": str(tmp_path / "mm.gguf"), "ftype": "Q8_0", "threads": None,
             "tensor_types": [(strat.regex_for(name), "q4_K")], "expect_types": {name: "q4_K"}}
@@ -264,7 +266,7 @@ def test_strategy_mismatch_is_an_error(built, gemma_small, tmp_path):
 
 def test_regex_is_anchored_and_escaped():
     import re
-    pattern = __import__("hifikit.strategy", fromlist=["regex_for"]).regex_for("blk.1.attn_q.weight")
+    pattern = __import__("hifikit.planner.strategy", fromlist=["regex_for"]).regex_for("blk.1.attn_q.weight")
     assert re.search(pattern, "blk.1.attn_q.weight")
     assert not re.search(pattern, "blk.11.attn_q.weight") and not re.search(pattern, "blkx1.attn_q.weight")
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from ftype_models import ModelSpec, write_model
-from hifikit import filesize, objective, recipes
-from hifikit import plan as planner
+from hifikit.planner import filesize, recipes
+from hifikit.sweep import objective
+from hifikit.planner import plan as planner
 
 SWEEP_TYPES = ("q4_0", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K", "f16")
 
@@ -52,7 +53,8 @@ def swept(built, tiny_model, tmp_path_factory):
 
 
 def test_search_ranks_by_the_objective_and_sizes_are_exact(cli, swept, tiny_model, tmp_path, monkeypatch):
-    from hifikit import curves, db
+    from hifikit.sweep import curves
+    from hifikit import db
 
     home, run_id = swept
     monkeypatch.setenv("HIFIKIT_HOME", str(home))

@@ -5,7 +5,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .. import analyze, curves, db, gguf_io, grid, jobs, kld, sensitivity
+from ..sweep import curves, proxy
+from ..sweep import steps as sweep_steps
+from .. import db, gguf_io, grid, jobs, kld
 from ..errors import HifikitError
 from .common import add_json, model_path, positive, run_job
 from .output import emit_json, note, say, table
@@ -25,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the others (default: every layer)")
     p.add_argument("--imatrix", type=Path, default=None, help="importance matrix (GGUF) used as llama-quantize does")
     p.add_argument("--types", nargs="+", default=None, metavar="TYPE",
-                   help=f"candidate types (default: {' '.join(sensitivity.DEFAULT_TYPES)})")
+                   help=f"candidate types (default: {' '.join(proxy.DEFAULT_TYPES)})")
     p.add_argument("--threads", type=int, default=None,
                    help="proxy: worker processes (default: every CPU); measured: tool threads")
     p.add_argument("--text", type=Path, default=None, help="measured mode: evaluation text")
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plots:
         args.plots.mkdir(parents=True, exist_ok=True)
     # validate the types and the imatrix before a run exists: errors stay one line
-    importance = sensitivity.load_importance(spec["imatrix"]) if spec["imatrix"] else None
-    cands = sensitivity.candidates(model, args.types, importance)
+    importance = proxy.load_importance(spec["imatrix"]) if spec["imatrix"] else None
+    cands = proxy.candidates(model, args.types, importance)
     if args.points not in ("1", "2", "all"):
         raise HifikitError(f"--points must be 1, 2 or all, got {args.points!r}")
     positive(args.layers, "layers")
@@ -103,13 +105,13 @@ def records(run: dict) -> dict:
     sweep = curves.load_sweep(conn, run["id"], mode)
     knees = _knees(run)
     tensors = []
-    for s in analyze.summarize(sweep):
+    for s in sweep_steps.summarize(sweep):
         rec = dict(s.__dict__)
         rec["knee"] = knees.get(s.tensor)
         tensors.append(rec)
     plots = next((st["result"].get("plots") for st in run["steps"] if st["kind"] == "knees" and st["result"]), None)
     report = grid.detect(run["args"]["model"]).to_json()
-    hifi = [dataclasses.asdict(h) for h in analyze.hifi_standing(sweep)]
+    hifi = [dataclasses.asdict(h) for h in sweep_steps.hifi_standing(sweep)]
     return {"run": run["id"], "mode": sweep.mode, "sweep": _sweep_result(run), "plots": plots, "grid": report,
             "hifi": hifi, "tensors": tensors}
 
@@ -119,7 +121,7 @@ def render(run: dict, as_json: bool) -> None:
     if as_json:
         emit_json(rec)
         return
-    levels = [f"{lv:g}" for lv in analyze.BPW_LEVELS]
+    levels = [f"{lv:g}" for lv in sweep_steps.BPW_LEVELS]
     rows = []
     for t in rec["tensors"]:
         knee = t["knee"] or {}

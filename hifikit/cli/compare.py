@@ -4,7 +4,7 @@
 so one resumable run goes from an F16 GGUF to the comparison table.
 ``--baselines`` compares, at each ftype's exact size, what users publish: the
 stock ftype (with and without ``--imatrix``), the best simple recipes and the
-plan of a sweep run (baselines.py), with ``--bench`` llama-bench speed beside.
+plan of a sweep run (planner/baselines.py), with ``--bench`` llama-bench speed beside.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .. import atomic, baselines, db, kld
-from .. import plan as planner
+from .. import atomic, db, kld
+from ..planner import baselines
+from ..planner import plan as planner
 from .. import quantize as quantize_lib
 from ..errors import HifikitError
 from . import eval as eval_cli

@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .. import curves, db, filesize, gguf_io, grid, jobs, kld, knee
-from .. import plan as planner
-from .. import strategy as strat
+from ..sweep import curves, knee
+from .. import db, gguf_io, grid, jobs, kld
+from ..planner import filesize
+from ..planner import plan as planner
+from ..planner import strategy as strat
 from ..errors import HifikitError
 from .common import add_json, model_path, positive, run_job, step_result
 from .eval import format_table, rows
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     strat.write(p, args.output)
     plot_path = None
     if args.plots:
-        from .. import plan_plots
+        from ..planner import plots as plan_plots
         plot_path = plan_plots.strategy_overview(p, args.plots / f"{args.output.stem}-overview.png")
         _curve_plots(args, conn, p)
     info = {**planner.summary(p), "strategy": str(args.output.resolve()),
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def _curve_plots(args: argparse.Namespace, conn, p: planner.Plan) -> None:
     """Per-tensor error curves with the chosen type and the knee (plots.py of the analyze work, when present)."""
     try:
-        from .. import plots  # type: ignore[attr-defined]
+        from ..sweep import plots  # type: ignore[attr-defined]
     except ImportError:
         return
     fn = getattr(plots, "plot_curves", None)

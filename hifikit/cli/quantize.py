@@ -67,8 +67,8 @@ def render(run: dict, as_json: bool) -> None:
 
 
 def run_strategy(args: argparse.Namespace, src: Path) -> int:
-    from .. import filesize
-    from .. import strategy as strat
+    from ..planner import filesize
+    from ..planner import strategy as strat
 
     s = strat.load(args.strategy)
     if args.imatrix is not None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import db, grid, jobs, kld, recipes
-from .. import plan as planner
+from .. import db, grid, jobs, kld
+from ..planner import recipes
+from ..planner import plan as planner
 from ..errors import HifikitError
 from .common import add_json, model_path, positive, run_job
 from .eval import format_table, rows

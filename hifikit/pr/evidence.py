@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import db
-from ..plots import pyplot
+from ..sweep.plots import pyplot
 from ..errors import HifikitError
 
 # the metrics of an eval step that PR.md shows, in column order

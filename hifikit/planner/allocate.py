@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import HifikitError
+from ..errors import HifikitError
 
 EPS = 1e-15
 MAX_PAIRS = 4_000_000     # above this many (up, down) pairs, exchanges go one step along each front

@@ -27,8 +27,8 @@ import struct
 from pathlib import Path
 from typing import Mapping
 
-from . import ggml, gguf_io
-from .errors import HifikitError
+from .. import ggml, gguf_io
+from ..errors import HifikitError
 
 log = logging.getLogger(__name__)
 

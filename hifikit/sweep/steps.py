@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import curves, db, sensitivity
-from .errors import HifikitError
-from .jobs import StepContext, StepOutput, step_kind
-from .progress import Progress
+from . import curves, proxy
+from .. import db
+from ..errors import HifikitError
+from ..jobs import StepContext, StepOutput, step_kind
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,9 @@ log = logging.getLogger(__name__)
 BPW_LEVELS = (3.5, 4.5, 5.5, 8.5)
 
 
-def _candidates(spec: dict[str, Any]) -> tuple[list[sensitivity.TensorCandidates], Any]:
-    importance = sensitivity.load_importance(spec["imatrix"]) if spec.get("imatrix") else None
-    return sensitivity.candidates(spec["model"], spec.get("types"), importance), importance
+def _candidates(spec: dict[str, Any]) -> tuple[list[proxy.TensorCandidates], Any]:
+    importance = proxy.load_importance(spec["imatrix"]) if spec.get("imatrix") else None
+    return proxy.candidates(spec["model"], spec.get("types"), importance), importance
 
 
 @step_kind("sweep-proxy")
@@ -35,13 +36,13 @@ def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     cands, importance = _candidates(spec)
     bar = Progress(f"proxy sweep {Path(spec['model']).name}", ctx.progress)
     try:
-        stats = sensitivity.run_proxy(ctx.conn, ctx.run_id, spec["model"], cands, importance,
+        stats = proxy.run_proxy(ctx.conn, ctx.run_id, spec["model"], cands, importance,
                                       workers=spec.get("workers"), progress=bar.update)
     finally:
         bar.close()
     log.info("proxy sweep: %d tensors (%d already done), %d points in %.1f s wall, %.1f s CPU, %d processes",
              stats.tensors, stats.skipped, stats.points, stats.seconds, stats.cpu_seconds, stats.workers)
-    return StepOutput(result={**sensitivity.candidate_summary(cands), **dataclasses.asdict(stats)},
+    return StepOutput(result={**proxy.candidate_summary(cands), **dataclasses.asdict(stats)},
                       measurements=[db.Measurement("proxy_sweep_seconds", stats.seconds, model=spec["model"]),
                                     db.Measurement("proxy_sweep_cpu_seconds", stats.cpu_seconds,
                                                    model=spec["model"])])
@@ -55,7 +56,7 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         raise HifikitError(f"--mode measured is not available in this hifikit ({exc})") from exc
 
     cands, _ = _candidates(spec)
-    sensitivity.store_tensors(ctx.conn, ctx.run_id, cands)
+    proxy.store_tensors(ctx.conn, ctx.run_id, cands)
     # a tensor in its own (source) type is the reference itself: KLD 0 by construction, nothing to measure
     exact = [c for c in cands if c.source_type in c.types]
     with db.transaction(ctx.conn):
@@ -63,7 +64,7 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
             curves.store_points(ctx.conn, ctx.run_id, "measured", c.tensor,
                                 [curves.CurvePoint(c.source_type, c.nbytes[c.source_type], 0.0, 0.0, 0.0)])
     exact_pairs = {(c.tensor, c.source_type) for c in exact}
-    pairs = [pair for pair in sensitivity.sweep_pairs(cands) if pair not in exact_pairs]
+    pairs = [pair for pair in proxy.sweep_pairs(cands) if pair not in exact_pairs]
     points = spec.get("calibration_points")
     stages = [pairs]
     if points is not None:
@@ -80,7 +81,7 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                            stage, ctx=spec["ctx"], chunks=spec["chunks"],
                            imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None,
                            threads=spec.get("threads"), log_path=ctx.log_path, progress=ctx.progress)
-    return StepOutput(result={**sensitivity.candidate_summary(cands), "measured_pairs": len(stages[-1])})
+    return StepOutput(result={**proxy.candidate_summary(cands), "measured_pairs": len(stages[-1])})
 
 
 @dataclasses.dataclass
@@ -127,7 +128,7 @@ def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         from . import plots
 
         paths = plots.plot_curves(sweep, Path(spec["plots"]), fits=fits,
-                                  workers=spec.get("workers") or sensitivity.default_workers())
+                                  workers=spec.get("workers") or proxy.default_workers())
         result["plots"] = [str(p) for p in paths]
         artifacts = [db.Artifact(str(p), "plot") for p in paths]
     return StepOutput(result=result, artifacts=artifacts)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import ggml
-from .plots import pyplot, save_png, split_layer
+from .. import ggml
+from ..sweep.plots import pyplot, save_png, split_layer
 from .plan import Plan
 
 

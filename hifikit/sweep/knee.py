@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from . import curves
-from .errors import HifikitError
+from ..errors import HifikitError
 
 RESIDUAL_TOL = 0.05
 _LN2 = math.log(2.0)

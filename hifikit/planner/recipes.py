@@ -28,7 +28,9 @@ import logging
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from . import filesize, ggml, objective
+from . import filesize
+from .. import ggml
+from ..sweep import objective
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ class RecipeSearch:
 def search_model(conn, model: Path, target, run_id: int, mode: str | None = None,
                  imatrix: Path | None = None) -> RecipeSearch:
     """Rank the simple recipes of a model at a target (plan.Target) by a sweep's objective."""
-    from . import curves
+    from ..sweep import curves
     from . import plan as planner
 
     layout = filesize.FileLayout.read(model)

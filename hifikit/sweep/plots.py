@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import atomic, curves, knee
+from .. import atomic
+from . import curves, knee
 
 OVERVIEW = "overview.png"
 
@@ -189,7 +190,7 @@ def plot_curves(sweep: curves.Sweep, out_dir: Path | str, chosen: dict[str, str]
     if workers > 1:
         import concurrent.futures as cf
 
-        from .sensitivity import _worker_init
+        from .proxy import _worker_init
         parts = [jobs[i::workers] for i in range(workers)]
         with cf.ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
             done = {p: path for part, fut in zip(parts, [pool.submit(_plot_many, part) for part in parts])

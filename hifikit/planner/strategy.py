@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 
-from . import atomic, filesize, ggml
-from .errors import HifikitError
+from .. import atomic, ggml
+from . import filesize
+from ..errors import HifikitError
 from .plan import Plan, needs_imatrix
 
 FORMAT = "hifikit-strategy/1"

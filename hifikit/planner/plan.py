@@ -27,8 +27,10 @@ import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import allocate, atomic, curves, db, filesize, ggml, parsers, runner
-from .errors import HifikitError
+from . import allocate, filesize
+from .. import atomic, db, ggml, parsers, runner
+from ..sweep import curves
+from ..errors import HifikitError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def make_target(bpw: str | None = None, size: str | None = None, match: str | No
         raise HifikitError("give one target: --target-bpw X, --target-size MiB or --match FTYPE")
     kind, value = given[0]
     if kind == "match":
-        from .quantize import resolve_type
+        from ..quantize import resolve_type
 
         value = resolve_type(value)
     return Target(kind, str(value))
@@ -152,7 +154,7 @@ def dry_run_types(model: Path, ftype: str, imatrix: Path | None = None, extra: S
 def cached_dry_run(conn, model: Path, ftype: str, imatrix: Path | None = None, extra: Sequence[str] = ()
                    ) -> dict[str, str]:
     """dry_run_types, cached in $HIFIKIT_HOME by model and imatrix content, arguments and build."""
-    from .jobs import versions
+    from ..jobs import versions
 
     parts = [db.file_sha256(conn, model), ftype, db.file_sha256(conn, imatrix) if imatrix else "",
              json.dumps(list(extra)), json.dumps(versions(), sort_keys=True, default=str)]

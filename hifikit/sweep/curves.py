@@ -19,7 +19,7 @@ import sqlite3
 import time
 from typing import Iterable
 
-from .errors import HifikitError
+from ..errors import HifikitError
 
 MODES = ("proxy", "measured")
 # a derived mode: the proxy curves scaled per tensor by the run's measured points (objective.py)

@@ -22,11 +22,13 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from . import curves, filesize, jobs, knee, objective, recipes
-from .agreement import rank_correlation
+from ..sweep import curves, knee, objective
+from . import filesize, recipes
+from .. import jobs
+from ..sweep.agreement import rank_correlation
 from . import plan as planner
 from . import strategy as strat
-from .quantize import strategy_step
+from ..quantize import strategy_step
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def steps(model: Path, items: Sequence[Contender], text: Path, ctx: int, chunks:
 def summary(run: dict) -> dict:
     """The comparison's rows (report.Row as dicts) grouped by size, with speed as ratios to the stock
     file of the same size and the additivity of the objective over the files it prices."""
-    from .report import rows as report_rows
+    from ..report import rows as report_rows
 
     records = [r for r in report_rows([run]) if r.role != "reference"]
     stock = {r.size: r for r in records if r.role == "stock" and r.size and r.label == r.size}

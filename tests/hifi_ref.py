@@ -13,8 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from .errors import HifikitError
-from .gguf_io import _require_gguf
+from hifikit.errors import HifikitError
+from hifikit.gguf_io import _require_gguf
 
 QK_K = 256
 HIFI_OUTLIERS = 8

@@ -40,7 +40,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from . import curves
-from .errors import HifikitError
+from ..errors import HifikitError
 
 log = logging.getLogger(__name__)
 

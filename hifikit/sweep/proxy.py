@@ -30,8 +30,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import curves, db, ggml, gguf_io
-from .errors import HifikitError
+from . import curves
+from .. import db, ggml, gguf_io
+from ..errors import HifikitError
 
 log = logging.getLogger(__name__)
 
