@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from . import __version__, atomic, gguf_io, jobs
 from .sweep.plots import pyplot, split_layer
 from .errors import HifikitError
+from .frontier import pareto_front
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +196,6 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both size and KLD, by increasing size."""
-    front: list[tuple[float, float]] = []
-    for x, y in sorted(points):
-        if not front or y < front[-1][1]:
-            front.append((x, y))
-    return front
-
-
 def pareto_png(records: list[Row]) -> bytes | None:
     pts = [r for r in records if r.kld_mean is not None and r.file_mib is not None]
     if not pts:
@@ -222,7 +214,8 @@ def pareto_png(records: list[Row]) -> bytes | None:
         labels.setdefault((r.file_mib, r.kld_mean), []).append(r.label)
     for (x, y), names in labels.items():
         ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    front = pareto_front([(r.file_mib, r.kld_mean) for r in pts])
+    xs, ys = [r.file_mib for r in pts], [r.kld_mean for r in pts]
+    front = [(xs[i], ys[i]) for i in pareto_front(xs, ys)]
     ax.step([x for x, _ in front], [y for _, y in front], where="post", color="#888888", linestyle="--",
             linewidth=1, label="Pareto front", zorder=2)
     if all(r.kld_mean > 0 for r in pts):

@@ -110,11 +110,6 @@ def test_report_unknown_run_is_one_line(cli, tmp_path):
     assert not out.exists()
 
 
-def test_pareto_front():
-    pts = [(10.0, 0.3), (12.0, 0.1), (11.0, 0.35), (9.0, 0.5), (13.0, 0.1), (14.0, 0.05)]
-    assert report.pareto_front(pts) == [(9.0, 0.5), (10.0, 0.3), (12.0, 0.1), (14.0, 0.05)]
-
-
 def test_type_grid_of_a_quantized_model(cli, tiny_model, tmp_path):
     out = tmp_path / "q.gguf"
     cli.json("quantize", tiny_model, out, "--type", "Q3_K_HIFI", "--threads", 2)

@@ -17,6 +17,7 @@ import numpy as np
 from . import curves, proxy
 from .. import db
 from ..errors import HifikitError
+from ..frontier import lower_hull, pareto_front
 from ..jobs import StepContext, StepOutput, step_kind
 from ..progress import Progress
 
@@ -158,8 +159,6 @@ class HifiStanding:
 def hifi_standing(sweep: curves.Sweep, neighbours: dict[str, tuple[str, ...]] = HIFI_NEIGHBOURS
                   ) -> list[HifiStanding]:
     """Per HIFI type: on how many tensors it is on the front and on the hull, and against its neighbours."""
-    from .knee import lower_hull, pareto_frontier
-
     out = []
     for hifi, near in neighbours.items():
         n = front = hull = 0
@@ -173,7 +172,7 @@ def hifi_standing(sweep: curves.Sweep, neighbours: dict[str, tuple[str, ...]] = 
             n += 1
             order = sorted(c.points, key=lambda p: (p.nbytes, p.error))
             xs, ys = [p.nbytes for p in order], [p.error for p in order]
-            on_front = {order[i].type for i in pareto_frontier(xs, ys)}
+            on_front = {order[i].type for i in pareto_front(xs, ys)}
             front_pts = sorted((p for p in order if p.type in on_front), key=lambda p: p.nbytes)
             on_hull = {front_pts[i].type
                        for i in lower_hull([p.nbytes for p in front_pts], [p.error for p in front_pts])}
