@@ -222,6 +222,8 @@ class TensorIndex:
     keys: tuple[str, ...] = ()
     # scalar and string values, and scalar arrays of up to SMALL_ARRAY items (per-layer hparams)
     values: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # key -> bytes of the whole serialized KV pair (key, value type, value): what a copy of it costs
+    kv_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def value(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -286,7 +288,9 @@ def tensor_index(path: Path | str) -> TensorIndex:
             n_tensors, n_kv = take("<Q"), take("<Q")
             keys: list[str] = []
             values: dict[str, Any] = {}
+            kv_sizes: dict[str, int] = {}
             for _ in range(n_kv):
+                kv_start = pos
                 key, vtype = string(), take("<I")
                 keys.append(key)
                 if vtype == _STRING:
@@ -302,6 +306,9 @@ def tensor_index(path: Path | str) -> TensorIndex:
                         skip(vtype)
                 else:
                     skip(vtype)
+                if pos > len(data):
+                    raise struct.error(f"KV {key} runs past the end of the file")
+                kv_sizes[key] = pos - kv_start
             arch = values.get("general.architecture")
             arch = arch if isinstance(arch, str) else None
             alignment = values.get("general.alignment", 32)
@@ -330,7 +337,7 @@ def tensor_index(path: Path | str) -> TensorIndex:
         if end > size:
             raise HifikitError(f"{path}: truncated GGUF (tensor {t.name} ends at byte {end}, file has {size})")
     return TensorIndex(str(path), arch, tensors, version, n_kv, kv_end, info_end, alignment, start, tuple(keys),
-                       values)
+                       values, kv_sizes)
 
 
 def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0: int, n_rows: int

@@ -14,7 +14,7 @@ from synthetic import write_model
 
 from hifikit.planner import allocate, filesize
 from hifikit.sweep import curves
-from hifikit import db, ggml, jobs, steps  # noqa: F401  (steps registers kinds)
+from hifikit import db, ggml, gguf_io, jobs, steps  # noqa: F401  (steps registers kinds)
 from hifikit.errors import HifikitError
 
 # a Gemma-3-270M-like layout, small: hidden 640 (no 256-block type fits most rows), tied embeddings
@@ -70,6 +70,20 @@ def test_file_size_with_imatrix_keys(quantize_bin, gemma_small, gemma_imatrix, t
     assert filesize.file_size(layout, types, keys) == out.stat().st_size
     # the imatrix keys are part of the size: without them the model is short
     assert filesize.file_size(layout, types) < out.stat().st_size
+
+
+def test_layout_reads_the_header_through_tensor_index(tiny, tmp_path):
+    index = gguf_io.tensor_index(tiny)
+    # the KV pairs' sizes tile the KV section exactly, key by key in file order
+    assert list(index.kv_sizes) == list(index.keys)
+    assert sum(index.kv_sizes.values()) == index.kv_end - filesize.HEADER_BYTES
+    layout = filesize.FileLayout.read(tiny)
+    assert layout.kv == index.kv_sizes
+    assert [(t.name, t.shape) for t in layout.tensors] == [(t.name, t.shape) for t in index.tensors]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny.read_bytes()[:index.kv_end - 3])
+    with pytest.raises(HifikitError, match="truncated or malformed GGUF header"):
+        filesize.FileLayout.read(cut)
 
 
 def test_unquantizable_tensors_follow_upstream_rules():
