@@ -25,6 +25,7 @@ import numpy as np
 from . import ggml, gguf_io
 from .degrid import KEY_SEED, KEY_SOURCE
 from .errors import HifikitError
+from .quant_rules import allows_quantization
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ def relative_error(lib: ggml.GGML, type_id: int, x: np.ndarray) -> float:
 
 def detect(model: Path | str, types: Sequence[str] = PROBE_TYPES, sample_rows: int = SAMPLE_ROWS) -> GridReport:
     """Check every quantizable F32/F16/BF16 tensor of the model (a sample of its rows)."""
-    from .sweep.proxy import quantizable
 
     index = gguf_io.tensor_index(model)
     lib = ggml.load()
@@ -117,7 +117,7 @@ def detect(model: Path | str, types: Sequence[str] = PROBE_TYPES, sample_rows: i
     on_grid = []
     checked = 0
     for t in index.tensors:
-        if t.type_id not in float_ids or not quantizable(t.name, t.shape, index.architecture):
+        if t.type_id not in float_ids or not allows_quantization(t.name, t.shape, index.architecture):
             continue
         checked += 1
         n_rows = t.n_elements // t.shape[0]

@@ -85,17 +85,6 @@ def test_candidates_follow_row_length_and_quantize_rules(wide_model):
     assert cands["blk.0.ffn_down.weight"].shape == (2048, 32)
 
 
-def test_quantizable_rules():
-    q = proxy.quantizable
-    assert q("blk.0.ffn_up.weight", (640, 2048))
-    assert q("blk.3.ffn_down_exps.weight", (512, 256, 8))
-    assert not q("blk.0.attn_norm.weight", (640,))
-    assert not q("blk.0.attn_k_norm.weight", (256, 1))
-    assert not q("blk.0.ffn_gate_inp.weight", (640, 8))
-    assert not q("blk.0.attn_q.bias", (640, 2))
-    assert not q("position_embd.weight", (640, 512))
-
-
 def test_nbytes_are_exact(wide_model):
     lib = ggml.load()
     for c in proxy.candidates(wide_model):

@@ -86,14 +86,6 @@ def test_layout_reads_the_header_through_tensor_index(tiny, tmp_path):
         filesize.FileLayout.read(cut)
 
 
-def test_unquantizable_tensors_follow_upstream_rules():
-    assert not filesize.allows_quantization("blk.0.attn_norm.weight", (640, 1))
-    assert not filesize.allows_quantization("blk.0.ffn_gate_inp.weight", (640, 8))
-    assert not filesize.allows_quantization("rope_freqs.weight", (64,))
-    assert filesize.allows_quantization("blk.0.ffn_down.weight", (2048, 640))
-    assert filesize.n_dims((640, 1, 1, 1)) == 1 and filesize.n_dims((640, 8, 1, 1)) == 2
-
-
 # --- the allocation ---------------------------------------------------------------
 
 def brute_force(items, capacity):

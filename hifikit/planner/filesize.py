@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .. import ggml, gguf_io
+from ..quant_rules import allows_quantization, n_dims
 from ..errors import HifikitError
 
 log = logging.getLogger(__name__)
@@ -40,32 +41,10 @@ KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
 KEY_IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
 KEY_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 
-# tensor_allows_quantization() in src/llama-quant.cpp: name rules besides "2-D or more, ends in weight"
-_NEVER_QUANTIZED_PARTS = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
-                          "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight",
-                          "indexer.k_proj.weight", "indexer.q_proj.weight")
-_NEVER_QUANTIZED_NAMES = ("position_embd.weight", "token_types.weight")
 
 
 def pad(n: int, align: int = ALIGNMENT) -> int:
     return (n + align - 1) // align * align
-
-
-def n_dims(shape: list[int] | tuple[int, ...]) -> int:
-    """ggml_n_dims: the index of the last dimension above 1, plus one (at least 1)."""
-    for i in range(len(shape) - 1, 0, -1):
-        if shape[i] > 1:
-            return i + 1
-    return 1
-
-
-def allows_quantization(name: str, shape: list[int] | tuple[int, ...]) -> bool:
-    """Whether llama-quantize may change this tensor's type (its name and shape rules)."""
-    if n_dims(shape) < 2 or not name.endswith("weight"):
-        return False
-    if any(part in name for part in _NEVER_QUANTIZED_PARTS):
-        return False
-    return name not in _NEVER_QUANTIZED_NAMES
 
 
 def kv_u32_bytes(key: str) -> int:
@@ -82,7 +61,7 @@ class TensorSlot:
     shape: tuple[int, ...]      # ggml order: shape[0] is the row length
     source_type: str
     n_elements: int
-    quantizable: bool
+    quantizable: bool           # llama-quantize may change its type (quant_rules.allows_quantization)
 
     @property
     def row_length(self) -> int:
@@ -133,7 +112,8 @@ class FileLayout:
         index = gguf_io.tensor_index(path)
         names = type_names()
         tensors = [TensorSlot(t.name, t.shape, names.get(t.type_id, str(t.type_id)), t.n_elements,
-                              allows_quantization(t.name, t.shape)) for t in index.tensors]
+                              allows_quantization(t.name, t.shape, index.architecture))
+                   for t in index.tensors]
         return cls(str(path), dict(index.kv_sizes), tensors)
 
     def tensor(self, name: str) -> TensorSlot:

@@ -31,11 +31,10 @@ from . import allocate, filesize
 from .. import atomic, db, ggml, parsers, runner
 from ..sweep import curves
 from ..errors import HifikitError
+from ..quant_rules import requires_imatrix
 
 log = logging.getLogger(__name__)
 
-# tensor_requires_imatrix() in src/llama-quant.cpp (token_embd and output are exempt)
-IMATRIX_TYPES = ("iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq1_m", "iq1_s")
 ERROR_SCALES = ("none", "elements")
 # error differences below this share of the sweep's largest error are noise (a re-quantization that
 # reproduces the source grid gives 1e-7-level relative errors, not exact zeros): never buy bytes for them
@@ -138,10 +137,6 @@ def type_fits(slot: filesize.TensorSlot, type_name: str) -> bool:
     return slot.row_length % ggml.load().type_by_name(type_name).block_size == 0
 
 
-def needs_imatrix(name: str, type_name: str) -> bool:
-    return type_name.lower() in IMATRIX_TYPES and not (name.startswith("token_embd") or name == "output.weight")
-
-
 def dry_run_types(model: Path, ftype: str, imatrix: Path | None = None, extra: Sequence[str] = ()) -> dict[str, str]:
     """Tensor -> type as ``llama-quantize --dry-run [EXTRA] MODEL FTYPE`` chooses them."""
     args: list = ["--dry-run", *extra]
@@ -199,7 +194,7 @@ def scale_of(curve: curves.TensorCurve, how: str, total_elements: int) -> float:
 
 
 def candidates(curve: curves.TensorCurve, slot: filesize.TensorSlot, scale: float, has_imatrix: bool,
-               types: list[str] | None = None) -> list[Option]:
+               types: list[str] | None = None, ftype: str | None = None) -> list[Option]:
     out = []
     wanted = {t.lower() for t in types} if types else None
     for p in curve.points:
@@ -207,7 +202,7 @@ def candidates(curve: curves.TensorCurve, slot: filesize.TensorSlot, scale: floa
             continue
         if not type_fits(slot, p.type):
             continue
-        if not has_imatrix and needs_imatrix(slot.name, p.type):
+        if not has_imatrix and requires_imatrix(slot.name, p.type, ftype):
             continue
         nbytes = filesize.tensor_bytes(slot, p.type)
         if nbytes != p.nbytes:
@@ -237,7 +232,7 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
         if curve is None or not slot.quantizable:
             fixed[slot.name] = base_types.get(slot.name, slot.source_type) if slot.quantizable else slot.source_type
             continue
-        opts = candidates(curve, slot, scale_of(curve, error_scale, total), imatrix is not None, types)
+        opts = candidates(curve, slot, scale_of(curve, error_scale, total), imatrix is not None, types, base_ftype)
         if not opts:
             raise HifikitError(f"{slot.name}: no candidate type fits its rows of {slot.row_length} "
                                f"(sweep types: {', '.join(p.type for p in curve.points)})")

@@ -33,7 +33,8 @@ import yaml
 from .. import atomic, ggml
 from . import filesize
 from ..errors import HifikitError
-from .plan import Plan, needs_imatrix
+from .plan import Plan
+from ..quant_rules import requires_imatrix
 
 FORMAT = "hifikit-strategy/1"
 HEADER = ("# hifikit strategy: one ggml type per tensor. Edit a tensor's 'type:' (or a 'fixed:' entry),\n"
@@ -167,7 +168,7 @@ def check(strategy: Strategy, layout: filesize.FileLayout, imatrix_keys: filesiz
             errors.append(f"{name}: {canonical} does not fit its rows: {slot.row_length} is not a multiple of the "
                           f"block size {block} (llama-quantize would silently use a fallback type)")
             continue
-        if needs_imatrix(name, canonical) and not strategy.imatrix:
+        if requires_imatrix(name, canonical, strategy.base_ftype) and not strategy.imatrix:
             errors.append(f"{name}: {canonical} needs an importance matrix and the strategy has no 'imatrix:'")
         resolved[name] = canonical
     missing = [t.name for t in layout.tensors if t.quantizable and t.name not in strategy.types]
