@@ -142,7 +142,11 @@ def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None,
         ctx = StepContext(conn, run_id, step["id"], run_dir, f"{step['idx']:02d}-{step['name']}", progress,
                           previous)
         try:
-            out = kinds[step["kind"]](ctx, step["spec"])
+            fn = kinds.get(step["kind"])
+            if fn is None:
+                raise HifikitError(f"kind '{step['kind']}' is not known to hifikit "
+                                   f"{__version__} (the run was made by another version?)")
+            out = fn(ctx, step["spec"])
         except BaseException as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"

@@ -168,3 +168,30 @@ def test_unknown_tensor_type_id(cli, tiny_model, tmp_path):
     del reader
     err = one_line_error(cli("inspect", odd, check=False))
     assert "tensor type this gguf-py does not know" in err
+
+
+def test_upstream_source_error_is_one_line(capsys, tmp_path, monkeypatch):
+    """upstream.py's own error (it runs inside the CMake build, apart from hifikit's errors) is one line too."""
+    from hifikit import upstream
+    from hifikit.cli import main
+    from hifikit.pr import export
+
+    monkeypatch.setenv("HIFIKIT_LLAMA_CPP_DIR", "/nonexistent")
+    # the export reads the pinned source after the template and the runs database; straight to it
+    monkeypatch.setattr(export, "export", lambda *a, **k: upstream.pristine_tree())
+    assert main.main(["pr", "export", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["hifikit: error: HIFIKIT_LLAMA_CPP_DIR=/nonexistent is not a llama.cpp source tree"]
+
+
+def test_unknown_step_kind_is_one_line(cli, tiny_model, tmp_path):
+    from hifikit import db, jobs
+
+    conn = db.connect()
+    run_id = jobs.create_run(conn, "quantize", {}, [jobs.StepSpec("quantize", "quantize", {
+        "input": str(tiny_model), "output": str(tmp_path / "q.gguf"), "ftype": "Q4_K_M"})])
+    conn.execute("UPDATE steps SET kind='no-such-kind' WHERE run_id=?", (run_id,))
+    conn.commit()
+    err = one_line_error(cli("runs", "resume", run_id, check=False))
+    assert "kind 'no-such-kind' is not known to hifikit" in err
+    assert "no-such-kind" in jobs.get_run(conn, run_id)["error"]
