@@ -48,7 +48,7 @@ from typing import Any
 from . import atomic, db, gguf_io, jobs, kld
 from .sweep import curves
 from .errors import HifikitError
-from .jobs import StepContext, StepOutput, StepSpec, step_kind
+from .jobs import StepContext, StepOutput, StepSpec
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,6 @@ def build_text(output: Path, model: Path, tokens: int, modules: tuple[str, ...] 
             "python": sys.version.split()[0], "stdlib": str(Path(sysconfig.get_paths()["stdlib"]))}
 
 
-@step_kind("demo-source")
 def source_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     if spec.get("package"):
         pkg = demo_package()
@@ -196,7 +195,6 @@ def source_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       artifacts=[db.Artifact(str(path), "gguf", sha, path.stat().st_size)])
 
 
-@step_kind("demo-text")
 def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     out = Path(spec["output"])
     res = build_text(out, Path(spec["model"]), int(spec["tokens"]), tuple(spec.get("modules") or STDLIB_MODULES))
@@ -206,7 +204,6 @@ def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       artifacts=[db.Artifact(str(out), "evaluation-text", sha, out.stat().st_size)])
 
 
-@step_kind("demo-degrid")
 def degrid_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     from . import degrid
 
@@ -228,7 +225,6 @@ def _budget(ctx: StepContext, model: Path, match: str):
     return layout, budget
 
 
-@step_kind("demo-plan-quantize")
 def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """Plan per-tensor types at an ftype's exact file size from this run's sweep, then apply the strategy."""
     from .planner import plan as planner, strategy as strat
@@ -253,7 +249,6 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     return out
 
 
-@step_kind("demo-recipe-quantize")
 def recipe_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """The best simple recipe at an ftype's exact file size by this run's objective, quantized."""
     from .sweep import objective

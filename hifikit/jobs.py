@@ -47,14 +47,17 @@ class StepContext:
 
 
 StepFn = Callable[[StepContext, dict[str, Any]], StepOutput]
-STEP_KINDS: dict[str, StepFn] = {}
 
 
-def step_kind(name: str) -> Callable[[StepFn], StepFn]:
-    def register(fn: StepFn) -> StepFn:
-        STEP_KINDS[name] = fn
-        return fn
-    return register
+def step_kinds() -> dict[str, StepFn]:
+    """Every step kind by name: the explicit list in kinds.py.
+
+    The registry sits above this module (it imports every module that defines a kind, and those
+    import this one for StepContext), so it is read when a run is created or executed, not on import.
+    """
+    from .kinds import STEP_KINDS
+
+    return STEP_KINDS
 
 
 @dataclasses.dataclass
@@ -86,8 +89,9 @@ def create_run(conn: sqlite3.Connection, command: str, args: dict[str, Any], ste
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise HifikitError(f"duplicate step names in job: {names}")
+    kinds = step_kinds()
     for s in steps:
-        if s.kind not in _kinds():
+        if s.kind not in kinds:
             raise HifikitError(f"unknown step kind '{s.kind}'")
     with db.transaction(conn):
         cur = conn.execute(
@@ -100,11 +104,6 @@ def create_run(conn: sqlite3.Connection, command: str, args: dict[str, Any], ste
         conn.executemany("INSERT INTO steps (run_id, idx, name, kind, spec) VALUES (?,?,?,?,?)",
                          [(run_id, i, s.name, s.kind, json.dumps(s.spec, default=str)) for i, s in enumerate(steps)])
     return run_id
-
-
-def _kinds() -> dict[str, StepFn]:
-    from . import demo, steps  # noqa: F401  (register the step kinds)
-    return STEP_KINDS
 
 
 def get_run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
@@ -126,7 +125,7 @@ def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None,
 
     on_step(index, count, step) is called before each step that runs (e.g. to show where a long job is).
     """
-    kinds = _kinds()
+    kinds = step_kinds()
     run = get_run(conn, run_id)
     run_dir = Path(run["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from synthetic import write_model
 
 from hifikit.planner import allocate, filesize
 from hifikit.sweep import curves
-from hifikit import db, ggml, gguf_io, jobs, steps  # noqa: F401  (steps registers kinds)
+from hifikit import db, ggml, gguf_io, jobs
 from hifikit.errors import HifikitError
 
 # a Gemma-3-270M-like layout, small: hidden 640 (no 256-block type fits most rows), tied embeddings

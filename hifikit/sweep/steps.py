@@ -18,7 +18,7 @@ from . import curves, proxy
 from .. import db
 from ..errors import HifikitError
 from ..frontier import lower_hull, pareto_front
-from ..jobs import StepContext, StepOutput, step_kind
+from ..jobs import StepContext, StepOutput
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ def _candidates(spec: dict[str, Any]) -> tuple[list[proxy.TensorCandidates], Any
     return proxy.candidates(spec["model"], spec.get("types"), importance), importance
 
 
-@step_kind("sweep-proxy")
 def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     cands, importance = _candidates(spec)
     bar = Progress(f"proxy sweep {Path(spec['model']).name}", ctx.progress)
@@ -49,7 +48,6 @@ def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                                                    model=spec["model"])])
 
 
-@step_kind("sweep-measured")
 def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     try:
         from . import measured  # written alongside (branch sens); imported only when asked for
@@ -114,7 +112,6 @@ def summarize(sweep: curves.Sweep, levels: Sequence[float] = BPW_LEVELS) -> list
     return out
 
 
-@step_kind("knees")
 def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     from . import knee
 
