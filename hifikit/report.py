@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import datetime as dt
 import html
-import io
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__, atomic, gguf_io, jobs
-from .sweep.plots import pyplot, split_layer
+from .plots import figure, png_bytes, split_layer
 from .errors import HifikitError
 from .frontier import pareto_front
 
@@ -189,19 +188,12 @@ def format_table(records: list[Row]) -> str:
 # --- plots -----------------------------------------------------------------------------------------
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    pyplot().close(fig)
-    return buf.getvalue()
-
-
 def pareto_png(records: list[Row]) -> bytes | None:
     pts = [r for r in records if r.kld_mean is not None and r.file_mib is not None]
     if not pts:
         return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     for role in ROLES:
         mine = [r for r in pts if r.role == role]
         if not mine:
@@ -225,7 +217,7 @@ def pareto_png(records: list[Row]) -> bytes | None:
     ax.set_title("KL divergence vs size (lower left is better)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
@@ -252,20 +244,21 @@ def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, 
 
 def type_map_png(model: str | Path, title: str, all_types: list[str] | None = None) -> bytes:
     """The grid as a picture; all_types fixes the colours so that maps of one report agree."""
+    import matplotlib
     import matplotlib.colors as mcolors
     import numpy as np
 
-    plt = pyplot()
     row_labels, col_labels, cells = type_grid(model)
     types = all_types or sorted(set(cells.values()))
     index = {t: i for i, t in enumerate(types)}
     grid = np.full((len(row_labels), len(col_labels)), np.nan)
     for (r, c), t in cells.items():
         grid[row_labels.index(r), col_labels.index(c)] = index[t]
-    palette = plt.get_cmap("tab20").colors
+    palette = matplotlib.colormaps["tab20"].colors
     cmap = mcolors.ListedColormap([palette[i % len(palette)] for i in range(len(types))])
     cmap.set_bad("#f4f4f4")
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(col_labels), 1.2 + 0.3 * len(row_labels)))
+    fig = figure(figsize=(1.0 + 0.75 * len(col_labels), 1.2 + 0.3 * len(row_labels)))
+    ax = fig.subplots()
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-0.5, vmax=len(types) - 0.5, aspect="auto",
               interpolation="nearest")
     for (r, c), t in cells.items():
@@ -274,7 +267,7 @@ def type_map_png(model: str | Path, title: str, all_types: list[str] | None = No
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # --- machine ---------------------------------------------------------------------------------------

@@ -135,3 +135,25 @@ def test_tensor_types_from_the_header_match_gguf_py(tiny_model, tmp_path):
     cut.write_bytes(tiny_model.read_bytes()[:4096])      # inside the vocabulary's metadata
     with pytest.raises(HifikitError, match="truncated or malformed"):
         gguf_io.tensor_types(cut)
+
+
+def test_plots_leave_the_process_matplotlib_alone(tmp_path):
+    """Drawing hifikit's plots neither switches the backend a notebook or GUI chose nor imports pyplot."""
+    import os
+    import subprocess
+    import sys
+
+    code = """if True:
+        import sys
+        import matplotlib
+        from hifikit import report
+        rows = [report.Row(1, f"m{i}", "stock", f"m{i}.gguf", 2**20 * (10 + i), 10.0 + i, 4.0, kld_mean=0.1 / (i + 1))
+                for i in range(3)]
+        png = report.pareto_png(rows)
+        assert png.startswith(b"\\x89PNG")
+        print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=dict(os.environ, MPLBACKEND="svg"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["svg", "False"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import db
-from ..sweep.plots import pyplot
+from ..plots import figure
 from ..errors import HifikitError
 from ..frontier import on_front
 
@@ -153,9 +153,9 @@ def plot(rows: list[EvalRow], out: Path, title: str) -> bool:
            and r.metrics.get("kld_mean", (None,))[0] is not None]
     if len(pts) < 2:
         return False
-    plt = pyplot()
     front = pareto(pts)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
     for r in pts:
         hifi = "hifi" in r.label.lower()
         x, y = r.metrics["size_mib"][0], r.metrics["kld_mean"][0]
@@ -178,6 +178,5 @@ def plot(rows: list[EvalRow], out: Path, title: str) -> bool:
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.partial")
     fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
     tmp.replace(out)
     return True

@@ -1,4 +1,4 @@
-"""PNG plots of error(bpw) curves (matplotlib, Agg backend), written atomically.
+"""PNG plots of error(bpw) curves (matplotlib, no pyplot), written atomically.
 
 ``plot_curves(sweep, out_dir, chosen)`` draws one file per tensor (linear and
 log error side by side: every candidate labelled by type, the Pareto frontier,
@@ -13,31 +13,14 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import atomic
 from . import curves, knee
+from ..plots import figure, save_png, split_layer
 
 OVERVIEW = "overview.png"
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def file_name(tensor: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tensor) + ".png"
-
-
-def save_png(fig, path: Path, dpi: float | None = None) -> Path:
-    """Write the figure as a PNG atomically (temp name + rename), creating its folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.output_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi or fig.dpi)
-    return path
 
 
 def _curve_axes(ax, curve: curves.TensorCurve, fit: knee.KneeFit, chosen: str | None, log_scale: bool,
@@ -79,29 +62,15 @@ def _curve_axes(ax, curve: curves.TensorCurve, fit: knee.KneeFit, chosen: str | 
 
 def plot_tensor(curve: curves.TensorCurve, fit: knee.KneeFit, path: Path, mode: str = "proxy",
                 chosen: str | None = None) -> Path:
-    plt = pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
-    try:
-        _curve_axes(a1, curve, fit, chosen, log_scale=False)
-        _curve_axes(a2, curve, fit, chosen, log_scale=True, labels=False)
-        a1.set_ylabel("relative weighted squared error" if mode == "proxy" else "mean KL divergence")
-        a1.legend(fontsize=7)
-        fig.suptitle(f"{curve.tensor}  {'x'.join(map(str, curve.shape))}  ({mode})", fontsize=10)
-        fig.tight_layout()
-        return save_png(fig, path)
-    finally:
-        plt.close(fig)
-
-
-_BLK_RE = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
-
-
-def split_layer(name: str) -> tuple[int | None, str]:
-    """(layer, kind) of a tensor name: blk.3.ffn_down.weight -> (3, "ffn_down"), output.weight -> (None, "output")."""
-    m = _BLK_RE.match(name)
-    if m:
-        return int(m.group(1)), m.group(2)
-    return None, name.removesuffix(".weight")
+    fig = figure(figsize=(11, 4.2), dpi=100)
+    a1, a2 = fig.subplots(1, 2)
+    _curve_axes(a1, curve, fit, chosen, log_scale=False)
+    _curve_axes(a2, curve, fit, chosen, log_scale=True, labels=False)
+    a1.set_ylabel("relative weighted squared error" if mode == "proxy" else "mean KL divergence")
+    a1.legend(fontsize=7)
+    fig.suptitle(f"{curve.tensor}  {'x'.join(map(str, curve.shape))}  ({mode})", fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
 
 
 def _grid_layout(names: Sequence[str]) -> tuple[dict[str, tuple[int, int]], list[str], list[str]]:
@@ -123,50 +92,46 @@ def _grid_layout(names: Sequence[str]) -> tuple[dict[str, tuple[int, int]], list
 def plot_overview(sweep: curves.Sweep, fits: dict[str, knee.KneeFit], path: Path,
                   chosen: dict[str, str] | None = None) -> Path:
     """One grid: a row per layer (tensors outside the blocks on top), a column per tensor kind; log error."""
-    plt = pyplot()
     items = [c for c in sweep.curves if c.tensor in fits]
     pos, row_names, col_names = _grid_layout([c.tensor for c in items])
     rows, cols = max(1, len(row_names)), max(1, len(col_names))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 0.8, 1.35 * rows + 0.8), dpi=80, squeeze=False,
-                             sharex=True)
-    try:
-        used = set()
-        for c in items:
-            r, k = pos[c.tensor]
-            used.add((r, k))
-            ax = axes[r][k]
-            f = fits[c.tensor]
-            bpw = np.array([c.bpw(p) for p in c.points])
-            err = np.array([p.error for p in c.points])
-            floor = max(float(err[err > 0].min()) / 10 if (err > 0).any() else 1e-12, 1e-30)
-            ax.scatter(bpw, np.maximum(err, floor), s=4, color="0.5")
-            lo, hi = min(f.frontier_bpw), max(f.frontier_bpw)
-            if hi > lo:
-                xs = np.linspace(lo, hi, 100)
-                ax.plot(xs, np.maximum(f.predict(xs), floor), color="C1", lw=0.8)
-            if f.knee_bpw is not None:
-                ax.axvline(f.knee_bpw, color="C2", ls="--", lw=0.8)
-            if chosen and c.tensor in chosen:
-                try:
-                    p = c.point(chosen[c.tensor])
-                    ax.scatter([c.bpw(p)], [max(p.error, floor)], marker="*", s=40, color="C3", zorder=5)
-                except Exception:  # noqa: BLE001 - a choice outside the sweep is just not drawn
-                    pass
-            ax.set_yscale("log")
-            ax.set_title(f"{row_names[r]} {col_names[k]}" if row_names[r] else c.tensor, fontsize=6)
-            ax.tick_params(labelsize=5)
-        for r in range(rows):
-            for k in range(cols):
-                if (r, k) not in used:
-                    axes[r][k].axis("off")
-        fig.suptitle(f"run {sweep.run_id}: error vs bpw per tensor ({sweep.mode}, log scale); "
-                     "dashed: knee, star: chosen", fontsize=9)
-        # tight_layout costs minutes on a 19 x 7 grid; fixed margins do
-        fig.subplots_adjust(left=0.04, right=0.99, bottom=0.03, top=1 - 0.5 / fig.get_figheight(),
-                            wspace=0.35, hspace=0.6)
-        return save_png(fig, path)
-    finally:
-        plt.close(fig)
+    fig = figure(figsize=(2.0 * cols + 0.8, 1.35 * rows + 0.8), dpi=80)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    used = set()
+    for c in items:
+        r, k = pos[c.tensor]
+        used.add((r, k))
+        ax = axes[r][k]
+        f = fits[c.tensor]
+        bpw = np.array([c.bpw(p) for p in c.points])
+        err = np.array([p.error for p in c.points])
+        floor = max(float(err[err > 0].min()) / 10 if (err > 0).any() else 1e-12, 1e-30)
+        ax.scatter(bpw, np.maximum(err, floor), s=4, color="0.5")
+        lo, hi = min(f.frontier_bpw), max(f.frontier_bpw)
+        if hi > lo:
+            xs = np.linspace(lo, hi, 100)
+            ax.plot(xs, np.maximum(f.predict(xs), floor), color="C1", lw=0.8)
+        if f.knee_bpw is not None:
+            ax.axvline(f.knee_bpw, color="C2", ls="--", lw=0.8)
+        if chosen and c.tensor in chosen:
+            try:
+                p = c.point(chosen[c.tensor])
+                ax.scatter([c.bpw(p)], [max(p.error, floor)], marker="*", s=40, color="C3", zorder=5)
+            except Exception:  # noqa: BLE001 - a choice outside the sweep is just not drawn
+                pass
+        ax.set_yscale("log")
+        ax.set_title(f"{row_names[r]} {col_names[k]}" if row_names[r] else c.tensor, fontsize=6)
+        ax.tick_params(labelsize=5)
+    for r in range(rows):
+        for k in range(cols):
+            if (r, k) not in used:
+                axes[r][k].axis("off")
+    fig.suptitle(f"run {sweep.run_id}: error vs bpw per tensor ({sweep.mode}, log scale); "
+                 "dashed: knee, star: chosen", fontsize=9)
+    # tight_layout costs minutes on a 19 x 7 grid; fixed margins do
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.03, top=1 - 0.5 / fig.get_figheight(),
+                        wspace=0.35, hspace=0.6)
+    return save_png(fig, path)
 
 
 def _plot_many(jobs: list[tuple]) -> list[Path]:
