@@ -139,8 +139,13 @@ class GGML:
         return bool(self.base.ggml_validate_row_data(type_id, buf, len(blob)))
 
 
-@lru_cache(maxsize=1)
 def load() -> GGML:
+    """The library of the build HIFIKIT_LIB_DIR / HIFIKIT_BUILD_INFO point at now (each loaded once)."""
+    return _load(str(paths.library("ggml-base").resolve()), str(paths.build_info_path().resolve()))
+
+
+@lru_cache(maxsize=4)
+def _load(library: str, build_info: str) -> GGML:
     return GGML()
 
 

@@ -7,12 +7,14 @@ of a source checkout); its heavy dependencies are the `hifikit[convert]` extra.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from . import atomic, db
 from .errors import HifikitError
@@ -42,14 +44,27 @@ def _hf():
     return huggingface_hub, errors
 
 
+@contextlib.contextmanager
+def _progress_bars(enabled: bool | None) -> Iterator[None]:
+    """huggingface_hub's progress bars off for this download when not wanted, and as they were after it."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    turn_off = (enabled is False or (enabled is None and not sys.stderr.isatty())) and not are_progress_bars_disabled()
+    if turn_off:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if turn_off:
+            enable_progress_bars()
+
+
 def download(repo_id: str, revision: str | None = None, include: list[str] | None = None,
              progress: bool | None = None) -> FetchResult:
     hf, errors = _hf()
-    if progress is False or (progress is None and not sys.stderr.isatty()):
-        from huggingface_hub.utils import disable_progress_bars
-        disable_progress_bars()
     try:
-        snapshot = hf.snapshot_download(repo_id, revision=revision, allow_patterns=include or None)
+        with _progress_bars(progress):
+            snapshot = hf.snapshot_download(repo_id, revision=revision, allow_patterns=include or None)
     except errors.GatedRepoError:
         raise HifikitError(f"{repo_id} is gated: accept its terms on the Hub, then log in "
                            "('hf auth login') or set HF_TOKEN") from None

@@ -8,13 +8,18 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from . import gguf_io, jobs, parsers, runner
+from . import gguf_io, jobs, parsers, paths, runner
 from .errors import HifikitError
 
 
-@lru_cache(maxsize=1)
 def quant_options() -> dict[str, dict]:
-    """name -> {ftype, desc}, as the built llama-quantize lists them."""
+    """name -> {ftype, desc}, as the llama-quantize of the build in use lists them (asked once per binary)."""
+    exe = paths.binary("llama-quantize")
+    return dict(_quant_options(str(exe.resolve()), exe.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=4)
+def _quant_options(exe: str, mtime_ns: int) -> dict[str, dict]:
     res = runner.run_tool("llama-quantize", ["--help"], check=False)
     return parsers.parse_quant_options(res.stdout + res.stderr)
 
