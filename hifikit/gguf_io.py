@@ -62,19 +62,20 @@ class ModelInfo:
         return self.tensor_bytes / (1024 * 1024)
 
 
-def _require_gguf():
+def require_gguf():
+    """The gguf-py module in use (the patched hifikit._gguf, else gguf), or one line saying it is missing."""
     if gguf is None:
         raise HifikitError("the gguf package is missing: pip install gguf (or reinstall hifikit)")
     return gguf
 
 
-def _type_names() -> dict[int, str]:
+def type_names() -> dict[int, str]:
     """Type names as the built ggml spells them; gguf-py's enum if the library is absent."""
     try:
         from . import ggml
         return {t.id: t.name for t in ggml.load().types()}
     except HifikitError:
-        return {int(t): t.name for t in _require_gguf().GGMLQuantizationType}
+        return {int(t): t.name for t in require_gguf().GGMLQuantizationType}
 
 
 def check_file(path: Path | str) -> Path:
@@ -93,7 +94,7 @@ def check_file(path: Path | str) -> Path:
 
 def open_reader(path: Path | str):
     """A GGUFReader, with truncated and malformed files turned into one line."""
-    g = _require_gguf()
+    g = require_gguf()
     path = check_file(path)
     try:
         reader = g.GGUFReader(path)
@@ -122,7 +123,7 @@ def _field_value(field) -> Any:
 
 def read_info(path: Path | str) -> ModelInfo:
     reader = open_reader(path)
-    names = _type_names()
+    names = type_names()
     tensors = []
     for t in reader.tensors:
         type_id = int(t.tensor_type)
@@ -147,7 +148,7 @@ def read_info(path: Path | str) -> ModelInfo:
 
 def tensor_types(path: Path | str) -> list[tuple[str, list[int], str]]:
     """(name, shape, type name) of every tensor, from the header alone (tensor_index)."""
-    names = _type_names()
+    names = type_names()
     return [(t.name, list(t.shape), names.get(t.type_id, str(t.type_id))) for t in tensor_index(path).tensors]
 
 
@@ -176,7 +177,7 @@ HIFI_SUFFIX = "_HIFI"
 
 def hifi_type_ids() -> dict[str, int]:
     """HIFI type name -> ggml type id, as the gguf-py in use knows them."""
-    g = _require_gguf()
+    g = require_gguf()
     ids = {t.name: int(t) for t in g.GGMLQuantizationType if t.name.endswith(HIFI_SUFFIX)}
     if not ids:
         raise HifikitError(f"the gguf-py in use ({g.__name__} from {g.__file__}) has no HIFI types: "
@@ -235,7 +236,7 @@ def _row_sizes(type_ids: set[int]) -> dict[int, tuple[int, int]]:
         from . import ggml
         return {t.id: (t.block_size, t.type_size) for t in ggml.load().types() if t.id in type_ids}
     except HifikitError:
-        g = _require_gguf()
+        g = require_gguf()
         return {int(t): g.GGML_QUANT_SIZES[t] for t in g.GGMLQuantizationType if int(t) in type_ids}
 
 
@@ -351,7 +352,7 @@ def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0:
     lib = ggml.load()
     row_bytes = lib.base.ggml_row_size(type_id, n_per_row)
     start = offset + row0 * row_bytes
-    name = lib._traits(type_id).type_name.decode()
+    name = lib.type_name(type_id)
     if name in ("f32", "f16"):
         dtype = np.float32 if name == "f32" else np.float16
         raw = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(n_rows, n_per_row))

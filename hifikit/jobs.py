@@ -181,7 +181,7 @@ def resume(run_id: int, progress: bool | None = None, conn: sqlite3.Connection |
     run = get_run(conn, run_id)
     if run["status"] == "done" and all(s["status"] == "done" for s in run["steps"]):
         return run
-    if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid() and atomic._pid_alive(run["pid"]) \
+    if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid() and atomic.pid_alive(run["pid"]) \
             and _same_command(run["pid"]):
         raise HifikitError(f"run {run_id} is still running (pid {run['pid']}); wait for it or stop it first")
     return execute(conn, run_id, progress, on_step)

@@ -196,3 +196,33 @@ def test_step_kinds_are_one_explicit_list(tmp_path):
     assert kinds["demo-source"] is demo.source_step
     with pytest.raises(HifikitError, match="unknown step kind 'nope'"):
         jobs.create_run(db.connect(), "test", {}, [jobs.StepSpec("a", "nope", {})])
+
+
+def test_pool_workers_die_with_their_parent(tmp_path):
+    """runner.worker_pool: the prctl that tools and pool workers share; a killed parent leaves no worker."""
+    import sys
+
+    code = """if True:
+        import os, sys, time
+        from hifikit import runner
+        pool = runner.worker_pool(1)
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 600)
+        time.sleep(600)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        worker = int(proc.stdout.readline())
+        assert worker != proc.pid and Path(f"/proc/{worker}").exists()
+        proc.kill()  # the parent alone, not its process group
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and Path(f"/proc/{worker}/status").exists() and \
+                "zombie" not in Path(f"/proc/{worker}/status").read_text():
+            time.sleep(0.05)
+        status = Path(f"/proc/{worker}/status")
+        assert not status.exists() or "zombie" in status.read_text(), "the pool worker outlived its parent"
+    finally:
+        proc.kill()
+        proc.wait()

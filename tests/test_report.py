@@ -128,7 +128,7 @@ def test_tensor_types_from_the_header_match_gguf_py(tiny_model, tmp_path):
     from hifikit.errors import HifikitError
 
     reader = gguf_io.open_reader(tiny_model)
-    names = gguf_io._type_names()
+    names = gguf_io.type_names()
     expected = [(t.name, [int(n) for n in t.shape], names[int(t.tensor_type)]) for t in reader.tensors]
     assert gguf_io.tensor_types(tiny_model) == expected
     cut = tmp_path / "cut.gguf"

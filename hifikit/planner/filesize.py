@@ -110,7 +110,7 @@ class FileLayout:
         """From the header alone (gguf_io.tensor_index: 0.08 s on Gemma 3 270M, where gguf-py's reader
         builds a numpy view of each of its 262k vocabulary strings)."""
         index = gguf_io.tensor_index(path)
-        names = type_names()
+        names = gguf_io.type_names()
         tensors = [TensorSlot(t.name, t.shape, names.get(t.type_id, str(t.type_id)), t.n_elements,
                               allows_quantization(t.name, t.shape, index.architecture))
                    for t in index.tensors]
@@ -164,10 +164,6 @@ def file_size(layout: FileLayout, types: Mapping[str, str], imatrix: ImatrixKeys
     if missing:
         raise HifikitError(f"no type for {len(missing)} tensor(s): {', '.join(missing[:5])}")
     return layout.meta_bytes(imatrix) + sum(padded_bytes(t, types[t.name]) for t in layout.tensors)
-
-
-def type_names() -> dict[int, str]:
-    return {t.id: t.name for t in ggml.load().types()}
 
 
 def tensor_types(path: Path | str) -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from . import curves, knee
+from .. import runner
 from ..plots import figure, save_png, split_layer
 
 OVERVIEW = "overview.png"
@@ -153,11 +154,8 @@ def plot_curves(sweep: curves.Sweep, out_dir: Path | str, chosen: dict[str, str]
             for c in sweep.curves if c.tensor in fits and (wanted is None or c.tensor in wanted)]
     workers = min(workers or 1, len(jobs))
     if workers > 1:
-        import concurrent.futures as cf
-
-        from .proxy import _worker_init
         parts = [jobs[i::workers] for i in range(workers)]
-        with cf.ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        with runner.worker_pool(workers) as pool:
             done = {p: path for part, fut in zip(parts, [pool.submit(_plot_many, part) for part in parts])
                     for p, path in zip([j[2] for j in part], fut.result())}
         paths = [done[j[2]] for j in jobs]

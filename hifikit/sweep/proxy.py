@@ -31,15 +31,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import curves
-from .. import db, ggml, gguf_io
+from .. import db, ggml, gguf_io, runner
 from ..errors import HifikitError
 from ..quant_rules import allows_quantization
 
 log = logging.getLogger(__name__)
 
 STOCK_TYPES = ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs")
-HIFI_TYPES = ("q3_K_hifi", "q4_K_hifi", "q5_K_hifi", "q6_K_hifi")
-DEFAULT_TYPES = (*STOCK_TYPES, *HIFI_TYPES, "f16")
+DEFAULT_TYPES = (*STOCK_TYPES, *ggml.HIFI_TYPES, "f16")
 
 # rows per work unit: about 4 M weights, so a big tensor (Gemma's 262144 x 640 embedding)
 # is split across processes and memory stays bounded
@@ -189,19 +188,6 @@ class _ChunkResult:
     cpu_seconds: float
 
 
-def _worker_init() -> None:
-    """Pool workers die with the sweep: a killed `analyze` must not leave them computing (Linux)."""
-    try:
-        import ctypes
-        import signal
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl
-            os._exit(1)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
-
-
 def _measure(task: _Task) -> _ChunkResult:
     cpu0 = time.process_time()
     lib = ggml.load()
@@ -326,7 +312,7 @@ def run_proxy(conn: sqlite3.Connection, run_id: int, model: Path | str, cands: S
             absorb(_measure(task))
         worker_cpu = 0.0  # already in this process's CPU time
     else:
-        with cf.ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        with runner.worker_pool(workers) as pool:
             futures = [pool.submit(_measure, task) for task in tasks]
             for fut in cf.as_completed(futures):
                 absorb(fut.result())
