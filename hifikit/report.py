@@ -188,19 +188,38 @@ def format_table(records: list[Row]) -> str:
 # --- plots -----------------------------------------------------------------------------------------
 
 
+def speed_test(records: list[Row]) -> str | None:
+    """The llama-bench test that colours the plot: generation if measured (what a reader waits on), else prompt."""
+    tests = bench_tests(records)
+    gen = [t for t in tests if t.startswith("tg")]
+    return (gen or tests or [None])[0]
+
+
 def pareto_png(records: list[Row]) -> bytes | None:
+    """KLD against size; marker = role, colour = llama-bench t/s of the speed test when every file has it."""
     pts = [r for r in records if r.kld_mean is not None and r.file_mib is not None]
     if not pts:
         return None
     fig = figure(figsize=(7.5, 4.5))
     ax = fig.subplots()
+    test = speed_test(pts)
+    timed = test is not None and all(test in r.tps for r in pts)
+    if timed:
+        import matplotlib.colors as mcolors
+
+        speeds = [r.tps[test][0] for r in pts]
+        norm = mcolors.Normalize(min(speeds), max(speeds))
     for role in ROLES:
         mine = [r for r in pts if r.role == role]
         if not mine:
             continue
         marker, colour = ROLE_STYLE[role]
-        ax.scatter([r.file_mib for r in mine], [r.kld_mean for r in mine], marker=marker, color=colour, s=50,
-                   label=role, zorder=3)
+        style = {"c": [r.tps[test][0] for r in mine], "cmap": "viridis", "norm": norm, "edgecolors": colour} \
+            if timed else {"color": colour}
+        mappable = ax.scatter([r.file_mib for r in mine], [r.kld_mean for r in mine], marker=marker, s=50,
+                              label=role, zorder=3, **style)
+    if timed:
+        fig.colorbar(mappable, ax=ax, label=f"{test} t/s (llama-bench)")
     labels: dict[tuple[float, float], list[str]] = {}   # identical models share one label
     for r in pts:
         labels.setdefault((r.file_mib, r.kld_mean), []).append(r.label)
@@ -214,7 +233,7 @@ def pareto_png(records: list[Row]) -> bytes | None:
         ax.set_yscale("log")
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel("mean KLD against the reference")
-    ax.set_title("KL divergence vs size (lower left is better)")
+    ax.set_title("KL divergence vs size (lower left is better)" + (f"; colour: {test} speed" if timed else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return png_bytes(fig)

@@ -195,3 +195,20 @@ def test_unknown_step_kind_is_one_line(cli, tiny_model, tmp_path):
     err = one_line_error(cli("runs", "resume", run_id, check=False))
     assert "kind 'no-such-kind' is not known to hifikit" in err
     assert "no-such-kind" in jobs.get_run(conn, run_id)["error"]
+
+
+def test_eval_warns_when_the_imatrix_came_from_the_evaluation_text(cli, tiny_model, tiny_text, tmp_path):
+    from synthetic import write_text
+
+    im = tmp_path / "tiny.imatrix.gguf"
+    cli("imatrix", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2, "-o", im, "--threads", 2)
+    q = tmp_path / "q4.gguf"
+    cli("quantize", tiny_model, q, "--type", "Q4_K_M", "--imatrix", im, "--threads", 2)
+    same = cli("eval", q, "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2, "--threads", 2)
+    assert "warning:" in same.stderr and "its KLD is flattered" in same.stderr
+    (rec,) = [r for r in cli.json("eval", q, "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX,
+                                  "--chunks", 2)["models"] if r["role"] == "model"]
+    assert rec["warnings"] and "shares 100.0 %" in rec["warnings"][0]
+    other = write_text(tmp_path / "other.txt", seed=7)
+    apart = cli("eval", q, "--ref", tiny_model, "--text", other, "--ctx", CTX, "--chunks", 2, "--threads", 2)
+    assert "flattered" not in apart.stderr

@@ -165,3 +165,13 @@ def test_hifi_standing_against_the_nearest_stock_types():
     assert h.tensors == 2 and h.on_front == 2 and h.on_hull == 1 and h.beats == {"q5_K": 1}
     assert h.bytes_ratio == {"q5_K": pytest.approx(168 / 176)}
     assert h.error_ratio["q5_K"] == pytest.approx((3.0 + 0.8) / 2)
+
+
+def test_analyze_can_take_a_subset_of_tensors(cli, tiny_model):
+    rec = cli.json("analyze", tiny_model, "--types", "q4_0", "q8_0", "--tensors", r"ffn_down|attn_output")
+    assert {t["tensor"] for t in rec["tensors"]} == {f"blk.{i}.{k}.weight" for i in range(2)
+                                                     for k in ("ffn_down", "attn_output")}
+    bad = cli("analyze", tiny_model, "--tensors", "(", check=False)
+    assert bad.returncode == 1 and "not a regular expression" in bad.stderr
+    none = cli("analyze", tiny_model, "--tensors", "no_such_tensor", check=False)
+    assert none.returncode == 1 and "matches --tensors" in none.stderr

@@ -339,3 +339,105 @@ def test_branching_on_a_large_item_finds_what_the_greedy_walk_misses(monkeypatch
     monkeypatch.setattr(allocate, "BRANCH_ITEMS", 0)
     plain = sum(allocate.allocate(items, cap).error <= best + 1e-9 for items, cap, best in cases)
     assert plain < optimal
+
+
+def _limited_instances(n: int, seed: int = 3):
+    """Small random instances with two time-like resources; with the brute-force optimum (None if infeasible)."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        items, costs = [], []
+        for _ in range(5):
+            b = sorted(rng.sample(range(10, 100), 3))
+            e = sorted((rng.uniform(0, 3) for _ in range(3)), reverse=True)
+            # more bytes are usually slower, but not always (a repacked or sgemm type can be faster)
+            items.append(list(zip(b, e)))
+            costs.append([(x * rng.uniform(0.5, 1.5), x * rng.uniform(0.5, 1.5)) for x in b])
+        cap = rng.randint(200, 400)
+        limits = (rng.uniform(150, 350), rng.uniform(150, 350))
+        best = None
+        for c in itertools.product(range(3), repeat=5):
+            if sum(items[i][j][0] for i, j in enumerate(c)) > cap:
+                continue
+            if any(sum(costs[i][j][r] for i, j in enumerate(c)) > limits[r] for r in range(2)):
+                continue
+            e = sum(items[i][j][1] for i, j in enumerate(c))
+            best = e if best is None or e < best else best
+        out.append((items, costs, cap, limits, best))
+    return out
+
+
+def test_time_limits_are_met_near_the_optimum():
+    cases = _limited_instances(150)
+    found = near = 0
+    for items, costs, cap, limits, best in cases:
+        a = allocate.allocate_limited(items, cap, costs, limits)
+        assert a.bytes <= cap and a.lower_bound <= (best if best is not None else float("inf")) + 1e-9
+        if best is None:
+            continue
+        if a.feasible:
+            found += 1
+            assert all(t <= lim * (1 + 1e-9) for t, lim in zip(a.totals, limits))
+            assert a.error >= best - 1e-9
+            near += a.error <= best * 1.10 + 1e-9
+        else:
+            assert a.totals != () and not all(t <= lim for t, lim in zip(a.totals, limits))
+    feasible = sum(best is not None for *_, best in cases)
+    # every instance that has a solution gets one; nearly all within 10 % of the optimum
+    assert found == feasible and near >= 0.9 * feasible
+
+
+def test_time_limits_that_already_hold_change_nothing():
+    items = [[(100, 1.0), (200, 0.1)], [(100, 0.5), (150, 0.2)]]
+    costs = [[(1.0,), (2.0,)], [(1.0,), (1.5,)]]
+    free = allocate.allocate(items, 350)
+    limited = allocate.allocate_limited(items, 350, costs, (10.0,))
+    assert limited.choice == free.choice and limited.multipliers == (0.0,) and limited.feasible
+    # a tight limit forces the slower upgrade out
+    tight = allocate.allocate_limited(items, 350, costs, (3.0,))
+    assert tight.feasible and tight.totals[0] <= 3.0 and tight.error > free.error
+
+
+def test_a_speed_budget_makes_the_plan_trade_error_for_time(built, gemma_small, tmp_path):
+    from hifikit.planner import plan as planner
+    from hifikit.planner import strategy as strat
+
+    run_id = synthetic_sweep(gemma_small, seed=4)
+    conn = db.connect()
+    sweep = curves.load_sweep(conn, run_id)
+    layout = filesize.FileLayout.read(gemma_small)
+    budget = int(filesize.file_size(layout, {t.name: t.source_type for t in layout.tensors}) * 0.6)
+    base = planner.dry_run_types(gemma_small, "Q8_0")
+
+    # made-up costs: seconds grow with the bytes, except q8_0, which is fast (as a repacked layout can be)
+    def seconds(tensor: str, type_name: str) -> tuple[float, float]:
+        slot = layout.tensor(tensor)
+        if not slot.quantizable:
+            return 0.0, 0.0
+        bpw = ggml.load().type_by_name(type_name).bits_per_weight
+        rate = 0.25 if type_name == "q8_0" else 1.0
+        return 1e-9 * slot.n_elements * bpw * rate * 8, 1e-9 * slot.n_elements * bpw * rate
+
+    def plan(limits):
+        speed = planner.SpeedBudget(seconds, (0.01, 0.001), limits, "test costs", 512)
+        return planner.make_plan(sweep, gemma_small, layout, planner.Target("size", "1"), budget, base, "Q8_0",
+                                 None, None, speed=speed)
+
+    free = plan((None, None))
+    fast = plan((None, 0.9 * free.speed["tg_seconds"]))
+    assert fast.speed["tg_seconds"] <= 0.9 * free.speed["tg_seconds"] * (1 + 1e-9)
+    assert fast.predicted_error >= free.predicted_error and fast.predicted_bytes <= budget
+    assert fast.types != free.types and fast.speed["multipliers"][1] > 0 == free.speed["multipliers"][1]
+    # the prediction is the sum of the chosen types' costs plus the constant
+    speed = planner.SpeedBudget(seconds, (0.01, 0.001), (None, None), "test costs", 512)
+    assert fast.speed["tg_seconds"] == pytest.approx(speed.total(fast.types)[1])
+    path = tmp_path / "fast.yaml"
+    strat.write(fast, path)
+    doc = yaml.safe_load(path.read_text())
+    assert doc["speed"]["tg_seconds"] == pytest.approx(fast.speed["tg_seconds"], rel=1e-5)
+    assert doc["speed"]["source"] == "test costs"
+    with pytest.raises(HifikitError, match="speed budget cannot be met"):
+        plan((None, 0.0005))

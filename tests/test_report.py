@@ -157,3 +157,24 @@ def test_plots_leave_the_process_matplotlib_alone(tmp_path):
                           stderr=subprocess.PIPE, env=dict(os.environ, MPLBACKEND="svg"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["svg", "False"]
+
+
+def test_pareto_plot_colours_by_generation_speed_when_every_file_has_it():
+    import io
+
+    from PIL import Image
+
+    rows = [report.Row(1, "a", "stock", "a.gguf", 100 * 2**20, 90.0, 5.0, kld_mean=0.2,
+                       tps={"pp128": (900.0, 1.0), "tg32": (90.0, 1.0)}),
+            report.Row(1, "b", "plan", "b.gguf", 98 * 2**20, 88.0, 4.9, kld_mean=0.05,
+                       tps={"pp128": (700.0, 1.0), "tg32": (70.0, 1.0)})]
+    assert report.speed_test(rows) == "tg32"
+    coloured = report.pareto_png(rows)
+    rows[1].tps = {}               # one file without speed: no colour scale
+    plain = report.pareto_png(rows)
+
+    def colours(png: bytes) -> int:
+        return len(Image.open(io.BytesIO(png)).convert("RGB").getcolors(1 << 24))
+
+    # the colour bar (a viridis gradient) adds hundreds of colours the plain plot does not have
+    assert colours(coloured) > colours(plain) + 100

@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imatrix", type=Path, default=None, help="importance matrix (GGUF) used as llama-quantize does")
     p.add_argument("--types", nargs="+", default=None, metavar="TYPE",
                    help=f"candidate types (default: {' '.join(proxy.DEFAULT_TYPES)})")
+    p.add_argument("--tensors", metavar="REGEX", default=None,
+                   help="only the tensors whose name this regular expression finds (e.g. 'ffn_down|attn_output')")
     p.add_argument("--threads", type=int, default=None,
                    help="proxy: worker processes (default: every CPU); measured: tool threads")
     p.add_argument("--text", type=Path, default=None, help="measured mode: evaluation text")
@@ -43,14 +45,14 @@ def run(args: argparse.Namespace) -> int:
     # the header only: gguf-py's reader takes tens of seconds on a 262k-token vocabulary
     model = Path(gguf_io.tensor_index(args.model).path).resolve()
     positive(args.threads, "threads")
-    spec: dict = {"model": str(model), "types": args.types, "imatrix": None}
+    spec: dict = {"model": str(model), "types": args.types, "imatrix": None, "tensors": args.tensors}
     if args.imatrix:
         spec["imatrix"] = str(model_path(args.imatrix))
     if args.plots:
         args.plots.mkdir(parents=True, exist_ok=True)
     # validate the types and the imatrix before a run exists: errors stay one line
     importance = proxy.load_importance(spec["imatrix"]) if spec["imatrix"] else None
-    cands = proxy.candidates(model, args.types, importance)
+    cands = proxy.candidates(model, args.types, importance, args.tensors)
     if args.points not in ("1", "2", "all"):
         raise HifikitError(f"--points must be 1, 2 or all, got {args.points!r}")
     positive(args.layers, "layers")

@@ -12,7 +12,7 @@ from ..planner import filesize
 from ..planner import plan as planner
 from ..planner import strategy as strat
 from ..errors import HifikitError
-from .common import add_json, model_path, positive, run_job, step_result
+from .common import add_json, add_target_args, add_verify_args, model_path, positive, run_job, step_result
 from .eval import format_table, rows
 from .output import emit_json, note, say, table
 from ..quantize import check_imatrix, resolve_type, strategy_step
@@ -27,10 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=curves.LOAD_MODES,
                    help="which curves of the run: proxy, measured, or calibrated (the proxy scaled to KL divergence by "
                         "the measured points; the default when the run has both, else measured, else proxy)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--target-bpw", metavar="X", help="bits per weight of the whole file (8 x file bytes / weights)")
-    g.add_argument("--target-size", metavar="MiB", help="size of the whole file in MiB")
-    g.add_argument("--match", metavar="FTYPE", help="the size of the file llama-quantize writes with FTYPE")
+    add_target_args(p)
     p.add_argument("-o", "--output", type=Path, help="strategy YAML to write")
     p.add_argument("--imatrix", type=Path, help="importance matrix the quantization will use (sizes and types)")
     p.add_argument("--base-ftype", default="Q8_0",
@@ -42,10 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", type=Path, metavar="DIR", help="write the overview plot (PNG) here")
     p.add_argument("--verify", action="store_true", help="quantize with the strategy and measure KLD")
     p.add_argument("--quant-out", type=Path, help="with --verify: the quantized GGUF (default: next to -o)")
-    p.add_argument("--text", type=Path, help="with --verify: evaluation text")
-    p.add_argument("--ctx", type=int, default=512)
-    p.add_argument("--chunks", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    add_verify_args(p)
     add_json(p)
     p.set_defaults(func=run)
 

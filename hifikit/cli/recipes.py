@@ -13,7 +13,7 @@ from .. import db, grid, jobs, kld
 from ..planner import recipes
 from ..planner import plan as planner
 from ..errors import HifikitError
-from .common import add_json, model_path, positive, run_job
+from .common import add_json, add_target_args, add_verify_args, model_path, positive, run_job
 from .eval import format_table, rows
 from .output import emit_json, note, say, table
 from .plan import target_of
@@ -24,10 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="the best one-line llama-quantize recipes (--pure + embedding/output type) "
                                        "at a size, ranked by a sweep's predicted error")
     p.add_argument("model", type=Path, help="the model to quantize (F16/BF16/F32 GGUF)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--target-bpw", metavar="X", help="bits per weight of the whole file")
-    g.add_argument("--target-size", metavar="MiB", help="size of the whole file in MiB")
-    g.add_argument("--match", metavar="FTYPE", help="the size of the file llama-quantize writes with FTYPE")
+    add_target_args(p)
     p.add_argument("--from-run", type=int, metavar="ID", help="the analyze run whose curves rank the recipes "
                    "(default: the latest one of this model)")
     p.add_argument("--mode", help="which curves of the run (default as for 'hifikit plan')")
@@ -35,10 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, help="candidates to list (default 10)")
     p.add_argument("--verify", type=int, default=0, metavar="N", help="quantize and measure the best N")
     p.add_argument("--out-dir", type=Path, help="with --verify: where the files go (default: next to the model)")
-    p.add_argument("--text", type=Path, help="with --verify: evaluation text")
-    p.add_argument("--ctx", type=int, default=512)
-    p.add_argument("--chunks", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    add_verify_args(p)
     add_json(p)
     p.set_defaults(func=run)
 

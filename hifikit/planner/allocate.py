@@ -55,7 +55,7 @@ class Allocation:
     bytes: int
     error: float
     lower_bound: float         # Lagrangian dual bound on the optimal error
-    stage: list[str]           # per item: "minimum", "hull", "fill", "exchange", "spare" or "branch"
+    stage: list[str]           # per item: "minimum", "hull", "fill", "exchange", "spare", "branch" or "time"
 
     @property
     def gap(self) -> float:
@@ -99,7 +99,7 @@ def dual_bound(items: Sequence[Sequence[tuple[int, float]]], capacity: int) -> f
 
 
 def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_rounds: int = 10000,
-             tie: float = 0.0) -> Allocation:
+             tie: float = 0.0, branch: bool = True) -> Allocation:
     """Choose one option per item; options within tie of a cheaper one's error are never bought.
 
     Large items (an option span of at least BRANCH_SHARE of the capacity, at most BRANCH_ITEMS of
@@ -118,7 +118,7 @@ def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_ro
         raise HifikitError(f"the budget ({capacity} bytes) is below the smallest possible size ({floor} bytes)")
     spans = sorted(((items[i][front[-1]][0] - items[i][front[0]][0], i) for i, front in enumerate(fronts)
                     if len(front) > 1), reverse=True)
-    large = [i for span, i in spans[:BRANCH_ITEMS] if span >= BRANCH_SHARE * capacity]
+    large = [i for span, i in spans[:BRANCH_ITEMS] if span >= BRANCH_SHARE * capacity] if branch else []
     best = _solve(items, fronts, capacity, tie, {}, max_rounds)
     combos = list(itertools.product(*(fronts[i] for i in large))) if large else []
     for combo in combos[:MAX_BRANCHES]:
@@ -243,3 +243,143 @@ def _exchange(items, fronts, choice, stage, slack: int) -> bool:
         choice[it[idx]] = int(op[idx])
         stage[it[idx]] = "exchange"
     return True
+
+
+# --- more budgets than bytes: time limits through Lagrange multipliers ---------------------------------
+
+BISECT_STEPS = 24          # per multiplier: brackets the smallest one that meets its limit to 2^-24
+ROUNDS = 3                 # coordinate rounds over the limits
+
+
+@dataclasses.dataclass
+class LimitedAllocation(Allocation):
+    totals: tuple[float, ...] = ()          # the chosen options' summed costs, one per limit
+    limits: tuple[float, ...] = ()
+    multipliers: tuple[float, ...] = ()     # the Lagrange multipliers that met the limits
+    feasible: bool = True                   # False: no multiplier met every limit (the closest result)
+
+
+def allocate_limited(items: Sequence[Sequence[tuple[int, float]]], capacity: int,
+                     costs: Sequence[Sequence[Sequence[float]]], limits: Sequence[float], tie: float = 0.0
+                     ) -> LimitedAllocation:
+    """Least total error within the byte capacity and within each limit on a summed cost.
+
+    costs[i][j][k]: option j of item i costs this much of resource k (seconds per prompt, per token);
+    limits[k]: at most this much of resource k in total. The byte budget stays exact (allocate); each
+    limit is met through a Lagrange multiplier mu_k on its cost, the options' error becoming
+    e + sum_k mu_k c_k: the smallest mu_k that meets limit k is bisected, one limit after another,
+    for ROUNDS rounds. Then single moves that lower the true error and keep every budget are
+    applied (the exact fill, with every resource). The lower bound is the best Lagrangian dual over
+    the multipliers tried: max sum_i min_j (e + mu.c + l b) - l C - mu.L.
+    """
+    k = len(limits)
+    if any(len(opts) != len(cs) or any(len(c) != k for c in cs) for opts, cs in zip(items, costs)) or \
+            len(costs) != len(items):
+        raise HifikitError("every option needs one cost per limit")
+    cost = [np.asarray(cs, dtype=np.float64).reshape(len(cs), k) for cs in costs]
+
+    def totals(choice: list[int]) -> np.ndarray:
+        return sum((cost[i][c] for i, c in enumerate(choice)), np.zeros(k))
+
+    def solve(mu: np.ndarray, branch: bool = False) -> Allocation:
+        # the search runs the plain walk; the final solve branches on the large items too
+        shifted = [[(b, e + float(cost[i][j] @ mu)) for j, (b, e) in enumerate(opts)] for i, opts in enumerate(items)]
+        return allocate(shifted, capacity, tie=tie, branch=branch)
+
+    def ok(a: Allocation) -> bool:
+        return bool(np.all(totals(a.choice) <= np.asarray(limits) * (1 + 1e-12)))
+
+    bounds: list[float] = []
+
+    def bound(mu: np.ndarray) -> float:
+        shifted = [[(b, e + float(cost[i][j] @ mu)) for j, (b, e) in enumerate(opts)] for i, opts in enumerate(items)]
+        return dual_bound(shifted, capacity) - float(mu @ np.asarray(limits))
+
+    mu = np.zeros(k)
+    best = allocate(items, capacity, tie=tie)
+    bounds.append(best.lower_bound)
+    if not ok(best):
+        # the scale of a multiplier: error per unit of the resource, from the spread of both
+        spread_e = max((max(e for _, e in opts) - min(e for _, e in opts)) for opts in items) or 1.0
+        for _ in range(ROUNDS):
+            for r in range(k):
+                spread_c = max(float(np.ptp(c[:, r])) for c in cost) or 1.0
+                lo, hi = 0.0, spread_e / spread_c
+                trial = mu.copy()
+                trial[r] = hi
+                grow = 0
+                while totals(solve(trial).choice)[r] > limits[r] and grow < 40:
+                    hi *= 4.0
+                    trial[r] = hi
+                    grow += 1
+                for _ in range(BISECT_STEPS):
+                    mid = 0.5 * (lo + hi)
+                    trial[r] = mid
+                    if totals(solve(trial).choice)[r] > limits[r]:
+                        lo = mid
+                    else:
+                        hi = mid
+                mu[r] = hi
+            bounds.append(bound(mu))
+            if ok(solve(mu)):
+                break
+        best = solve(mu, branch=True)
+        if not ok(best):
+            best = solve(mu)
+    choice, stage = list(best.choice), list(best.stage)
+    feasible = ok(best) or _repair(items, cost, choice, stage, capacity, np.asarray(limits, dtype=np.float64))
+    if feasible:
+        _fill_limited(items, cost, choice, stage, capacity, np.asarray(limits))
+    used = sum(items[i][c][0] for i, c in enumerate(choice))
+    return LimitedAllocation(choice, used, _total(items, choice), max(bounds), stage,
+                             tuple(float(x) for x in totals(choice)), tuple(float(x) for x in limits),
+                             tuple(float(x) for x in mu), feasible)
+
+
+def _repair(items, cost, choice: list[int], stage: list[str], capacity: int, limits: np.ndarray) -> bool:
+    """From a result over some limit: the single moves that cut the (relative) excess most per unit of error
+    added, within the byte budget, until every limit holds; False if no move helps any more."""
+    while True:
+        spent = sum((cost[i][c] for i, c in enumerate(choice)), np.zeros(len(limits)))
+        excess = np.maximum(spent / limits - 1.0, 0.0)
+        if not excess.any():
+            return True
+        used = sum(items[i][c][0] for i, c in enumerate(choice))
+        best = (np.inf, -1, -1)
+        for i, opts in enumerate(items):
+            b0, e0 = opts[choice[i]]
+            for j, (b, e) in enumerate(opts):
+                if j == choice[i] or used + b - b0 > capacity:
+                    continue
+                cut = float(np.sum(np.minimum((cost[i][choice[i]] - cost[i][j]) / limits, excess)))
+                if cut <= 0:
+                    continue
+                score = max(e - e0, 0.0) / cut
+                if score < best[0]:
+                    best = (score, i, j)
+        if best[1] < 0:
+            return False
+        choice[best[1]] = best[2]
+        stage[best[1]] = "time"
+
+
+def _fill_limited(items, cost, choice: list[int], stage: list[str], capacity: int, limits: np.ndarray) -> None:
+    """The exact fill with every resource: the single move with the largest error decrease that keeps the
+    byte budget and every limit, repeated."""
+    while True:
+        used = sum(items[i][c][0] for i, c in enumerate(choice))
+        spent = sum((cost[i][c] for i, c in enumerate(choice)), np.zeros(len(limits)))
+        best = (0.0, -1, -1)
+        for i, opts in enumerate(items):
+            b0, e0 = opts[choice[i]]
+            for j, (b, e) in enumerate(opts):
+                gain = e - e0
+                if gain >= best[0] or used + b - b0 > capacity:
+                    continue
+                if np.any(spent + cost[i][j] - cost[i][choice[i]] > limits * (1 + 1e-12)):
+                    continue
+                best = (gain, i, j)
+        if best[1] < 0:
+            return
+        choice[best[1]] = best[2]
+        stage[best[1]] = "fill"

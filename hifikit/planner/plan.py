@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -58,6 +59,25 @@ class Option:
     cost: int              # padded: what it costs in the file
     error: float           # as the sweep gives it
     weighted: float        # error x the tensor's scale: what the planner adds up
+    seconds: tuple[float, float] | None = None   # (per prompt, per generated token) with a speed budget
+
+
+@dataclasses.dataclass
+class SpeedBudget:
+    """Time limits on the whole file, and what each tensor costs in each type (costs.py measures it)."""
+    seconds: Callable[[str, str], tuple[float, float]]   # (tensor, type) -> (s per prompt, s per token)
+    constant: tuple[float, float]       # everything that is not a weight op, per prompt and per token
+    limits: tuple[float | None, float | None]            # at most these totals (None: no limit)
+    source: str                         # where the costs came from (machine, build, threads)
+    n_prompt: int                       # the prompt length the prompt time is for
+
+    def total(self, types: dict[str, str]) -> tuple[float, float]:
+        """Predicted seconds per prompt and per token of a file with these types (every weight priced)."""
+        pp, tg = self.constant
+        for name, t in types.items():
+            a, b = self.seconds(name, t)
+            pp, tg = pp + a, tg + b
+        return pp, tg
 
 
 @dataclasses.dataclass
@@ -95,6 +115,7 @@ class Plan:
     predicted_error: float         # sum of the chosen options' errors (scaled)
     lower_bound: float             # Lagrangian bound on the best possible predicted error
     n_weights: int
+    speed: dict | None = None      # with a speed budget: predicted and allowed times, where the costs came from
 
     @property
     def types(self) -> dict[str, str]:
@@ -215,9 +236,12 @@ def candidates(curve: curves.TensorCurve, slot: filesize.TensorSlot, scale: floa
 def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, target: Target, budget: int,
               base_types: dict[str, str], base_ftype: str, imatrix: Path | None,
               imatrix_keys: filesize.ImatrixKeys | None, error_scale: str = "none",
-              types: list[str] | None = None, knees: Callable[[curves.TensorCurve], str | None] | None = None
-              ) -> Plan:
-    """Choose the types; base_types (llama-quantize's choice under base_ftype) fills the unswept tensors."""
+              types: list[str] | None = None, knees: Callable[[curves.TensorCurve], str | None] | None = None,
+              speed: SpeedBudget | None = None) -> Plan:
+    """Choose the types; base_types (llama-quantize's choice under base_ftype) fills the unswept tensors.
+
+    With a speed budget the plan also keeps the predicted time per prompt and per generated token
+    within its limits (allocate.allocate_limited); fixed tensors' times count against them."""
     slots = {t.name: t for t in layout.tensors}
     unknown = [c.tensor for c in sweep.curves if c.tensor not in slots]
     if unknown:
@@ -240,10 +264,33 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
     meta = layout.meta_bytes(imatrix_keys)
     fixed_bytes = sum(filesize.padded_bytes(slots[n], t) for n, t in fixed.items())
     capacity = budget - meta - fixed_bytes
+    items = [[(o.cost, o.weighted) for o in opts] for _, opts in chosen]
+    largest = max((o.weighted for _, opts in chosen for o in opts), default=0.0)
+    speed_info = None
     try:
-        largest = max((o.weighted for _, opts in chosen for o in opts), default=0.0)
-        alloc = allocate.allocate([[(o.cost, o.weighted) for o in opts] for _, opts in chosen], capacity,
-                                  tie=TIE_SHARE * largest)
+        if speed is None:
+            alloc = allocate.allocate(items, capacity, tie=TIE_SHARE * largest)
+        else:
+            for curve, opts in chosen:
+                for o in opts:
+                    o.seconds = speed.seconds(curve.tensor, o.type)
+            fixed_time = speed.total(fixed)
+            limits = [(lim - f) if lim is not None else math.inf for lim, f in zip(speed.limits, fixed_time)]
+            if any(lim <= 0 for lim in limits):
+                raise HifikitError(f"the speed budget cannot be met: the tensors the planner does not choose and "
+                                   f"the rest of the graph already take {fixed_time[0]:.4g} s per prompt and "
+                                   f"{fixed_time[1]:.4g} s per token")
+            alloc = allocate.allocate_limited(items, capacity, [[o.seconds for o in opts] for _, opts in chosen],
+                                              limits, tie=TIE_SHARE * largest)
+            if not alloc.feasible:
+                raise HifikitError("no choice of types meets both the size and the speed budget (the fastest "
+                                   f"choice found takes {alloc.totals[0] + fixed_time[0]:.4g} s per prompt, "
+                                   f"{alloc.totals[1] + fixed_time[1]:.4g} s per token)")
+            times = (alloc.totals[0] + fixed_time[0], alloc.totals[1] + fixed_time[1])
+            speed_info = {"pp_seconds": times[0], "tg_seconds": times[1], "n_prompt": speed.n_prompt,
+                          "pp_tps": speed.n_prompt / times[0], "tg_tps": 1.0 / times[1],
+                          "limits": list(speed.limits), "multipliers": list(alloc.multipliers),
+                          "source": speed.source}
     except HifikitError as exc:
         raise HifikitError(f"target {target.describe()} ({budget} bytes) cannot be met: metadata {meta} + "
                            f"fixed tensors {fixed_bytes} bytes leave {capacity}; {exc}") from exc
@@ -255,7 +302,7 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
     predicted = meta + fixed_bytes + alloc.bytes
     return Plan(str(model), target, budget, base_ftype, str(imatrix) if imatrix else None, sweep.run_id,
                 sweep.mode, error_scale, plans, fixed, meta, fixed_bytes, predicted, alloc.error,
-                alloc.lower_bound, total)
+                alloc.lower_bound, total, speed_info)
 
 
 def _reason(stage: str, opts: list[Option], j: int, knee: str | None) -> str:
@@ -266,7 +313,8 @@ def _reason(stage: str, opts: list[Option], j: int, knee: str | None) -> str:
              "fill": "budget fill",
              "exchange": "budget fill (exchanged bytes with another tensor)",
              "spare": "spare bytes (a gain at the noise level of the curves)",
-             "branch": "a large tensor: the best of its options, the rest re-planned for each"}[stage]
+             "branch": "a large tensor: the best of its options, the rest re-planned for each",
+             "time": "moved to a faster type to meet the speed budget"}[stage]
     if j == best and stage != "minimum":
         words = "lowest error of its candidates"
     elif j == cheapest and stage == "minimum":
@@ -300,4 +348,5 @@ def summary(plan: Plan) -> dict:
             "slack_bytes": plan.budget - plan.predicted_bytes, "run": plan.run_id, "mode": plan.mode,
             "error_scale": plan.error_scale, "base_ftype": plan.base_ftype, "types": counts,
             "type_bytes": bytes_by_type, "n_planned": len(plan.tensors), "n_fixed": len(plan.fixed),
-            "expert_bytes": expert_bytes, "expert_share": expert_bytes / plan.predicted_bytes}
+            "expert_bytes": expert_bytes, "expert_share": expert_bytes / plan.predicted_bytes,
+            "speed": plan.speed}

@@ -61,7 +61,14 @@ def render(plan: Plan) -> str:
              f"predicted: {{bytes: {plan.predicted_bytes}, mib: {plan.predicted_bytes / 2**20:.3f}, "
              f"bpw: {plan.bpw:.4f}, error: {_num(plan.predicted_error)}, lower_bound: {_num(plan.lower_bound)}}}",
              f"sweep: {{run: {plan.run_id}, mode: {plan.mode}, error_scale: {plan.error_scale}}}",
-             f"base_ftype: {plan.base_ftype}", f"imatrix: {_scalar(plan.imatrix)}", "tensors:"]
+             f"base_ftype: {plan.base_ftype}", f"imatrix: {_scalar(plan.imatrix)}"]
+    if plan.speed:
+        sp = plan.speed
+        limits = ", ".join("null" if v is None else _num(v) for v in sp["limits"])
+        lines.append(f"speed: {{pp_seconds: {_num(sp['pp_seconds'])}, tg_seconds: {_num(sp['tg_seconds'])}, "
+                     f"n_prompt: {sp['n_prompt']}, pp_tps: {sp['pp_tps']:.2f}, tg_tps: {sp['tg_tps']:.2f}, "
+                     f"limits: [{limits}], source: {_scalar(sp['source'])}}}")
+    lines.append("tensors:")
     for t in plan.tensors:
         cands = ", ".join(f"{o.type}: [{o.nbytes}, {_num(o.weighted)}]" for o in sorted(t.options, key=lambda o: o.cost))
         lines += [f"  {_scalar(t.name)}:", f"    type: {t.type}", f"    reason: {_scalar(t.reason)}"]

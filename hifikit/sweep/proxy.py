@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -87,15 +88,23 @@ def resolve_types(names: Iterable[str] | None, has_imatrix: bool) -> list[ggml.G
 
 
 def candidates(model: Path | str, types: Iterable[str] | None = None,
-               importance: dict[str, np.ndarray] | None = None) -> list[TensorCandidates]:
-    """Per quantizable tensor of the model, the candidate types that fit its rows."""
+               importance: dict[str, np.ndarray] | None = None, tensors: str | None = None
+               ) -> list[TensorCandidates]:
+    """Per quantizable tensor of the model (those whose name the regex `tensors` finds, when given),
+    the candidate types that fit its rows."""
     index = gguf_io.tensor_index(model)
     lib = ggml.load()
     names = {t.id: t.name for t in lib.types()}
     type_list = resolve_types(types, importance is not None)
+    try:
+        wanted = re.compile(tensors) if tensors else None
+    except re.error as exc:
+        raise HifikitError(f"--tensors {tensors!r}: not a regular expression ({exc})") from exc
     out = []
     for t in index.tensors:
         if not allows_quantization(t.name, t.shape, index.architecture):
+            continue
+        if wanted is not None and not wanted.search(t.name):
             continue
         ne0 = t.shape[0]
         rows = t.n_elements // ne0
@@ -114,7 +123,8 @@ def candidates(model: Path | str, types: Iterable[str] | None = None,
         importance_for(importance, cand)  # an imatrix of another model fails here, before any work
         out.append(cand)
     if not out:
-        raise HifikitError(f"{model}: no tensor that llama-quantize would quantize")
+        raise HifikitError(f"{model}: no tensor that llama-quantize would quantize"
+                           + (f" matches --tensors {tensors!r}" if tensors else ""))
     return out
 
 

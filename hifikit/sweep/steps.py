@@ -29,7 +29,7 @@ BPW_LEVELS = (3.5, 4.5, 5.5, 8.5)
 
 def _candidates(spec: dict[str, Any]) -> tuple[list[proxy.TensorCandidates], Any]:
     importance = proxy.load_importance(spec["imatrix"]) if spec.get("imatrix") else None
-    return proxy.candidates(spec["model"], spec.get("types"), importance), importance
+    return proxy.candidates(spec["model"], spec.get("types"), importance, spec.get("tensors")), importance
 
 
 def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
