@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from . import ggml
 from .errors import HifikitError
 
 try:  # the patched private copy installed with the build
@@ -61,6 +62,15 @@ class ModelInfo:
     def size_mib(self) -> float:
         return self.tensor_bytes / (1024 * 1024)
 
+    def to_json(self, metadata: bool = True) -> dict[str, Any]:
+        """What `hifikit inspect --json` prints: the fields, MiB and BPW (the KV metadata when asked)."""
+        data = dataclasses.asdict(self)
+        data["size_mib"] = self.size_mib
+        data["bits_per_weight"] = self.bits_per_weight
+        if not metadata:
+            data.pop("metadata")
+        return data
+
 
 def require_gguf():
     """The gguf-py module in use (the patched hifikit._gguf, else gguf), or one line saying it is missing."""
@@ -72,7 +82,6 @@ def require_gguf():
 def type_names() -> dict[int, str]:
     """Type names as the built ggml spells them; gguf-py's enum if the library is absent."""
     try:
-        from . import ggml
         return {t.id: t.name for t in ggml.load().types()}
     except HifikitError:
         return {int(t): t.name for t in require_gguf().GGMLQuantizationType}
@@ -90,6 +99,13 @@ def check_file(path: Path | str) -> Path:
     if magic != GGUF_MAGIC:
         raise HifikitError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
     return path
+
+
+def check_model(path: Path | str) -> Path:
+    """A GGUF a job is to read, checked before the job starts (magic, header, tensor types, no truncation);
+    its resolved path."""
+    open_reader(path)
+    return Path(path).resolve()
 
 
 def open_reader(path: Path | str):
@@ -233,7 +249,6 @@ class TensorIndex:
 def _row_sizes(type_ids: set[int]) -> dict[int, tuple[int, int]]:
     """(block size, type size) per type id, from the built ggml (gguf-py's table without it)."""
     try:
-        from . import ggml
         return {t.id: (t.block_size, t.type_size) for t in ggml.load().types() if t.id in type_ids}
     except HifikitError:
         g = require_gguf()
@@ -347,7 +362,6 @@ def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0:
     (n_rows, n_per_row): F32/F16/BF16 read as they are, quantized types dequantized by the built ggml."""
     import numpy as np
 
-    from . import ggml
 
     lib = ggml.load()
     row_bytes = lib.base.ggml_row_size(type_id, n_per_row)

@@ -23,11 +23,14 @@ from typing import Sequence
 import numpy as np
 
 from . import ggml, gguf_io
-from .degrid import KEY_SEED, KEY_SOURCE
 from .errors import HifikitError
 from .quant_rules import allows_quantization
 
 log = logging.getLogger(__name__)
+
+# what a de-gridded twin (degrid.py) carries in its header, and every file quantized from it after it
+KEY_SEED = "hifikit.degrid.seed"
+KEY_SOURCE = "hifikit.degrid.source"
 
 # relative squared error below which a re-quantization counts as lossless: F16 rounding of values on
 # the grid gives ~1e-8; Q8_0 of continuous weights gives ~2e-5 (its step is max|x|/127 of 32 weights)

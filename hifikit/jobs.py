@@ -106,6 +106,56 @@ def create_run(conn: sqlite3.Connection, command: str, args: dict[str, Any], ste
     return run_id
 
 
+def check_positive(**values: int | float | None) -> None:
+    """One error line for the first option given as zero or less (None: not given)."""
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise HifikitError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def step_result(run: dict[str, Any], name: str) -> dict[str, Any]:
+    """The stored result of the run's step of that name ({} while it is not done)."""
+    for step in run["steps"]:
+        if step["name"] == name:
+            return step["result"] or {}
+    raise HifikitError(f"run {run['id']} has no step {name}")
+
+
+def latest_run(conn: sqlite3.Connection, command: str, match: Callable[[dict[str, Any]], bool],
+               usable: Callable[[int], bool] | None = None) -> int | None:
+    """The newest run of this command whose arguments match (and that `usable` accepts, by id)."""
+    for row in conn.execute("SELECT id, args FROM runs WHERE command=? ORDER BY id DESC", (command,)):
+        try:
+            args = json.loads(row["args"])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(args, dict) and match(args) and (usable is None or usable(int(row["id"]))):
+            return int(row["id"])
+    return None
+
+
+def list_runs(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest runs, each with n_steps and n_done (steps finished)."""
+    rows = conn.execute(
+        "SELECT r.*, (SELECT COUNT(*) FROM steps s WHERE s.run_id=r.id) AS n_steps, "
+        "(SELECT COUNT(*) FROM steps s WHERE s.run_id=r.id AND s.status='done') AS n_done "
+        "FROM runs r ORDER BY r.id DESC LIMIT ?", (limit,)).fetchall()
+    return [db.row_dict(r) for r in rows]
+
+
+def run_record(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
+    """A run with its steps, measurements, artifacts and calibration compositions: all the database holds."""
+    run = get_run(conn, run_id)
+    run["measurements"] = [dict(r) for r in conn.execute(
+        "SELECT model, text, ctx, chunks, metric, value, error FROM measurements WHERE run_id=? ORDER BY id",
+        (run_id,))]
+    run["artifacts"] = [dict(r) for r in conn.execute(
+        "SELECT path, sha256, size, kind FROM artifacts WHERE run_id=? ORDER BY id", (run_id,))]
+    run["compositions"] = [dict(r) for r in conn.execute(
+        "SELECT * FROM compositions WHERE run_id=? ORDER BY id", (run_id,))]
+    return run
+
+
 def get_run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
     if row is None:

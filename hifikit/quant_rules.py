@@ -1,6 +1,9 @@
-"""What ``llama-quantize`` decides per tensor at the pin, mirrored once for every part of hifikit.
+"""What ``llama-quantize`` accepts and decides per tensor at the pin, mirrored once for all of hifikit.
 
-``allows_quantization`` is ``tensor_allows_quantization`` of src/llama-quant.cpp
+``quant_options`` is the type table the built llama-quantize lists (its
+QUANT_OPTIONS, HIFI ftypes included); ``resolve_type`` / ``resolve_hifi`` turn a
+name the user gave into one of its names, ``check_imatrix`` refuses a file that
+is not an importance matrix. ``allows_quantization`` is ``tensor_allows_quantization`` of src/llama-quant.cpp
 (default parameters: the output tensor is quantized, no ``--only-copy``): which
 tensors llama-quantize may give another type. ``requires_imatrix`` is
 ``tensor_requires_imatrix``: which (tensor, type) pairs it refuses without an
@@ -11,7 +14,12 @@ here no longer match it.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
+
+from . import gguf_io, parsers, paths, runner
+from .errors import HifikitError
 
 # name fragments: a tensor whose name contains one is never quantized
 NEVER_FRAGMENTS = (
@@ -73,3 +81,44 @@ def requires_imatrix(name: str, type_name: str, ftype: str | None = None) -> boo
         return False
     t = type_name.lower()
     return t in IMATRIX_TYPES or (t == "q2_k" and (ftype or "").upper() == "Q2_K_S")
+
+
+def quant_options() -> dict[str, dict]:
+    """name -> {ftype, desc}, as the llama-quantize of the build in use lists them (asked once per binary)."""
+    exe = paths.binary("llama-quantize")
+    return dict(_quant_options(str(exe.resolve()), exe.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=4)
+def _quant_options(exe: str, mtime_ns: int) -> dict[str, dict]:
+    res = runner.run_tool("llama-quantize", ["--help"], check=False)
+    return parsers.parse_quant_options(res.stdout + res.stderr)
+
+
+def resolve_type(name: str) -> str:
+    """llama-quantize's spelling of a type name given in any case; one error line listing the types."""
+    options = quant_options()
+    for known in options:
+        if known.lower() == name.lower():
+            return known
+    raise HifikitError(f"unknown quantization type '{name}'; this build accepts: {', '.join(options)}")
+
+
+def resolve_hifi(variant: str) -> str:
+    """A HIFI mixture of this build: the variant named ('Q4_K' or 'Q4_K_HIFI'), or the _M one for ''."""
+    hifi = [n for n in quant_options() if "HIFI" in n.upper()]
+    if not hifi:
+        raise HifikitError("this build has no HIFI quantization types (llama-quantize lists none)")
+    if variant:
+        return resolve_type(variant if "HIFI" in variant.upper() else f"{variant}_HIFI")
+    medium = [n for n in hifi if n.upper().endswith("_M")]
+    return (medium or hifi)[0]
+
+
+def check_imatrix(path: Path | str | None) -> None:
+    """Nothing, or one error line when path is not a GGUF importance matrix."""
+    if path is None:
+        return
+    kind = gguf_io.general_type(path)
+    if kind != "imatrix":
+        raise HifikitError(f"{path}: not an imatrix GGUF (general.type is {kind!r})")

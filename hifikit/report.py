@@ -20,10 +20,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__, atomic, gguf_io, jobs
+from . import __version__, atomic, ggml, gguf_io, jobs
 from .plots import figure, png_bytes, split_layer
 from .errors import HifikitError
 from .frontier import pareto_front
+from .tables import pm, table
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ class Row:
     size: str | None = None          # the ftype whose size it is held to (planner/baselines.py)
     predicted: float | None = None   # the objective's prediction of its mean KLD
     note: str = ""
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    rms_dp: float | None = None      # RMS of the change in the top token's probability, %
+    kld_base_mib: float | None = None   # a reference: the size of its cached logits (kld.py)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    step: str = ""                   # the step that measured it
 
     @property
     def file_mib(self) -> float | None:
@@ -102,7 +109,8 @@ def _file_bytes(path: str, result: dict[str, Any]) -> int | None:
 
 
 def rows(runs: list[dict[str, Any]]) -> list[Row]:
-    """One row per model evaluated or benchmarked in the runs, in step order."""
+    """One row per model evaluated or benchmarked in the runs, in step order: the one reader of eval,
+    reference-logits and bench results, for every command's table, the report and the API's results."""
     out: list[Row] = []
     for run in runs:
         by_model: dict[str, Row] = {}
@@ -124,7 +132,11 @@ def rows(runs: list[dict[str, Any]]) -> list[Row]:
                           kl.get("kld_mean"), kl.get("kld_error"), kl.get("same_top_p"), kl.get("same_top_p_error"),
                           res.get("chunks"), res.get("ctx"), res.get("types") or {},
                           kld_p999=(kl.get("kld_percentiles") or {}).get("99.9"), size=spec.get("size"),
-                          predicted=spec.get("predicted"), note=spec.get("note") or "")
+                          predicted=spec.get("predicted"), note=spec.get("note") or "",
+                          kld_p99=(kl.get("kld_percentiles") or {}).get("99.0"), kld_max=kl.get("kld_max"),
+                          rms_dp=kl.get("rms_dp"),
+                          kld_base_mib=res["size"] / 2**20 if step["kind"] == "kld-base" and "size" in res else None,
+                          warnings=list(res.get("warnings") or []), step=step["name"])
                 by_model[model] = row
                 out.append(row)
             elif step["kind"] == "bench":
@@ -157,12 +169,6 @@ def bench_tests(records: list[Row]) -> list[str]:
     return sorted(tests, key=lambda t: (not t.startswith("pp"), t))
 
 
-def _pm(v: float | None, e: float | None, fmt: str) -> str:
-    if v is None:
-        return ""
-    return f"{v:{fmt}} ± {e:{fmt}}" if e is not None else f"{v:{fmt}}"
-
-
 def table_cells(records: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells, shared by the terminal table and the HTML one."""
     tests = bench_tests(records)
@@ -172,15 +178,13 @@ def table_cells(records: list[Row]) -> tuple[list[str], list[list[str]]]:
     for r in records:
         cells.append([r.label, r.role, "" if r.file_bytes is None else f"{r.file_bytes:,}",
                       "" if r.file_mib is None else f"{r.file_mib:.2f}", "" if r.bpw is None else f"{r.bpw:.3f}",
-                      _pm(r.ppl, r.ppl_error, ".4f"), _pm(r.kld_mean, r.kld_error, ".6f"),
-                      _pm(r.same_top_p, r.same_top_p_error, ".2f"),
-                      *[_pm(*r.tps[t], ".1f") if t in r.tps else "" for t in tests]])
+                      pm(r.ppl, r.ppl_error, ".4f"), pm(r.kld_mean, r.kld_error, ".6f"),
+                      pm(r.same_top_p, r.same_top_p_error, ".2f"),
+                      *[pm(*r.tps[t], ".1f") if t in r.tps else "" for t in tests]])
     return headers, cells
 
 
 def format_table(records: list[Row]) -> str:
-    from .cli.output import table
-
     headers, cells = table_cells(records)
     return table(headers, cells, right=[False, False] + [True] * (len(headers) - 2))
 
@@ -308,7 +312,6 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        from . import ggml
         features = sorted(k for k, v in ggml.cpu_features().items() if v)
     except HifikitError as exc:
         features = [f"unavailable: {exc}"]
@@ -408,10 +411,19 @@ def render_html(runs: list[dict[str, Any]], records: list[Row], title: str = "hi
     return "\n".join(parts)
 
 
-def write(conn: sqlite3.Connection, run_ids: Iterable[int], output: Path, title: str = "hifikit report") -> Path:
+@dataclasses.dataclass
+class ReportResult:
+    path: str                   # the HTML file written
+    run_ids: list[int]
+    rows: list[Row]
+
+
+def write(conn: sqlite3.Connection, run_ids: Iterable[int], output: Path, title: str = "hifikit report"
+          ) -> ReportResult:
+    """One self-contained HTML report of the runs (`hifikit report`), written atomically."""
     runs = load_runs(conn, run_ids)
     output = Path(output)
     atomic.check_writable(output)
-    text = render_html(runs, rows(runs), title)
-    atomic.write_text(output, text)
-    return output.resolve()
+    records = rows(runs)
+    atomic.write_text(output, render_html(runs, records, title))
+    return ReportResult(str(output.resolve()), [r["id"] for r in runs], records)

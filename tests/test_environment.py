@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from hifikit import ggml, paths, quantize
+from hifikit import ggml, paths, quant_rules
 from hifikit.errors import NotBuiltError
 
 
@@ -36,12 +36,12 @@ def test_ggml_follows_the_library_directory(built, tmp_path, monkeypatch):
 
 
 def test_quant_options_follow_the_binary_directory(built, tmp_path, monkeypatch):
-    real = quantize.quant_options()
+    real = quant_rules.quant_options()
     assert "Q4_K_M" in real
     fake = tmp_path / "llama-quantize"
     fake.write_text("#!/bin/sh\necho ' allowed quantization types'\necho '   2  or  Q4_0    :  4.34G, +0.4685 ppl'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("HIFIKIT_BIN_DIR", str(tmp_path))
-    assert list(quantize.quant_options()) == ["Q4_0"]
+    assert list(quant_rules.quant_options()) == ["Q4_0"]
     monkeypatch.undo()
-    assert quantize.quant_options() == real
+    assert quant_rules.quant_options() == real

@@ -207,7 +207,7 @@ def test_eval_warns_when_the_imatrix_came_from_the_evaluation_text(cli, tiny_mod
     same = cli("eval", q, "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2, "--threads", 2)
     assert "warning:" in same.stderr and "its KLD is flattered" in same.stderr
     (rec,) = [r for r in cli.json("eval", q, "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX,
-                                  "--chunks", 2)["models"] if r["role"] == "model"]
+                                  "--chunks", 2)["models"] if r["role"] != "reference"]
     assert rec["warnings"] and "shares 100.0 %" in rec["warnings"][0]
     other = write_text(tmp_path / "other.txt", seed=7)
     apart = cli("eval", q, "--ref", tiny_model, "--text", other, "--ctx", CTX, "--chunks", 2, "--threads", 2)

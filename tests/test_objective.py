@@ -147,7 +147,7 @@ def test_calibrated_analyze_then_plan(cli, tiny_model, tiny_text, tmp_path):
 
 
 def test_hifi_standing_against_the_nearest_stock_types():
-    from hifikit.sweep import steps as sweep_steps
+    from hifikit.sweep import analyze as sweep_analyze
 
     def curve(name: str, pts: dict[str, tuple[int, float]]) -> curves.TensorCurve:
         return curves.TensorCurve(name, (256, 4), 1024, "f16", [curves.CurvePoint(t, b, e) for t, (b, e) in pts.items()])
@@ -161,7 +161,7 @@ def test_hifi_standing_against_the_nearest_stock_types():
         # a tensor without the HIFI type is not counted
         curve("blk.2.attn_q.weight", base),
     ])
-    (h,) = [s for s in sweep_steps.hifi_standing(sweep) if s.type == "q4_K_hifi"]
+    (h,) = [s for s in sweep_analyze.hifi_standing(sweep) if s.type == "q4_K_hifi"]
     assert h.tensors == 2 and h.on_front == 2 and h.on_hull == 1 and h.beats == {"q5_K": 1}
     assert h.bytes_ratio == {"q5_K": pytest.approx(168 / 176)}
     assert h.error_ratio["q5_K"] == pytest.approx((3.0 + 0.8) / 2)

@@ -1,6 +1,7 @@
 """Simple recipes (--pure + embedding/output types): enumeration, exact sizes, ranking, hifikit recipes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -109,8 +110,12 @@ def test_compare_baselines_puts_stock_recipes_and_plan_side_by_side(cli, swept, 
         assert set(r["speed_ratio"]) == {"pp128", "tg32"}
     assert recipe["note"].startswith("rank 1 of ")
     assert info["additivity"]["files"] == 3
+    from hifikit import db, jobs
     from hifikit.cli.compare import format_baselines
+    from hifikit.planner.baselines import BaselinesResult
 
-    text = format_baselines(info)
+    res = BaselinesResult.from_run(jobs.get_run(db.connect(), info["run"]))
+    assert json.loads(json.dumps(res.groups)) == info["groups"]        # the result is the run, read back
+    text = format_baselines(res)
     assert "== Q4_K_M" in text and "objective vs measured mean KLD over 3 files" in text
     print(text)

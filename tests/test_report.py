@@ -68,7 +68,7 @@ def test_report_from_compare_and_bench_runs(cli, tiny_model, tiny_text, tmp_path
     shutil.copy(tiny_model, odd)
     cmp_ = cli.json("compare", "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2,
                     "--threads", 2, "--quant", "Q3_K_M", "--quant", "Q3_K_HIFI", "--out-dir", tmp_path, odd)
-    quantized = [m["model"] for m in cmp_["models"] if m["role"] == "model" and "odd" not in m["model"]]
+    quantized = [m["model"] for m in cmp_["models"] if m["role"] != "reference" and "odd" not in m["model"]]
     bench = cli.json("bench", *quantized, "-p", 16, "-n", 4, "-r", 1, "--threads", 2)
     out = tmp_path / "report.html"
     data = cli.json("report", cmp_["run"], bench["run"], "-o", out)

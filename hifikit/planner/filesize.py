@@ -42,7 +42,6 @@ KEY_IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
 KEY_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 
 
-
 def pad(n: int, align: int = ALIGNMENT) -> int:
     return (n + align - 1) // align * align
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import ggml
 from ..plots import figure, save_png, split_layer
-from .plan import Plan
+
+if TYPE_CHECKING:  # plan.py draws its plans with this module
+    from .plan import Plan
 
 
 def strategy_overview(plan: Plan, path: Path) -> Path:
