@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import atomic, db, gguf_io, kld, parsers, runner
+from . import atomic, calib, db, gguf_io, hub, kld, parsers, runner
 from .errors import HifikitError
 from .jobs import StepContext, StepOutput
 from .progress import Progress
@@ -69,9 +69,7 @@ def quantize(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 def _check_types(path: Path, out: Path, expected: dict[str, str]) -> None:
     """Every tensor of the written file has the planned type; otherwise one error naming them."""
-    from .planner.filesize import tensor_types
-
-    got = tensor_types(path)
+    got = {name: type_name for name, _, type_name in gguf_io.tensor_types(path)}
     wrong = [f"{n}: {got[n]} instead of {t}" for n, t in expected.items() if n in got and got[n].lower() != t.lower()]
     absent = [n for n in expected if n not in got]
     if wrong or absent:
@@ -163,9 +161,7 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         measurements.append(db.Measurement("ppl", p.ppl, p.ppl_error, **where))
         result = {**facts, "ppl": p.ppl, "ppl_error": p.ppl_error, "ppl_chunks": p.chunks}
     result.update(text=str(text.resolve()), ctx=spec["ctx"], chunks=spec["chunks"])
-    from .calib import overlap_warning
-
-    warning = overlap_warning(model, text)
+    warning = calib.overlap_warning(model, text)
     if warning:
         log.warning("%s", warning)
         result["warnings"] = [warning]
@@ -187,8 +183,6 @@ def bench(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 
 def calib_build(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import calib
-
     domains = [calib.Domain(**d) for d in spec["domains"]]
     res = calib.build(domains, spec["tokens"], Path(spec["output"]), spec["seed"],
                       Path(spec["model"]) if spec.get("model") else None)
@@ -208,16 +202,12 @@ def calib_build(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 
 def fetch(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import hub
-
     res = hub.download(spec["repo_id"], spec.get("revision"), spec.get("include"), progress=ctx.progress)
     artifacts = [db.Artifact(str(Path(res.snapshot) / f), "gguf") for f in res.files] if res.kind == "gguf" else []
     return StepOutput(result=dataclasses.asdict(res), artifacts=artifacts)
 
 
 def convert(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import hub
-
     fetched = hub.FetchResult(**ctx.previous["fetch"])
     if fetched.kind == "gguf":
         return StepOutput(result={"models": [str(Path(fetched.snapshot) / f) for f in fetched.files]})
