@@ -362,7 +362,6 @@ def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0:
     (n_rows, n_per_row): F32/F16/BF16 read as they are, quantized types dequantized by the built ggml."""
     import numpy as np
 
-
     lib = ggml.load()
     row_bytes = lib.base.ggml_row_size(type_id, n_per_row)
     start = offset + row0 * row_bytes

@@ -166,7 +166,6 @@ class FetchJobResult:
 def fetch(opts: FetchOptions, *, conn=None, progress: bool | None = None) -> FetchJobResult:
     """A model from the Hugging Face Hub (safetensors converted to GGUF), as one tracked run."""
     spec = {"repo_id": opts.repo_id, "revision": opts.revision, "include": list(opts.include) if opts.include else None}
-    run = jobs.start("fetch", {**spec, "outtype": opts.outtype},
-                     [jobs.StepSpec("fetch", "fetch", spec), jobs.StepSpec("convert", "convert", {"outtype": opts.outtype})],
-                     progress=progress, conn=conn)
+    steps = [jobs.StepSpec("fetch", "fetch", spec), jobs.StepSpec("convert", "convert", {"outtype": opts.outtype})]
+    run = jobs.start("fetch", {**spec, "outtype": opts.outtype}, steps, progress=progress, conn=conn)
     return FetchJobResult.from_run(run)

@@ -84,8 +84,8 @@ def test_rules_on_names_and_shapes():
     assert allows_quantization("abcde", (64, 64)) and not allows_quantization("abcd", (64, 64))
     assert n_dims((640, 1, 1, 1)) == 1 and n_dims((640, 8, 1, 1)) == 2
     assert requires_imatrix("blk.0.ffn_up.weight", "IQ2_XS") and not requires_imatrix("token_embd.weight", "iq2_xs")
-    assert requires_imatrix("blk.0.ffn_up.weight", "q2_K", "Q2_K_S") and not requires_imatrix("blk.0.ffn_up.weight",
-                                                                                                "q2_K", "Q2_K")
+    assert requires_imatrix("blk.0.ffn_up.weight", "q2_K", "Q2_K_S")
+    assert not requires_imatrix("blk.0.ffn_up.weight", "q2_K", "Q2_K")
 
 
 @pytest.fixture
