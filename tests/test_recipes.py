@@ -119,3 +119,21 @@ def test_compare_baselines_puts_stock_recipes_and_plan_side_by_side(cli, swept, 
     text = format_baselines(res)
     assert "== Q4_K_M" in text and "objective vs measured mean KLD over 3 files" in text
     print(text)
+
+
+def test_a_file_that_fits_several_sizes_is_measured_once(tmp_path):
+    from hifikit.planner import baselines
+
+    spec = {"input": "m.gguf", "ftype": "Q8_0", "extra": ["--pure"], "threads": None}
+
+    def contender(label, role, size, out, **change):
+        return baselines.Contender(label, role, size, None, 10, 0.1, {**spec, **change, "output": str(tmp_path / out)})
+
+    items = [contender("--pure Q8_0 @A", "recipe", "A", "a"), contender("--pure Q8_0 @B", "recipe", "B", "b"),
+             contender("B", "stock", "B", "c", ftype="B")]
+    steps = baselines.steps(Path("m.gguf"), items, tmp_path / "t.txt", 128, 2, None, bench={"p": 8, "n": 2, "r": 1})
+    names = [s.name for s in steps]
+    assert names == ["reference-logits", "quantize-pure-Q8_0-A", "eval-pure-Q8_0-A", "quantize-B", "eval-B",
+                     "bench"]
+    assert steps[2].spec["also"] == [{"size": "B", "label": "--pure Q8_0 @B", "note": ""}]
+    assert steps[-1].spec["models"] == [str(tmp_path / "a"), str(tmp_path / "c")]

@@ -19,6 +19,7 @@ run named ``compare``, its args holding ``baselines``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import sqlite3
@@ -129,14 +130,21 @@ def steps(model: Path, items: Sequence[Contender], text: Path, ctx: int, chunks:
     base = {"text": str(text.resolve()), "ctx": ctx, "chunks": chunks, "threads": threads}
     out = [jobs.StepSpec("reference-logits", "kld-base", {"ref": str(model), **base, "label": model.stem,
                                                           "role": "reference"})]
+    evals: dict[str, dict] = {}          # the same file at several sizes (a recipe that fits both): made once
+    files: list[str] = []
     for c in items:
+        key = json.dumps({k: v for k, v in c.quantize.items() if k != "output"}, sort_keys=True, default=str)
+        if key in evals:
+            evals[key]["also"].append({"size": c.size, "label": c.label, "note": c.note})
+            continue
+        spec = {"model": c.quantize["output"], "ref": str(model), **base, "label": c.label, "role": c.role,
+                "size": c.size, "predicted": c.predicted, "note": c.note, "also": []}
+        evals[key] = spec
+        files.append(c.quantize["output"])
         out.append(jobs.StepSpec(f"quantize-{c.tag}", "quantize", c.quantize))
-        out.append(jobs.StepSpec(f"eval-{c.tag}", "eval", {"model": c.quantize["output"], "ref": str(model), **base,
-                                                           "label": c.label, "role": c.role, "size": c.size,
-                                                           "predicted": c.predicted, "note": c.note}))
+        out.append(jobs.StepSpec(f"eval-{c.tag}", "eval", spec))
     if bench is not None:
-        out.append(jobs.StepSpec("bench", "bench", {"models": [c.quantize["output"] for c in items], **bench,
-                                                    "threads": threads}))
+        out.append(jobs.StepSpec("bench", "bench", {"models": files, **bench, "threads": threads}))
     return out
 
 
@@ -144,6 +152,13 @@ def summary(run: dict) -> dict:
     """The comparison's rows (report.Row as dicts) grouped by size, with speed as ratios to the stock
     file of the same size and the additivity of the objective over the files it prices."""
     records = [r for r in report.rows([run]) if r.role != "reference"]
+    also = {s["spec"]["model"]: s["spec"].get("also") or [] for s in run["steps"] if s["kind"] == "eval"}
+    # a file measured once and listed at every size it fits
+    records += [dataclasses.replace(r, size=a["size"], label=a["label"], note=a["note"])
+                for r in list(records) for a in also.get(r.model, [])]
+    order = {s: i for i, s in enumerate(dict.fromkeys(r.size for r in records))}
+    ranks = {"stock": 0, "recipe": 1, "plan": 2, "hifi": 3}
+    records.sort(key=lambda r: (order[r.size], "+imatrix" in r.label, ranks.get(r.role, 4)))
     stock = {r.size: r for r in records if r.role == "stock" and r.size and r.label == r.size}
     groups: dict[str, list[dict]] = {}
     for r in records:
