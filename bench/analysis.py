@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sweep time per tensor of `hifikit analyze`: proxy vs measured, read from runs databases.
 
-Reads curve_points (see hifikit/curves.py: one row per run, mode, tensor and candidate type,
+Reads curve_points (see hifikit/sweep/curves.py: one row per run, mode, tensor and candidate type,
 with the seconds that point took); nothing is run. For every sweep (database, run, mode) it
 prints the seconds per tensor (sum over the tensor's candidate types) and per point as
 min / median / max, and for every measured sweep against every proxy sweep of the same model,

@@ -34,8 +34,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the numpy reference of the HIFI block format is a test oracle, kept with the tests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from hifikit import ggml, hifi_ref  # noqa: E402
+import hifi_ref  # noqa: E402
+from hifikit import ggml  # noqa: E402
 from hifikit.gguf_io import gguf  # noqa: E402
 
 QK_K = hifi_ref.QK_K

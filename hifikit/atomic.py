@@ -17,7 +17,8 @@ def partial_name(target: Path) -> Path:
     return target.with_name(f".{target.stem}{PARTIAL_TAG}{os.getpid()}{target.suffix}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -30,7 +31,7 @@ def _pid_alive(pid: int) -> bool:
 def is_stale_partial(path: Path) -> bool:
     """A temporary file of ours whose writer process is gone."""
     m = re.search(rf"{re.escape(PARTIAL_TAG)}(\d+)", path.name)
-    return bool(m) and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1))))
+    return bool(m) and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1))))
 
 
 def stale_partials(target: Path) -> list[Path]:
@@ -39,7 +40,7 @@ def stale_partials(target: Path) -> list[Path]:
     prefix = f".{target.stem}{PARTIAL_TAG}"
     for path in target.parent.glob(f"{prefix}*{target.suffix}"):
         pid = path.name[len(prefix):len(path.name) - len(target.suffix)]
-        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid)):
             out.append(path)
     return sorted(out)
 

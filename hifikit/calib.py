@@ -7,6 +7,10 @@ pieces are shuffled with the seed, and pieces are taken until the domain's
 share of the token budget is met, counted with the model's own tokenizer
 (``llama-tokenize``). The domains' pieces are then interleaved with the same
 seed and written atomically.
+
+``build_calibration(CalibOptions(...)) -> CalibJobResult`` is the job of
+``hifikit calib build``: one tracked run named ``calib`` whose composition is
+kept in the runs database.
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ import random
 import re
 import sysconfig
 import tempfile
+import sqlite3
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
-from . import atomic, parsers, runner
+from . import atomic, gguf_io, jobs, parsers, runner
 from .errors import HifikitError
 
 log = logging.getLogger(__name__)
@@ -269,8 +274,6 @@ def overlap_warning(model: Path, evaluation: Path) -> str | None:
 
     llama-quantize records the imatrix's dataset (the file llama-imatrix read) in the model's
     quantize.imatrix.dataset key; llama-imatrix records it in imatrix.datasets."""
-    from . import gguf_io
-
     index = gguf_io.tensor_index(model)
     dataset = index.value("quantize.imatrix.dataset")
     datasets = [dataset] if isinstance(dataset, str) else []
@@ -289,3 +292,41 @@ def overlap_warning(model: Path, evaluation: Path) -> str | None:
     return (f"{model.name}: its imatrix was computed on {worst}, which shares {100 * shares[worst]:.1f} % of the "
             f"evaluation text's {OVERLAP_NGRAM}-word passages, so its KLD is flattered (keep calibration and "
             "evaluation texts apart)")
+
+
+@dataclasses.dataclass
+class CalibOptions:
+    tokens: int                                  # the total token budget
+    output: Path
+    mix: Sequence[str | Domain] = ()             # domains, or NAME=PATH:WEIGHT (PATH 'stdlib': Python's sources)
+    seed: int = 0
+    model: Path | None = None                    # the GGUF whose tokenizer counts the tokens (else estimated)
+
+
+@dataclasses.dataclass
+class CalibJobResult:
+    run_id: int
+    text: CalibResult
+    sha256: str
+    step: dict[str, Any]
+    run: dict[str, Any]
+
+    @classmethod
+    def from_run(cls, run: dict[str, Any]) -> "CalibJobResult":
+        res = jobs.step_result(run, "build")
+        fields = {k: v for k, v in res.items() if k != "sha256"}
+        text = CalibResult(**{**fields, "domains": [DomainResult(**d) for d in res["domains"]]})
+        return cls(run["id"], text, res.get("sha256", ""), res, run)
+
+
+def build_calibration(opts: CalibOptions, *, conn: sqlite3.Connection | None = None,
+                      progress: bool | None = None) -> CalibJobResult:
+    """A calibration text sampled from the mix by token counts (the default mix completed), as one tracked run."""
+    domains = complete_mix([m if isinstance(m, Domain) else parse_mix(m) for m in opts.mix])
+    model = gguf_io.check_model(opts.model) if opts.model else None
+    output = Path(opts.output)
+    atomic.check_writable(output)
+    spec = {"domains": [dataclasses.asdict(d) for d in domains], "tokens": opts.tokens,
+            "output": str(output.resolve()), "seed": opts.seed, "model": str(model) if model else None}
+    run = jobs.start("calib", spec, [jobs.StepSpec("build", "calib", spec)], progress=progress, conn=conn)
+    return CalibJobResult.from_run(run)

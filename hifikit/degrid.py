@@ -43,13 +43,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import atomic, gguf_io
+from . import atomic, ggml, gguf_io, grid
 from .errors import HifikitError
+from .grid import KEY_SEED, KEY_SOURCE
 
 log = logging.getLogger(__name__)
 
-KEY_SEED = "hifikit.degrid.seed"
-KEY_SOURCE = "hifikit.degrid.source"
 ARCHITECTURES = ("llama", "gemma3")
 FLOAT_TYPES = {0: np.float32, 1: np.float16, 30: np.uint16}   # F32, F16, BF16 (moved as raw 16-bit values)
 
@@ -90,6 +89,8 @@ class DegridResult:
     unchanged: int           # tensors kept as they are (q/k norms, rope_freqs)
     file_bytes: int
     seconds: float
+    grid_before: dict | None = None   # with check: grid.detect of the input and of the twin (GridReport.to_json)
+    grid_after: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +194,9 @@ def _kv_u32(key: str, value: int) -> bytes:
 
 
 def degrid(src: Path | str, dst: Path | str, seed: int = 0,
-           progress: Callable[[int, int], None] | None = None) -> DegridResult:
-    """Write the permuted twin of src to dst (atomically: no partial file on any error)."""
+           progress: Callable[[int, int], None] | None = None, check: bool = False) -> DegridResult:
+    """Write the permuted twin of src to dst (atomically: no partial file on any error); with check, the grid
+    check (grid.detect) of both files."""
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
     if not 0 <= seed < 2**32:
@@ -243,15 +245,17 @@ def degrid(src: Path | str, dst: Path | str, seed: int = 0,
                 out.write(bytes(src_map[end:]))
     del src_map
     log.info("degrid %s -> %s: %d tensors permuted, %d kept (seed %d)", src, dst, permuted, unchanged, seed)
-    return DegridResult(str(src.resolve()), str(dst.resolve()), seed, index.architecture, permuted, unchanged,
-                        dst.stat().st_size, time.perf_counter() - t0)
+    res = DegridResult(str(src.resolve()), str(dst.resolve()), seed, index.architecture, permuted, unchanged,
+                       dst.stat().st_size, time.perf_counter() - t0)
+    if check:
+        res.grid_before, res.grid_after = grid.detect(src).to_json(), grid.detect(dst).to_json()
+    return res
 
 
 def _n_bytes(t: gguf_io.IndexEntry) -> int:
     size = {0: 4, 1: 2, 30: 2}.get(t.type_id)
     if size is not None:
         return t.n_elements * size
-    from . import ggml
     lib = ggml.load()
     return int(lib.base.ggml_row_size(t.type_id, t.shape[0])) * (t.n_elements // t.shape[0])
 

@@ -18,14 +18,14 @@ The job (a resumable run, see jobs.py) is:
 5. ``reference-logits``: the cached KLD base logits (kld.py);
 6. ``sweep`` and ``calibrate``: the proxy error curves of every tensor, then a
    few measured pairs on the calibration text (one type per tensor, three
-   layers of each tensor kind) that scale them to KL divergence (objective.py);
+   layers of each tensor kind) that scale them to KL divergence (sweep/objective.py);
 7. ``imatrix``: an importance matrix over the calibration text, for the
    imatrix baseline;
 8. for each entry of VARIANTS: ``quantize-TAG`` then ``eval-TAG`` (PPL, KLD,
    same-top-p against the reference); a planned variant's quantize step first
-   plans per-tensor types at an ftype's exact file size (plan.py), a recipe
+   plans per-tensor types at an ftype's exact file size (planner/plan.py), a recipe
    variant takes the best simple recipe of that size by the same objective
-   (recipes.py);
+   (planner/recipes.py);
 9. ``bench``: llama-bench prompt and generation t/s of every model.
 
 A demo with the same arguments as an earlier one resumes that run (nothing
@@ -42,12 +42,18 @@ import re
 import sqlite3
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 
-from . import atomic, curves, db, gguf_io, jobs, kld
+from . import atomic, db, degrid, gguf_io, jobs, kld, report
+from .steps import quantize as run_quantize
 from .errors import HifikitError
-from .jobs import StepContext, StepOutput, StepSpec, step_kind
+from .jobs import StepContext, StepOutput, StepSpec
+from .planner import filesize, recipes
+from .planner import plan as planner
+from .planner import strategy as strat
+from .sweep import curves, knee, objective
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +183,6 @@ def build_text(output: Path, model: Path, tokens: int, modules: tuple[str, ...] 
             "python": sys.version.split()[0], "stdlib": str(Path(sysconfig.get_paths()["stdlib"]))}
 
 
-@step_kind("demo-source")
 def source_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     if spec.get("package"):
         pkg = demo_package()
@@ -195,7 +200,6 @@ def source_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       artifacts=[db.Artifact(str(path), "gguf", sha, path.stat().st_size)])
 
 
-@step_kind("demo-text")
 def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     out = Path(spec["output"])
     res = build_text(out, Path(spec["model"]), int(spec["tokens"]), tuple(spec.get("modules") or STDLIB_MODULES))
@@ -205,10 +209,7 @@ def text_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       artifacts=[db.Artifact(str(out), "evaluation-text", sha, out.stat().st_size)])
 
 
-@step_kind("demo-degrid")
 def degrid_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import degrid
-
     try:
         res = degrid.degrid(spec["input"], spec["output"], int(spec["seed"]))
     except HifikitError as exc:
@@ -219,45 +220,33 @@ def degrid_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 
 def _budget(ctx: StepContext, model: Path, match: str):
-    from . import filesize, plan as planner
-
     layout = filesize.FileLayout.read(model)
     budget = planner.budget_for(planner.Target("match", match), layout,
                                 lambda f: planner.ftype_file_size(ctx.conn, model, layout, f, None, None))
     return layout, budget
 
 
-@step_kind("demo-plan-quantize")
 def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """Plan per-tensor types at an ftype's exact file size from this run's sweep, then apply the strategy."""
-    from . import plan as planner, strategy as strat
-    from .knee import knee_type
-    from .quantize import strategy_step
-    from .steps import quantize
-
     model = Path(spec["input"])
     sweep = curves.load_sweep(ctx.conn, ctx.run_id)
     layout, budget = _budget(ctx, model, spec["match"])
     base = "Q8_0"  # tensors outside the sweep: what llama-quantize gives them under Q8_0
     p = planner.make_plan(sweep, model, layout, planner.Target("match", spec["match"]), budget,
-                          planner.cached_dry_run(ctx.conn, model, base), base, None, None, knees=knee_type)
+                          planner.cached_dry_run(ctx.conn, model, base), base, None, None, knees=knee.knee_type)
     strategy_path = Path(spec["strategy"])
     strat.write(p, strategy_path)
-    step = strategy_step(model, Path(spec["output"]), strat.load(strategy_path), layout, spec.get("threads"),
-                         p.predicted_bytes, p.predicted_error)
-    out = quantize(ctx, step.spec)
+    step = strat.quantize_step(model, Path(spec["output"]), strat.load(strategy_path), layout, spec.get("threads"),
+                               p.predicted_bytes, p.predicted_error)
+    out = run_quantize(ctx, step.spec)
     out.result.update(strategy=str(strategy_path.resolve()), ftype=f"plan at {spec['match']}'s size",
                       plan=planner.summary(p))
     out.artifacts.append(db.Artifact(str(strategy_path), "strategy"))
     return out
 
 
-@step_kind("demo-recipe-quantize")
 def recipe_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """The best simple recipe at an ftype's exact file size by this run's objective, quantized."""
-    from . import objective, plan as planner, recipes
-    from .steps import quantize
-
     model = Path(spec["input"])
     layout, budget = _budget(ctx, model, spec["match"])
     sweep = curves.load_sweep(ctx.conn, ctx.run_id)
@@ -266,9 +255,9 @@ def recipe_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     if not cands:
         raise HifikitError(f"no simple recipe fits {spec['match']}'s {budget} bytes")
     best = cands[0]
-    out = quantize(ctx, {"input": str(model), "output": spec["output"], "ftype": best.recipe.ftype,
-                         "extra": best.recipe.args(), "threads": spec.get("threads"), "expect_bytes": best.bytes,
-                         "predicted_error": best.predicted})
+    out = run_quantize(ctx, {"input": str(model), "output": spec["output"], "ftype": best.recipe.ftype,
+                             "extra": best.recipe.args(), "threads": spec.get("threads"), "expect_bytes": best.bytes,
+                             "predicted_error": best.predicted})
     out.result.update(ftype=best.recipe.label, recipe=best.to_json(), recipes_considered=considered,
                       recipes_fit=len(cands))
     return out
@@ -343,21 +332,47 @@ def plan_steps(opts: DemoOptions, variants: tuple[Variant, ...] = VARIANTS) -> t
 def find_run(conn: sqlite3.Connection, args: dict[str, Any]) -> int | None:
     """The latest demo run with exactly these arguments, if any."""
     key = json.dumps(args, default=str)
-    row = conn.execute("SELECT id FROM runs WHERE command='demo' AND args=? ORDER BY id DESC LIMIT 1",
-                       (key,)).fetchone()
-    return int(row["id"]) if row else None
+    return jobs.latest_run(conn, "demo", lambda stored: json.dumps(stored, default=str) == key)
 
 
-def _files_gone(run: dict[str, Any]) -> bool:
+def files_gone(run: dict[str, Any]) -> bool:
     """Whether a finished step's output file was removed since (then the run cannot be reused)."""
     return any(s["status"] == "done" and s["spec"].get("output") and not Path(s["spec"]["output"]).is_file()
                for s in run["steps"])
 
 
-def run(opts: DemoOptions, progress: bool | None = None, on_step=None,
-        conn: sqlite3.Connection | None = None) -> tuple[dict[str, Any], bool]:
-    """Run (or resume) the demo; returns the finished run and whether an earlier run was reused."""
+@dataclasses.dataclass
+class DemoResult:
+    run_id: int
+    reused: bool                      # an earlier demo with the same arguments was resumed
+    report: str | None                # report.html
+    rows: list[report.Row]            # the reference, then one per variant, with llama-bench speed
+    seconds: float | None             # wall time of this call
+    results: dict[str, dict[str, Any]]    # step name -> its stored result (source, degrid, text, calibration, ...)
+    run: dict[str, Any]
+
+    @classmethod
+    def from_run(cls, run: dict[str, Any], reused: bool = False, report_path: str | None = None,
+                 seconds: float | None = None) -> "DemoResult":
+        return cls(run["id"], reused, report_path, report.rows([run]), seconds,
+                   {s["name"]: s["result"] for s in run["steps"]}, run)
+
+
+def demo(opts: DemoOptions, *, conn: sqlite3.Connection | None = None, progress: bool | None = None,
+         on_step: jobs.StepHook | None = None) -> DemoResult:
+    """Run the demo (or resume an identical earlier one) and write its report.html into opts.out."""
+    jobs.check_positive(chunks=opts.chunks, ctx=opts.ctx, threads=opts.threads,
+                        **{f"bench_{k}": v for k, v in opts.bench.items()})
+    start = time.monotonic()
     conn = conn or db.connect()
+    finished, reused = _run(opts, progress, on_step, conn)
+    out = report.write(conn, [finished["id"]], opts.out / "report.html", title="hifikit demo")
+    return DemoResult.from_run(finished, reused, out.path, time.monotonic() - start)
+
+
+def _run(opts: DemoOptions, progress: bool | None, on_step: jobs.StepHook | None,
+         conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
+    """Run (or resume) the demo; returns the finished run and whether an earlier run was reused."""
     opts.out.mkdir(parents=True, exist_ok=True)
     atomic.check_writable(opts.out / "report.html")
     if opts.model is not None:
@@ -369,7 +384,7 @@ def run(opts: DemoOptions, progress: bool | None = None, on_step=None,
             kld.check_text(opts.model, opts.text, opts.ctx, opts.chunks)
     args, steps = plan_steps(opts)
     run_id = find_run(conn, args)
-    if run_id is not None and _files_gone(jobs.get_run(conn, run_id)):
+    if run_id is not None and files_gone(jobs.get_run(conn, run_id)):
         log.info("demo: the files of run %d are gone; starting over", run_id)
         run_id = None
     if run_id is not None:

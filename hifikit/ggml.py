@@ -14,6 +14,9 @@ import numpy as np
 from . import paths
 from .errors import HifikitError
 
+# the ggml types the patch series adds (patch 0001), ggml_type_name spelling
+HIFI_TYPES = ("q3_K_hifi", "q4_K_hifi", "q5_K_hifi", "q6_K_hifi")
+
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
 
 
@@ -75,6 +78,10 @@ class GGML:
         if not 0 <= type_id < self.type_count:
             raise HifikitError(f"unknown ggml type id {type_id}")
         return self.base.ggml_get_type_traits(type_id).contents
+
+    def type_name(self, type_id: int) -> str:
+        """ggml_type_name of a type id (an error for an id the library does not have)."""
+        return self._traits(type_id).type_name.decode()
 
     def types(self) -> list[GGMLType]:
         """Every type the library knows, removed ids skipped."""
@@ -139,8 +146,13 @@ class GGML:
         return bool(self.base.ggml_validate_row_data(type_id, buf, len(blob)))
 
 
-@lru_cache(maxsize=1)
 def load() -> GGML:
+    """The library of the build HIFIKIT_LIB_DIR / HIFIKIT_BUILD_INFO point at now (each loaded once)."""
+    return _load(str(paths.library("ggml-base").resolve()), str(paths.build_info_path().resolve()))
+
+
+@lru_cache(maxsize=4)
+def _load(library: str, build_info: str) -> GGML:
     return GGML()
 
 

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from . import ggml
 from .errors import HifikitError
 
 try:  # the patched private copy installed with the build
@@ -61,20 +62,29 @@ class ModelInfo:
     def size_mib(self) -> float:
         return self.tensor_bytes / (1024 * 1024)
 
+    def to_json(self, metadata: bool = True) -> dict[str, Any]:
+        """What `hifikit inspect --json` prints: the fields, MiB and BPW (the KV metadata when asked)."""
+        data = dataclasses.asdict(self)
+        data["size_mib"] = self.size_mib
+        data["bits_per_weight"] = self.bits_per_weight
+        if not metadata:
+            data.pop("metadata")
+        return data
 
-def _require_gguf():
+
+def require_gguf():
+    """The gguf-py module in use (the patched hifikit._gguf, else gguf), or one line saying it is missing."""
     if gguf is None:
         raise HifikitError("the gguf package is missing: pip install gguf (or reinstall hifikit)")
     return gguf
 
 
-def _type_names() -> dict[int, str]:
+def type_names() -> dict[int, str]:
     """Type names as the built ggml spells them; gguf-py's enum if the library is absent."""
     try:
-        from . import ggml
         return {t.id: t.name for t in ggml.load().types()}
     except HifikitError:
-        return {int(t): t.name for t in _require_gguf().GGMLQuantizationType}
+        return {int(t): t.name for t in require_gguf().GGMLQuantizationType}
 
 
 def check_file(path: Path | str) -> Path:
@@ -91,9 +101,16 @@ def check_file(path: Path | str) -> Path:
     return path
 
 
+def check_model(path: Path | str) -> Path:
+    """A GGUF a job is to read, checked before the job starts (magic, header, tensor types, no truncation);
+    its resolved path."""
+    open_reader(path)
+    return Path(path).resolve()
+
+
 def open_reader(path: Path | str):
     """A GGUFReader, with truncated and malformed files turned into one line."""
-    g = _require_gguf()
+    g = require_gguf()
     path = check_file(path)
     try:
         reader = g.GGUFReader(path)
@@ -122,7 +139,7 @@ def _field_value(field) -> Any:
 
 def read_info(path: Path | str) -> ModelInfo:
     reader = open_reader(path)
-    names = _type_names()
+    names = type_names()
     tensors = []
     for t in reader.tensors:
         type_id = int(t.tensor_type)
@@ -147,7 +164,7 @@ def read_info(path: Path | str) -> ModelInfo:
 
 def tensor_types(path: Path | str) -> list[tuple[str, list[int], str]]:
     """(name, shape, type name) of every tensor, from the header alone (tensor_index)."""
-    names = _type_names()
+    names = type_names()
     return [(t.name, list(t.shape), names.get(t.type_id, str(t.type_id))) for t in tensor_index(path).tensors]
 
 
@@ -176,7 +193,7 @@ HIFI_SUFFIX = "_HIFI"
 
 def hifi_type_ids() -> dict[str, int]:
     """HIFI type name -> ggml type id, as the gguf-py in use knows them."""
-    g = _require_gguf()
+    g = require_gguf()
     ids = {t.name: int(t) for t in g.GGMLQuantizationType if t.name.endswith(HIFI_SUFFIX)}
     if not ids:
         raise HifikitError(f"the gguf-py in use ({g.__name__} from {g.__file__}) has no HIFI types: "
@@ -222,6 +239,8 @@ class TensorIndex:
     keys: tuple[str, ...] = ()
     # scalar and string values, and scalar arrays of up to SMALL_ARRAY items (per-layer hparams)
     values: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # key -> bytes of the whole serialized KV pair (key, value type, value): what a copy of it costs
+    kv_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def value(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -230,10 +249,9 @@ class TensorIndex:
 def _row_sizes(type_ids: set[int]) -> dict[int, tuple[int, int]]:
     """(block size, type size) per type id, from the built ggml (gguf-py's table without it)."""
     try:
-        from . import ggml
         return {t.id: (t.block_size, t.type_size) for t in ggml.load().types() if t.id in type_ids}
     except HifikitError:
-        g = _require_gguf()
+        g = require_gguf()
         return {int(t): g.GGML_QUANT_SIZES[t] for t in g.GGMLQuantizationType if int(t) in type_ids}
 
 
@@ -286,7 +304,9 @@ def tensor_index(path: Path | str) -> TensorIndex:
             n_tensors, n_kv = take("<Q"), take("<Q")
             keys: list[str] = []
             values: dict[str, Any] = {}
+            kv_sizes: dict[str, int] = {}
             for _ in range(n_kv):
+                kv_start = pos
                 key, vtype = string(), take("<I")
                 keys.append(key)
                 if vtype == _STRING:
@@ -302,6 +322,9 @@ def tensor_index(path: Path | str) -> TensorIndex:
                         skip(vtype)
                 else:
                     skip(vtype)
+                if pos > len(data):
+                    raise struct.error(f"KV {key} runs past the end of the file")
+                kv_sizes[key] = pos - kv_start
             arch = values.get("general.architecture")
             arch = arch if isinstance(arch, str) else None
             alignment = values.get("general.alignment", 32)
@@ -330,7 +353,7 @@ def tensor_index(path: Path | str) -> TensorIndex:
         if end > size:
             raise HifikitError(f"{path}: truncated GGUF (tensor {t.name} ends at byte {end}, file has {size})")
     return TensorIndex(str(path), arch, tensors, version, n_kv, kv_end, info_end, alignment, start, tuple(keys),
-                       values)
+                       values, kv_sizes)
 
 
 def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0: int, n_rows: int
@@ -339,12 +362,10 @@ def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0:
     (n_rows, n_per_row): F32/F16/BF16 read as they are, quantized types dequantized by the built ggml."""
     import numpy as np
 
-    from . import ggml
-
     lib = ggml.load()
     row_bytes = lib.base.ggml_row_size(type_id, n_per_row)
     start = offset + row0 * row_bytes
-    name = lib._traits(type_id).type_name.decode()
+    name = lib.type_name(type_id)
     if name in ("f32", "f16"):
         dtype = np.float32 if name == "f32" else np.float16
         raw = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(n_rows, n_per_row))

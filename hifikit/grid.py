@@ -23,10 +23,14 @@ from typing import Sequence
 import numpy as np
 
 from . import ggml, gguf_io
-from .degrid import KEY_SEED, KEY_SOURCE
 from .errors import HifikitError
+from .quant_rules import allows_quantization
 
 log = logging.getLogger(__name__)
+
+# what a de-gridded twin (degrid.py) carries in its header, and every file quantized from it after it
+KEY_SEED = "hifikit.degrid.seed"
+KEY_SOURCE = "hifikit.degrid.source"
 
 # relative squared error below which a re-quantization counts as lossless: F16 rounding of values on
 # the grid gives ~1e-8; Q8_0 of continuous weights gives ~2e-5 (its step is max|x|/127 of 32 weights)
@@ -102,7 +106,6 @@ def relative_error(lib: ggml.GGML, type_id: int, x: np.ndarray) -> float:
 
 def detect(model: Path | str, types: Sequence[str] = PROBE_TYPES, sample_rows: int = SAMPLE_ROWS) -> GridReport:
     """Check every quantizable F32/F16/BF16 tensor of the model (a sample of its rows)."""
-    from .sensitivity import quantizable
 
     index = gguf_io.tensor_index(model)
     lib = ggml.load()
@@ -117,7 +120,7 @@ def detect(model: Path | str, types: Sequence[str] = PROBE_TYPES, sample_rows: i
     on_grid = []
     checked = 0
     for t in index.tensors:
-        if t.type_id not in float_ids or not quantizable(t.name, t.shape, index.architecture):
+        if t.type_id not in float_ids or not allows_quantization(t.name, t.shape, index.architecture):
             continue
         checked += 1
         n_rows = t.n_elements // t.shape[0]

@@ -4,18 +4,24 @@ Downloads go through huggingface_hub (its cache, token and HF_ENDPOINT
 apply). Conversion runs the pinned llama.cpp tree's convert_hf_to_gguf.py,
 installed with hifikit under hifikit/convert (or found in the pristine tree
 of a source checkout); its heavy dependencies are the `hifikit[convert]` extra.
+
+``fetch(FetchOptions(repo_id, ...)) -> FetchJobResult`` is the job of
+``hifikit fetch``: a download step and a conversion step, one tracked run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator, Sequence
 
-from . import atomic, db
+from . import atomic, db, jobs
 from .errors import HifikitError
+from .upstream import UpstreamError, pristine_tree
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +48,27 @@ def _hf():
     return huggingface_hub, errors
 
 
+@contextlib.contextmanager
+def _progress_bars(enabled: bool | None) -> Iterator[None]:
+    """huggingface_hub's progress bars off for this download when not wanted, and as they were after it."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    turn_off = (enabled is False or (enabled is None and not sys.stderr.isatty())) and not are_progress_bars_disabled()
+    if turn_off:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if turn_off:
+            enable_progress_bars()
+
+
 def download(repo_id: str, revision: str | None = None, include: list[str] | None = None,
              progress: bool | None = None) -> FetchResult:
     hf, errors = _hf()
-    if progress is False or (progress is None and not sys.stderr.isatty()):
-        from huggingface_hub.utils import disable_progress_bars
-        disable_progress_bars()
     try:
-        snapshot = hf.snapshot_download(repo_id, revision=revision, allow_patterns=include or None)
+        with _progress_bars(progress):
+            snapshot = hf.snapshot_download(repo_id, revision=revision, allow_patterns=include or None)
     except errors.GatedRepoError:
         raise HifikitError(f"{repo_id} is gated: accept its terms on the Hub, then log in "
                            "('hf auth login') or set HF_TOKEN") from None
@@ -84,7 +103,6 @@ def convert_script() -> Path:
     if installed.is_file():
         return installed
     try:
-        from .upstream import UpstreamError, pristine_tree
         script = pristine_tree(download=False) / CONVERT_SCRIPT
     except UpstreamError as exc:
         raise HifikitError(f"{CONVERT_SCRIPT} not found: reinstall hifikit ({exc})") from None
@@ -122,3 +140,32 @@ def models_dir() -> Path:
 def converted_path(result: FetchResult, outtype: str) -> Path:
     name = result.repo_id.replace("/", "--")
     return models_dir() / name / (result.commit or "unknown") / f"{result.repo_id.split('/')[-1]}-{outtype.upper()}.gguf"
+
+
+@dataclasses.dataclass
+class FetchOptions:
+    repo_id: str
+    revision: str | None = None        # a branch, tag or commit
+    include: Sequence[str] | None = None   # only files matching these globs, e.g. "*Q4_K_M.gguf"
+    outtype: str = "f16"               # the GGUF type when converting safetensors: f32, f16, bf16, q8_0
+
+
+@dataclasses.dataclass
+class FetchJobResult:
+    run_id: int
+    fetched: FetchResult
+    models: list[str]                  # the GGUF files: downloaded, or converted
+    run: dict
+
+    @classmethod
+    def from_run(cls, run: dict) -> "FetchJobResult":
+        return cls(run["id"], FetchResult(**jobs.step_result(run, "fetch")),
+                   jobs.step_result(run, "convert")["models"], run)
+
+
+def fetch(opts: FetchOptions, *, conn=None, progress: bool | None = None) -> FetchJobResult:
+    """A model from the Hugging Face Hub (safetensors converted to GGUF), as one tracked run."""
+    spec = {"repo_id": opts.repo_id, "revision": opts.revision, "include": list(opts.include) if opts.include else None}
+    steps = [jobs.StepSpec("fetch", "fetch", spec), jobs.StepSpec("convert", "convert", {"outtype": opts.outtype})]
+    run = jobs.start("fetch", {**spec, "outtype": opts.outtype}, steps, progress=progress, conn=conn)
+    return FetchJobResult.from_run(run)

@@ -47,14 +47,17 @@ class StepContext:
 
 
 StepFn = Callable[[StepContext, dict[str, Any]], StepOutput]
-STEP_KINDS: dict[str, StepFn] = {}
 
 
-def step_kind(name: str) -> Callable[[StepFn], StepFn]:
-    def register(fn: StepFn) -> StepFn:
-        STEP_KINDS[name] = fn
-        return fn
-    return register
+def step_kinds() -> dict[str, StepFn]:
+    """Every step kind by name: the explicit list in kinds.py.
+
+    The registry sits above this module (it imports every module that defines a kind, and those
+    import this one for StepContext), so it is read when a run is created or executed, not on import.
+    """
+    from .kinds import STEP_KINDS
+
+    return STEP_KINDS
 
 
 @dataclasses.dataclass
@@ -86,8 +89,9 @@ def create_run(conn: sqlite3.Connection, command: str, args: dict[str, Any], ste
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise HifikitError(f"duplicate step names in job: {names}")
+    kinds = step_kinds()
     for s in steps:
-        if s.kind not in _kinds():
+        if s.kind not in kinds:
             raise HifikitError(f"unknown step kind '{s.kind}'")
     with db.transaction(conn):
         cur = conn.execute(
@@ -102,9 +106,54 @@ def create_run(conn: sqlite3.Connection, command: str, args: dict[str, Any], ste
     return run_id
 
 
-def _kinds() -> dict[str, StepFn]:
-    from . import demo, steps  # noqa: F401  (register the step kinds)
-    return STEP_KINDS
+def check_positive(**values: int | float | None) -> None:
+    """One error line for the first option given as zero or less (None: not given)."""
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise HifikitError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def step_result(run: dict[str, Any], name: str) -> dict[str, Any]:
+    """The stored result of the run's step of that name ({} while it is not done)."""
+    for step in run["steps"]:
+        if step["name"] == name:
+            return step["result"] or {}
+    raise HifikitError(f"run {run['id']} has no step {name}")
+
+
+def latest_run(conn: sqlite3.Connection, command: str, match: Callable[[dict[str, Any]], bool],
+               usable: Callable[[int], bool] | None = None) -> int | None:
+    """The newest run of this command whose arguments match (and that `usable` accepts, by id)."""
+    for row in conn.execute("SELECT id, args FROM runs WHERE command=? ORDER BY id DESC", (command,)):
+        try:
+            args = json.loads(row["args"])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(args, dict) and match(args) and (usable is None or usable(int(row["id"]))):
+            return int(row["id"])
+    return None
+
+
+def list_runs(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest runs, each with n_steps and n_done (steps finished)."""
+    rows = conn.execute(
+        "SELECT r.*, (SELECT COUNT(*) FROM steps s WHERE s.run_id=r.id) AS n_steps, "
+        "(SELECT COUNT(*) FROM steps s WHERE s.run_id=r.id AND s.status='done') AS n_done "
+        "FROM runs r ORDER BY r.id DESC LIMIT ?", (limit,)).fetchall()
+    return [db.row_dict(r) for r in rows]
+
+
+def run_record(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
+    """A run with its steps, measurements, artifacts and calibration compositions: all the database holds."""
+    run = get_run(conn, run_id)
+    run["measurements"] = [dict(r) for r in conn.execute(
+        "SELECT model, text, ctx, chunks, metric, value, error FROM measurements WHERE run_id=? ORDER BY id",
+        (run_id,))]
+    run["artifacts"] = [dict(r) for r in conn.execute(
+        "SELECT path, sha256, size, kind FROM artifacts WHERE run_id=? ORDER BY id", (run_id,))]
+    run["compositions"] = [dict(r) for r in conn.execute(
+        "SELECT * FROM compositions WHERE run_id=? ORDER BY id", (run_id,))]
+    return run
 
 
 def get_run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
@@ -126,7 +175,7 @@ def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None,
 
     on_step(index, count, step) is called before each step that runs (e.g. to show where a long job is).
     """
-    kinds = _kinds()
+    kinds = step_kinds()
     run = get_run(conn, run_id)
     run_dir = Path(run["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +191,11 @@ def execute(conn: sqlite3.Connection, run_id: int, progress: bool | None = None,
         ctx = StepContext(conn, run_id, step["id"], run_dir, f"{step['idx']:02d}-{step['name']}", progress,
                           previous)
         try:
-            out = kinds[step["kind"]](ctx, step["spec"])
+            fn = kinds.get(step["kind"])
+            if fn is None:
+                raise HifikitError(f"kind '{step['kind']}' is not known to hifikit "
+                                   f"{__version__} (the run was made by another version?)")
+            out = fn(ctx, step["spec"])
         except BaseException as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -178,7 +231,7 @@ def resume(run_id: int, progress: bool | None = None, conn: sqlite3.Connection |
     run = get_run(conn, run_id)
     if run["status"] == "done" and all(s["status"] == "done" for s in run["steps"]):
         return run
-    if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid() and atomic._pid_alive(run["pid"]) \
+    if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid() and atomic.pid_alive(run["pid"]) \
             and _same_command(run["pid"]):
         raise HifikitError(f"run {run_id} is still running (pid {run['pid']}); wait for it or stop it first")
     return execute(conn, run_id, progress, on_step)

@@ -92,6 +92,8 @@ def list_references(conn: sqlite3.Connection) -> list[dict]:
 
 def gc(conn: sqlite3.Connection, older_than_s: float | None = None) -> tuple[int, int]:
     """Remove cached references (all, or unused for older_than_s) and stray partial files."""
+    if older_than_s is not None and older_than_s < 0:
+        raise HifikitError("--older-than must be >= 0")
     removed, freed = 0, 0
     cutoff = time.time() - older_than_s if older_than_s is not None else None
     for ref in list_references(conn):

@@ -47,10 +47,18 @@ def library(stem: str) -> Path:
     raise NotBuiltError(f"lib{stem} not found in {lib_dir()}: reinstall hifikit or set HIFIKIT_LIB_DIR")
 
 
-@lru_cache(maxsize=1)
+def build_info_path() -> Path:
+    return Path(os.environ.get("HIFIKIT_BUILD_INFO") or PACKAGE_DIR / "build-info.json")
+
+
 def build_info() -> dict:
-    """Pin, patch series and build options recorded by the CMake build."""
-    path = Path(os.environ.get("HIFIKIT_BUILD_INFO") or PACKAGE_DIR / "build-info.json")
+    """Pin, patch series and build options recorded by the CMake build (read again when the file changes)."""
+    path = build_info_path()
     if not path.is_file():
         raise NotBuiltError(f"{path} is missing: hifikit was not installed with its build (pip install .)")
-    return json.loads(path.read_text())
+    return _read_json(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _read_json(path: str, mtime_ns: int) -> dict:
+    return json.loads(Path(path).read_text())

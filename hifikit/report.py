@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import datetime as dt
 import html
-import io
 import json
 import logging
 import os
@@ -21,9 +20,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__, atomic, gguf_io, jobs
-from .plots import pyplot, split_layer
+from . import __version__, atomic, ggml, gguf_io, jobs
+from .plots import figure, png_bytes, split_layer
 from .errors import HifikitError
+from .frontier import pareto_front
+from .tables import pm, table
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,15 @@ class Row:
     types: dict[str, int] = dataclasses.field(default_factory=dict)
     tps: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)   # test -> (avg, stddev)
     kld_p999: float | None = None
-    size: str | None = None          # the ftype whose size it is held to (baselines.py)
+    size: str | None = None          # the ftype whose size it is held to (planner/baselines.py)
     predicted: float | None = None   # the objective's prediction of its mean KLD
     note: str = ""
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    rms_dp: float | None = None      # RMS of the change in the top token's probability, %
+    kld_base_mib: float | None = None   # a reference: the size of its cached logits (kld.py)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    step: str = ""                   # the step that measured it
 
     @property
     def file_mib(self) -> float | None:
@@ -102,7 +109,8 @@ def _file_bytes(path: str, result: dict[str, Any]) -> int | None:
 
 
 def rows(runs: list[dict[str, Any]]) -> list[Row]:
-    """One row per model evaluated or benchmarked in the runs, in step order."""
+    """One row per model evaluated or benchmarked in the runs, in step order: the one reader of eval,
+    reference-logits and bench results, for every command's table, the report and the API's results."""
     out: list[Row] = []
     for run in runs:
         by_model: dict[str, Row] = {}
@@ -124,7 +132,11 @@ def rows(runs: list[dict[str, Any]]) -> list[Row]:
                           kl.get("kld_mean"), kl.get("kld_error"), kl.get("same_top_p"), kl.get("same_top_p_error"),
                           res.get("chunks"), res.get("ctx"), res.get("types") or {},
                           kld_p999=(kl.get("kld_percentiles") or {}).get("99.9"), size=spec.get("size"),
-                          predicted=spec.get("predicted"), note=spec.get("note") or "")
+                          predicted=spec.get("predicted"), note=spec.get("note") or "",
+                          kld_p99=(kl.get("kld_percentiles") or {}).get("99.0"), kld_max=kl.get("kld_max"),
+                          rms_dp=kl.get("rms_dp"),
+                          kld_base_mib=res["size"] / 2**20 if step["kind"] == "kld-base" and "size" in res else None,
+                          warnings=list(res.get("warnings") or []), step=step["name"])
                 by_model[model] = row
                 out.append(row)
             elif step["kind"] == "bench":
@@ -157,12 +169,6 @@ def bench_tests(records: list[Row]) -> list[str]:
     return sorted(tests, key=lambda t: (not t.startswith("pp"), t))
 
 
-def _pm(v: float | None, e: float | None, fmt: str) -> str:
-    if v is None:
-        return ""
-    return f"{v:{fmt}} ± {e:{fmt}}" if e is not None else f"{v:{fmt}}"
-
-
 def table_cells(records: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells, shared by the terminal table and the HTML one."""
     tests = bench_tests(records)
@@ -172,36 +178,18 @@ def table_cells(records: list[Row]) -> tuple[list[str], list[list[str]]]:
     for r in records:
         cells.append([r.label, r.role, "" if r.file_bytes is None else f"{r.file_bytes:,}",
                       "" if r.file_mib is None else f"{r.file_mib:.2f}", "" if r.bpw is None else f"{r.bpw:.3f}",
-                      _pm(r.ppl, r.ppl_error, ".4f"), _pm(r.kld_mean, r.kld_error, ".6f"),
-                      _pm(r.same_top_p, r.same_top_p_error, ".2f"),
-                      *[_pm(*r.tps[t], ".1f") if t in r.tps else "" for t in tests]])
+                      pm(r.ppl, r.ppl_error, ".4f"), pm(r.kld_mean, r.kld_error, ".6f"),
+                      pm(r.same_top_p, r.same_top_p_error, ".2f"),
+                      *[pm(*r.tps[t], ".1f") if t in r.tps else "" for t in tests]])
     return headers, cells
 
 
 def format_table(records: list[Row]) -> str:
-    from .cli.output import table
-
     headers, cells = table_cells(records)
     return table(headers, cells, right=[False, False] + [True] * (len(headers) - 2))
 
 
 # --- plots -----------------------------------------------------------------------------------------
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    pyplot().close(fig)
-    return buf.getvalue()
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both size and KLD, by increasing size."""
-    front: list[tuple[float, float]] = []
-    for x, y in sorted(points):
-        if not front or y < front[-1][1]:
-            front.append((x, y))
-    return front
 
 
 def speed_test(records: list[Row]) -> str | None:
@@ -216,13 +204,15 @@ def pareto_png(records: list[Row]) -> bytes | None:
     pts = [r for r in records if r.kld_mean is not None and r.file_mib is not None]
     if not pts:
         return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     test = speed_test(pts)
     timed = test is not None and all(test in r.tps for r in pts)
     if timed:
+        import matplotlib.colors as mcolors
+
         speeds = [r.tps[test][0] for r in pts]
-        norm = plt.Normalize(min(speeds), max(speeds))
+        norm = mcolors.Normalize(min(speeds), max(speeds))
     for role in ROLES:
         mine = [r for r in pts if r.role == role]
         if not mine:
@@ -239,7 +229,8 @@ def pareto_png(records: list[Row]) -> bytes | None:
         labels.setdefault((r.file_mib, r.kld_mean), []).append(r.label)
     for (x, y), names in labels.items():
         ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    front = pareto_front([(r.file_mib, r.kld_mean) for r in pts])
+    xs, ys = [r.file_mib for r in pts], [r.kld_mean for r in pts]
+    front = [(xs[i], ys[i]) for i in pareto_front(xs, ys)]
     ax.step([x for x, _ in front], [y for _, y in front], where="post", color="#888888", linestyle="--",
             linewidth=1, label="Pareto front", zorder=2)
     if all(r.kld_mean > 0 for r in pts):
@@ -249,7 +240,7 @@ def pareto_png(records: list[Row]) -> bytes | None:
     ax.set_title("KL divergence vs size (lower left is better)" + (f"; colour: {test} speed" if timed else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
@@ -276,20 +267,21 @@ def type_grid(model: str | Path) -> tuple[list[str], list[str], dict[tuple[str, 
 
 def type_map_png(model: str | Path, title: str, all_types: list[str] | None = None) -> bytes:
     """The grid as a picture; all_types fixes the colours so that maps of one report agree."""
+    import matplotlib
     import matplotlib.colors as mcolors
     import numpy as np
 
-    plt = pyplot()
     row_labels, col_labels, cells = type_grid(model)
     types = all_types or sorted(set(cells.values()))
     index = {t: i for i, t in enumerate(types)}
     grid = np.full((len(row_labels), len(col_labels)), np.nan)
     for (r, c), t in cells.items():
         grid[row_labels.index(r), col_labels.index(c)] = index[t]
-    palette = plt.get_cmap("tab20").colors
+    palette = matplotlib.colormaps["tab20"].colors
     cmap = mcolors.ListedColormap([palette[i % len(palette)] for i in range(len(types))])
     cmap.set_bad("#f4f4f4")
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(col_labels), 1.2 + 0.3 * len(row_labels)))
+    fig = figure(figsize=(1.0 + 0.75 * len(col_labels), 1.2 + 0.3 * len(row_labels)))
+    ax = fig.subplots()
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-0.5, vmax=len(types) - 0.5, aspect="auto",
               interpolation="nearest")
     for (r, c), t in cells.items():
@@ -298,7 +290,7 @@ def type_map_png(model: str | Path, title: str, all_types: list[str] | None = No
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # --- machine ---------------------------------------------------------------------------------------
@@ -320,7 +312,6 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        from . import ggml
         features = sorted(k for k, v in ggml.cpu_features().items() if v)
     except HifikitError as exc:
         features = [f"unavailable: {exc}"]
@@ -420,10 +411,19 @@ def render_html(runs: list[dict[str, Any]], records: list[Row], title: str = "hi
     return "\n".join(parts)
 
 
-def write(conn: sqlite3.Connection, run_ids: Iterable[int], output: Path, title: str = "hifikit report") -> Path:
+@dataclasses.dataclass
+class ReportResult:
+    path: str                   # the HTML file written
+    run_ids: list[int]
+    rows: list[Row]
+
+
+def write(conn: sqlite3.Connection, run_ids: Iterable[int], output: Path, title: str = "hifikit report"
+          ) -> ReportResult:
+    """One self-contained HTML report of the runs (`hifikit report`), written atomically."""
     runs = load_runs(conn, run_ids)
     output = Path(output)
     atomic.check_writable(output)
-    text = render_html(runs, rows(runs), title)
-    atomic.write_text(output, text)
-    return output.resolve()
+    records = rows(runs)
+    atomic.write_text(output, render_html(runs, records, title))
+    return ReportResult(str(output.resolve()), [r["id"] for r in runs], records)

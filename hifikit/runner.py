@@ -7,11 +7,15 @@ kept apart in memory: results are parsed from stdout, errors from both.
 from __future__ import annotations
 
 import codecs
+import concurrent.futures as cf
 import dataclasses
+import functools
 import logging
+import multiprocessing
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -79,14 +83,27 @@ def _error_line(out: str, err: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the tool gets SIGKILL when hifikit dies, so no orphan keeps writing."""
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:  # pragma: no cover - child
+    """Linux: this process is sent `sig` when its parent dies (prctl PR_SET_PDEATHSIG), so nothing a
+    killed hifikit started keeps working. `parent`: the parent's pid; if the parent is gone already
+    (it died before the prctl), exit at once. For a tool's preexec_fn (SIGKILL: a tool must not keep
+    writing) and a pool's initializer (worker_pool: SIGTERM)."""
     try:
         import ctypes
-        import signal
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort
-        pass
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def worker_pool(workers: int) -> "cf.ProcessPoolExecutor":
+    """A process pool whose workers die with this process (a killed sweep leaves no worker computing)."""
+    ctx = multiprocessing.get_context()
+    # a forked worker's parent is this process; with forkserver or spawn it is the server, not checked
+    parent = os.getpid() if ctx.get_start_method() == "fork" else None
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                                  initargs=(int(signal.SIGTERM), parent))
 
 
 def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | None = None,
@@ -111,7 +128,8 @@ def run_tool(tool: str, args: Sequence[str | os.PathLike], *, log_path: Path | N
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                 env=tool_env(), cwd=cwd,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                preexec_fn=functools.partial(die_with_parent, int(signal.SIGKILL), os.getpid())
+                                if sys.platform.startswith("linux") else None)
     except OSError as exc:
         if logf:
             logf.close()

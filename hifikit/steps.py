@@ -1,5 +1,5 @@
-"""The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench, calib, fetch, convert
-(and, from analyze.py, sweep-proxy, sweep-measured, knees).
+"""The step kinds of the bundled tools: quantize, imatrix, kld-base, eval, bench, calib, fetch, convert
+(kinds.py lists them with the sweep's and the demo's).
 
 Each takes a JSON spec (stored in the runs database, so `runs resume` needs
 nothing else) and returns a StepOutput. Outputs are written atomically.
@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import atomic, db, gguf_io, kld, parsers, runner
+from . import atomic, calib, db, gguf_io, hub, kld, parsers, runner
 from .errors import HifikitError
-from .jobs import StepContext, StepOutput, step_kind
+from .jobs import StepContext, StepOutput
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ def _threads(spec: dict[str, Any]) -> list[str]:
     return ["-t", str(spec["threads"])] if spec.get("threads") else []
 
 
-@step_kind("quantize")
 def quantize(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     src, out = Path(spec["input"]), Path(spec["output"])
     gguf_io.check_file(src)
@@ -70,9 +69,7 @@ def quantize(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 def _check_types(path: Path, out: Path, expected: dict[str, str]) -> None:
     """Every tensor of the written file has the planned type; otherwise one error naming them."""
-    from .filesize import tensor_types
-
-    got = tensor_types(path)
+    got = {name: type_name for name, _, type_name in gguf_io.tensor_types(path)}
     wrong = [f"{n}: {got[n]} instead of {t}" for n, t in expected.items() if n in got and got[n].lower() != t.lower()]
     absent = [n for n in expected if n not in got]
     if wrong or absent:
@@ -82,7 +79,6 @@ def _check_types(path: Path, out: Path, expected: dict[str, str]) -> None:
                            + (f"; and {len(items) - 8} more" if len(items) > 8 else ""))
 
 
-@step_kind("imatrix")
 def imatrix(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     model, text, out = Path(spec["model"]), Path(spec["text"]), Path(spec["output"])
     args = ["-m", model, "-f", text, "-c", str(spec["ctx"]), *_threads(spec)]
@@ -114,7 +110,6 @@ def _model_facts(conn, model: Path) -> dict[str, Any]:
             "file_type": info.file_type}
 
 
-@step_kind("kld-base")
 def kld_base(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     ref, text = Path(spec["ref"]), Path(spec["text"])
     r = kld.ensure_reference(ctx.conn, ref, text, spec["ctx"], spec["chunks"], log_path=ctx.log_path,
@@ -126,7 +121,6 @@ def kld_base(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       measurements=[db.Measurement("ppl", r.ppl.get("ppl"), r.ppl.get("ppl_error"), **where)])
 
 
-@step_kind("eval")
 def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     model, text = Path(spec["model"]), Path(spec["text"])
     gguf_io.check_file(model)
@@ -167,16 +161,13 @@ def evaluate(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         measurements.append(db.Measurement("ppl", p.ppl, p.ppl_error, **where))
         result = {**facts, "ppl": p.ppl, "ppl_error": p.ppl_error, "ppl_chunks": p.chunks}
     result.update(text=str(text.resolve()), ctx=spec["ctx"], chunks=spec["chunks"])
-    from .calib import overlap_warning
-
-    warning = overlap_warning(model, text)
+    warning = calib.overlap_warning(model, text)
     if warning:
         log.warning("%s", warning)
         result["warnings"] = [warning]
     return StepOutput(result=result, measurements=measurements)
 
 
-@step_kind("bench")
 def bench(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     args: list[Any] = []
     for m in spec["models"]:
@@ -191,10 +182,7 @@ def bench(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     return StepOutput(result={"rows": [dict(dataclasses.asdict(r), test=r.test) for r in rows]}, measurements=ms)
 
 
-@step_kind("calib")
 def calib_build(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import calib
-
     domains = [calib.Domain(**d) for d in spec["domains"]]
     res = calib.build(domains, spec["tokens"], Path(spec["output"]), spec["seed"],
                       Path(spec["model"]) if spec.get("model") else None)
@@ -213,19 +201,13 @@ def calib_build(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       artifacts=[db.Artifact(res.output, "calibration-text", sha, Path(res.output).stat().st_size)])
 
 
-@step_kind("fetch")
 def fetch(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import hub
-
     res = hub.download(spec["repo_id"], spec.get("revision"), spec.get("include"), progress=ctx.progress)
     artifacts = [db.Artifact(str(Path(res.snapshot) / f), "gguf") for f in res.files] if res.kind == "gguf" else []
     return StepOutput(result=dataclasses.asdict(res), artifacts=artifacts)
 
 
-@step_kind("convert")
 def convert(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    from . import hub
-
     fetched = hub.FetchResult(**ctx.previous["fetch"])
     if fetched.kind == "gguf":
         return StepOutput(result={"models": [str(Path(fetched.snapshot) / f) for f in fetched.files]})
@@ -236,5 +218,3 @@ def convert(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     sha = db.file_sha256(ctx.conn, out)
     return StepOutput(result={"models": [str(out)]}, artifacts=[db.Artifact(str(out), "gguf", sha, out.stat().st_size)])
 
-
-from . import analyze as _analyze  # noqa: E402,F401  (registers the analyze step kinds)

@@ -39,7 +39,8 @@ SDIST_SUBMODULE_HEAD = "llama_cpp_python-0.3.36/.git/modules/vendor/llama.cpp/HE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_NAME = "hifikit-source.json"
-_PRISTINE_MARKER = ".hifikit-pristine"
+# a tree extracted from the sdist carries this file (never copied into a patched or exported tree)
+PRISTINE_MARKER = ".hifikit-pristine"
 
 
 class UpstreamError(RuntimeError):
@@ -120,7 +121,7 @@ def _extract_tree(sdist: Path, dest: Path) -> None:
             if not members:
                 raise UpstreamError(f"{sdist} holds no {SDIST_TREE_PREFIX} tree")
             tar.extractall(tmp, members=members, filter="data")
-        (tmp / _PRISTINE_MARKER).write_text(json.dumps(
+        (tmp / PRISTINE_MARKER).write_text(json.dumps(
             {"commit": LLAMA_CPP_COMMIT, "sdist_sha256": SDIST_SHA256}) + "\n")
         os.replace(tmp, dest)
     except BaseException:
@@ -138,7 +139,7 @@ def pristine_tree(download: bool = True) -> Path:
         return path
     cache = cache_dir()
     tree = _cached_tree_dir(cache)
-    if (tree / _PRISTINE_MARKER).is_file():
+    if (tree / PRISTINE_MARKER).is_file():
         return tree
     sdist = cache / SDIST_FILENAME
     if not sdist.is_file():
@@ -348,7 +349,7 @@ def build_patched_tree(out: Path, patches_dir: Path, native_dir: Path,
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out.parent))
     try:
         shutil.copytree(pristine, staging, dirs_exist_ok=True, symlinks=True,
-                        ignore=shutil.ignore_patterns(".git", _PRISTINE_MARKER))
+                        ignore=shutil.ignore_patterns(".git", PRISTINE_MARKER))
         for patch in series:
             apply_patch(staging, patch)
         overlay_native(staging, native_dir, pristine)

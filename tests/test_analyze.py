@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hifikit import curves, db, ggml, gguf_io, jobs, knee, sensitivity
+from hifikit.sweep import curves, knee, proxy
+from hifikit import db, ggml, gguf_io, jobs
 from hifikit.errors import HifikitError
 
 
@@ -49,8 +50,8 @@ def wide_model(built, tmp_path_factory) -> Path:
     return _write_gguf(tmp_path_factory.mktemp("wide") / "wide.gguf", t)
 
 
-def _cand(model: Path, name: str, types=None, importance=None) -> sensitivity.TensorCandidates:
-    for c in sensitivity.candidates(model, types, importance):
+def _cand(model: Path, name: str, types=None, importance=None) -> proxy.TensorCandidates:
+    for c in proxy.candidates(model, types, importance):
         if c.tensor == name:
             return c
     raise AssertionError(f"{name} is not a candidate")
@@ -72,32 +73,21 @@ def test_truncated_model_is_one_clear_error(tiny_model, tmp_path):
 
 
 def test_candidates_follow_row_length_and_quantize_rules(wide_model):
-    cands = {c.tensor: c for c in sensitivity.candidates(wide_model)}
+    cands = {c.tensor: c for c in proxy.candidates(wide_model)}
     # norms, 1-D tensors and expert gates are never quantized by llama-quantize
     assert set(cands) == {"token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_output.weight",
                           "blk.0.ffn_down.weight"}
     blocks32 = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "f16"}
     assert set(cands["token_embd.weight"].types) == blocks32
     assert set(cands["blk.0.attn_q.weight"].types) == blocks32
-    assert set(cands["blk.0.ffn_down.weight"].types) == set(sensitivity.DEFAULT_TYPES)
-    assert set(cands["blk.0.attn_output.weight"].types) == set(sensitivity.DEFAULT_TYPES)
+    assert set(cands["blk.0.ffn_down.weight"].types) == set(proxy.DEFAULT_TYPES)
+    assert set(cands["blk.0.attn_output.weight"].types) == set(proxy.DEFAULT_TYPES)
     assert cands["blk.0.ffn_down.weight"].shape == (2048, 32)
-
-
-def test_quantizable_rules():
-    q = sensitivity.quantizable
-    assert q("blk.0.ffn_up.weight", (640, 2048))
-    assert q("blk.3.ffn_down_exps.weight", (512, 256, 8))
-    assert not q("blk.0.attn_norm.weight", (640,))
-    assert not q("blk.0.attn_k_norm.weight", (256, 1))
-    assert not q("blk.0.ffn_gate_inp.weight", (640, 8))
-    assert not q("blk.0.attn_q.bias", (640, 2))
-    assert not q("position_embd.weight", (640, 512))
 
 
 def test_nbytes_are_exact(wide_model):
     lib = ggml.load()
-    for c in sensitivity.candidates(wide_model):
+    for c in proxy.candidates(wide_model):
         x = np.zeros((c.n_rows, c.n_per_row), dtype=np.float32)
         for t in c.types:
             assert c.nbytes[t] == len(lib.quantize(lib.type_by_name(t).id, x)), (c.tensor, t)
@@ -108,7 +98,7 @@ def test_nbytes_are_exact(wide_model):
 
 def test_unknown_type_is_one_clear_error(cli, tiny_model, hifikit_home):
     with pytest.raises(HifikitError, match="unknown type 'q9_K'"):
-        sensitivity.resolve_types(["q4_K", "q9_K"], False)
+        proxy.resolve_types(["q4_K", "q9_K"], False)
     res = cli("analyze", tiny_model, "--types", "q4_K", "q9_K", check=False)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[0]]
@@ -117,13 +107,13 @@ def test_unknown_type_is_one_clear_error(cli, tiny_model, hifikit_home):
 
 
 def test_imatrix_types_need_an_imatrix():
-    assert [t.name for t in sensitivity.resolve_types(["iq2_xxs", "q4_K"], False)] == ["q4_K"]
-    assert [t.name for t in sensitivity.resolve_types(["IQ2_XXS", "Q4_K"], True)] == ["iq2_xxs", "q4_K"]
+    assert [t.name for t in proxy.resolve_types(["iq2_xxs", "q4_K"], False)] == ["q4_K"]
+    assert [t.name for t in proxy.resolve_types(["IQ2_XXS", "Q4_K"], True)] == ["iq2_xxs", "q4_K"]
 
 
 def test_proxy_error_falls_with_bits(tiny_model):
     c = _cand(tiny_model, "blk.0.ffn_gate.weight")
-    err = {p.type: p.error for p in sensitivity.proxy_points(tiny_model, c)}
+    err = {p.type: p.error for p in proxy.proxy_points(tiny_model, c)}
     print({k: f"{v:.3e}" for k, v in sorted(err.items(), key=lambda kv: -kv[1])})
     assert err["f16"] == 0.0  # the source is F16: converting back is exact
     assert 0 < err["q8_0"] < err["q6_K"] < err["q5_K"] < err["q4_K"] < err["q3_K"] < err["q2_K"] < 1
@@ -137,7 +127,7 @@ def test_hifi_beats_its_base_on_outliers(built, tmp_path):
     np.put_along_axis(w, idx, 0.6 * rng.choice([-1.0, 1.0], size=(64, 4)).astype(np.float32), axis=1)
     model = _write_gguf(tmp_path / "outliers.gguf", {"blk.0.ffn_down.weight": w.astype(np.float16)})
     c = _cand(model, "blk.0.ffn_down.weight")
-    err = {p.type: p.error for p in sensitivity.proxy_points(model, c)}
+    err = {p.type: p.error for p in proxy.proxy_points(model, c)}
     for base in ("q3_K", "q4_K", "q5_K", "q6_K"):
         print(f"{base}: {err[base]:.3e}  {base}_hifi: {err[base + '_hifi']:.3e}")
         assert err[f"{base}_hifi"] < 0.9 * err[base]
@@ -152,11 +142,11 @@ def test_importance_weights_the_error_as_llama_quantize_does(built, tmp_path):
     counts = np.array([100.0], dtype=np.float32)
     imat = _write_gguf(tmp_path / "m.imatrix.gguf", {"blk.0.ffn_down.weight.in_sum2": sums * counts[0],
                                                      "blk.0.ffn_down.weight.counts": counts})
-    importance = sensitivity.load_importance(imat)
+    importance = proxy.load_importance(imat)
     np.testing.assert_allclose(importance["blk.0.ffn_down.weight"][0], sums, rtol=1e-6)
     c = _cand(model, "blk.0.ffn_down.weight", ["q3_K", "q4_0", "iq4_nl"], importance)
-    got = {p.type: p.error for p in sensitivity.proxy_points(model, c, importance)}
-    plain = {p.type: p.error for p in sensitivity.proxy_points(model, c)}
+    got = {p.type: p.error for p in proxy.proxy_points(model, c, importance)}
+    plain = {p.type: p.error for p in proxy.proxy_points(model, c)}
     lib = ggml.load()
     x = w.astype(np.float32)
     for t in c.types:
@@ -184,7 +174,7 @@ def test_sweep_stores_curves_and_json(cli, wide_model, hifikit_home):
     assert out["sweep"]["points"] == out["sweep"]["points_total"] == 3 + 3 + 4 + 4
     # the CLI and the library agree
     c = _cand(wide_model, "blk.0.ffn_down.weight", ["q4_0", "q8_0", "q4_K", "f16"])
-    for p in sensitivity.proxy_points(wide_model, c):
+    for p in proxy.proxy_points(wide_model, c):
         assert by_name["blk.0.ffn_down.weight"].point(p.type).error == pytest.approx(p.error, rel=1e-9)
         assert by_name["blk.0.ffn_down.weight"].point(p.type).nbytes == p.nbytes
 
@@ -309,7 +299,7 @@ def test_knee_edge_cases():
 # ---- plots -----------------------------------------------------------------------------------
 
 def test_plots_are_png_files(cli, wide_model, tmp_path, hifikit_home):
-    from hifikit import plots
+    from hifikit.sweep import plots
 
     out = cli.json("analyze", wide_model, "--types", "q4_0", "q5_0", "q8_0", "q4_K", "q6_K", "f16",
                    "--plots", tmp_path / "plots")
@@ -333,11 +323,11 @@ def test_imatrix_of_another_shape_is_rejected(built, tmp_path):
     imat = _write_gguf(tmp_path / "i.gguf", {"blk.0.ffn_down.weight.in_sum2": np.ones(256, dtype=np.float32),
                                              "blk.0.ffn_down.weight.counts": np.ones(1, dtype=np.float32)})
     with pytest.raises(HifikitError, match="imatrix entry for blk.0.ffn_down.weight has 256 values"):
-        sensitivity.candidates(model, ["q4_K"], sensitivity.load_importance(imat))
+        proxy.candidates(model, ["q4_K"], proxy.load_importance(imat))
 
 
 def test_overview_grid_is_layer_by_kind():
-    from hifikit import plots
+    from hifikit.sweep import plots
 
     pos, rows, cols = plots._grid_layout(["token_embd.weight", "blk.0.attn_q.weight", "blk.0.ffn_down.weight",
                                           "blk.1.attn_q.weight", "blk.1.ffn_down.weight", "output.weight"])
@@ -376,13 +366,13 @@ def test_proxy_equals_llama_quantize_with_an_imatrix(tiny_model, tmp_path, type_
     runner.run_tool("llama-quantize", ["--imatrix", imat, "--pure", "--tensor-type", f"ffn_down={type_name}",
                                        "--tensor-type", f"attn_q={type_name}", tiny_model, out, "Q8_0", "2"])
 
-    importance = sensitivity.load_importance(imat)
+    importance = proxy.load_importance(imat)
     lib = ggml.load()
     src = {t.name: t for t in index.tensors}
     written = {t.name: t for t in gguf_io.tensor_index(out).tensors}
     for name in ("blk.0.ffn_down.weight", "blk.1.attn_q.weight"):
         c = _cand(tiny_model, name, [type_name], importance)
-        (point,) = sensitivity.proxy_points(tiny_model, c, importance)
+        (point,) = proxy.proxy_points(tiny_model, c, importance)
         t = written[name]
         assert lib.type_by_name(type_name).id == t.type_id
         with open(out, "rb") as f:

@@ -70,9 +70,9 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
     assert conn.execute("SELECT COUNT(*) FROM runs WHERE command='demo'").fetchone()[0] == 1
     # once its files are gone, the same demo starts over instead of reporting on missing files
     from hifikit import jobs
-    assert not demo._files_gone(jobs.get_run(db.connect(), first["run"]))
+    assert not demo.files_gone(jobs.get_run(db.connect(), first["run"]))
     (out / f"{tiny_model.stem}-Q4_K_M.gguf").unlink()
-    assert demo._files_gone(jobs.get_run(db.connect(), first["run"]))
+    assert demo.files_gone(jobs.get_run(db.connect(), first["run"]))
 
 
 def test_demo_text_and_calibration_share_nothing(tiny_model, tmp_path, built):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hifikit import ggml, gguf_io, hifi_ref
+import hifi_ref
+from hifikit import ggml, gguf_io
 from hifikit.errors import HifikitError
 
 HIFI_NAMES = ("Q3_K_HIFI", "Q4_K_HIFI", "Q5_K_HIFI", "Q6_K_HIFI")

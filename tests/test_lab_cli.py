@@ -170,6 +170,33 @@ def test_unknown_tensor_type_id(cli, tiny_model, tmp_path):
     assert "tensor type this gguf-py does not know" in err
 
 
+def test_upstream_source_error_is_one_line(capsys, tmp_path, monkeypatch):
+    """upstream.py's own error (it runs inside the CMake build, apart from hifikit's errors) is one line too."""
+    from hifikit import upstream
+    from hifikit.cli import main
+    from hifikit.pr import export
+
+    monkeypatch.setenv("HIFIKIT_LLAMA_CPP_DIR", "/nonexistent")
+    # the export reads the pinned source after the template and the runs database; straight to it
+    monkeypatch.setattr(export, "export", lambda *a, **k: upstream.pristine_tree())
+    assert main.main(["pr", "export", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["hifikit: error: HIFIKIT_LLAMA_CPP_DIR=/nonexistent is not a llama.cpp source tree"]
+
+
+def test_unknown_step_kind_is_one_line(cli, tiny_model, tmp_path):
+    from hifikit import db, jobs
+
+    conn = db.connect()
+    run_id = jobs.create_run(conn, "quantize", {}, [jobs.StepSpec("quantize", "quantize", {
+        "input": str(tiny_model), "output": str(tmp_path / "q.gguf"), "ftype": "Q4_K_M"})])
+    conn.execute("UPDATE steps SET kind='no-such-kind' WHERE run_id=?", (run_id,))
+    conn.commit()
+    err = one_line_error(cli("runs", "resume", run_id, check=False))
+    assert "kind 'no-such-kind' is not known to hifikit" in err
+    assert "no-such-kind" in jobs.get_run(conn, run_id)["error"]
+
+
 def test_eval_warns_when_the_imatrix_came_from_the_evaluation_text(cli, tiny_model, tiny_text, tmp_path):
     from synthetic import write_text
 
@@ -180,7 +207,7 @@ def test_eval_warns_when_the_imatrix_came_from_the_evaluation_text(cli, tiny_mod
     same = cli("eval", q, "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2, "--threads", 2)
     assert "warning:" in same.stderr and "its KLD is flattered" in same.stderr
     (rec,) = [r for r in cli.json("eval", q, "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX,
-                                  "--chunks", 2)["models"] if r["role"] == "model"]
+                                  "--chunks", 2)["models"] if r["role"] != "reference"]
     assert rec["warnings"] and "shares 100.0 %" in rec["warnings"][0]
     other = write_text(tmp_path / "other.txt", seed=7)
     apart = cli("eval", q, "--ref", tiny_model, "--text", other, "--ctx", CTX, "--chunks", 2, "--threads", 2)

@@ -134,3 +134,21 @@ def test_fetch_converts_safetensors_end_to_end(cli, hf_hub, tiny_text, tmp_path,
     mtime = model.stat().st_mtime_ns
     again = cli.json("fetch", "org/tiny-llama-hf")
     assert again["models"] == [str(model)] and model.stat().st_mtime_ns == mtime
+
+
+def test_download_leaves_the_progress_bars_as_they_were(fake_hub, tmp_path):
+    """hub.download turns huggingface_hub's bars off for a quiet download, then back on for the caller."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+        from hifikit import hub
+        enable_progress_bars()
+        res = hub.download("org/tiny-GGUF", include=["*.gguf"], progress=False)
+        print(res.files, are_progress_bars_disabled())
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['tiny-f16.gguf']", "False"]

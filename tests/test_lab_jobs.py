@@ -39,12 +39,11 @@ def test_file_hash_cache_follows_changes(tmp_path):
 
 
 @pytest.fixture
-def counting_kind(tmp_path):
+def counting_kind(tmp_path, monkeypatch):
     """A step kind that writes a file atomically and can be told to fail once."""
-    from hifikit import atomic
+    from hifikit import atomic, kinds
     calls: list[str] = []
 
-    @jobs.step_kind("test-write")
     def write(ctx, spec):
         calls.append(spec["out"])
         if spec.get("fail_flag") and Path(spec["fail_flag"]).exists():
@@ -54,8 +53,8 @@ def counting_kind(tmp_path):
         return jobs.StepOutput({"out": spec["out"]}, [db.Measurement("chars", len(spec["text"]))],
                                [db.Artifact(spec["out"], "text")])
 
-    yield calls
-    jobs.STEP_KINDS.pop("test-write")
+    monkeypatch.setitem(kinds.STEP_KINDS, "test-write", write)
+    return calls
 
 
 def test_failed_step_resumes_without_redoing_done_steps(tmp_path, counting_kind):
@@ -178,3 +177,52 @@ def test_progress_bar_draws_only_when_enabled():
     quiet = io.StringIO()
     Progress("eval", stream=quiet).update(1, 4)  # StringIO is not a TTY
     assert quiet.getvalue() == ""
+
+
+def test_step_kinds_are_one_explicit_list(tmp_path):
+    import sys
+
+    from hifikit import demo, steps
+    from hifikit.sweep import steps as sweep_steps
+
+    # importing a module that defines kinds registers nothing, and importing jobs imports none of them
+    code = ("import sys, hifikit.jobs, hifikit.steps; "
+            "print(*[m in sys.modules for m in ('hifikit.kinds', 'hifikit.demo', 'hifikit.sweep.steps')])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert proc.stdout.split() == ["False", "False", "False"], proc.stderr
+    kinds = jobs.step_kinds()
+    assert kinds["quantize"] is steps.quantize and kinds["knees"] is sweep_steps.knees
+    assert kinds["demo-source"] is demo.source_step
+    with pytest.raises(HifikitError, match="unknown step kind 'nope'"):
+        jobs.create_run(db.connect(), "test", {}, [jobs.StepSpec("a", "nope", {})])
+
+
+def test_pool_workers_die_with_their_parent(tmp_path):
+    """runner.worker_pool: the prctl that tools and pool workers share; a killed parent leaves no worker."""
+    import sys
+
+    code = """if True:
+        import os, sys, time
+        from hifikit import runner
+        pool = runner.worker_pool(1)
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 600)
+        time.sleep(600)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        worker = int(proc.stdout.readline())
+        assert worker != proc.pid and Path(f"/proc/{worker}").exists()
+        proc.kill()  # the parent alone, not its process group
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and Path(f"/proc/{worker}/status").exists() and \
+                "zombie" not in Path(f"/proc/{worker}/status").read_text():
+            time.sleep(0.05)
+        status = Path(f"/proc/{worker}/status")
+        assert not status.exists() or "zombie" in status.read_text(), "the pool worker outlived its parent"
+    finally:
+        proc.kill()
+        proc.wait()

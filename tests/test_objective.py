@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from hifikit import curves, objective
+from hifikit.sweep import curves, objective
 from hifikit.errors import HifikitError
 
 TYPES = {"q4_0": (100, 3e-3), "q5_0": (120, 1e-3), "q6_K": (140, 3e-4), "q8_0": (170, 2e-5), "f16": (320, 0.0)}
@@ -137,7 +137,7 @@ def test_calibrated_analyze_then_plan(cli, tiny_model, tiny_text, tmp_path):
     assert plan["mode"] == "calibrated" and plan["predicted_bytes"] <= plan["budget_bytes"]
     # the plan's predicted error is the calibrated sum over its types
     calibrated = objective.errors_by_tensor(curves.load_sweep(conn, rec["run"]))
-    from hifikit import strategy
+    from hifikit.planner import strategy
 
     s = strategy.load(tmp_path / "s.yaml")
     total, missing = objective.predict(s.types, calibrated)
@@ -147,7 +147,7 @@ def test_calibrated_analyze_then_plan(cli, tiny_model, tiny_text, tmp_path):
 
 
 def test_hifi_standing_against_the_nearest_stock_types():
-    from hifikit import analyze
+    from hifikit.sweep import analyze as sweep_analyze
 
     def curve(name: str, pts: dict[str, tuple[int, float]]) -> curves.TensorCurve:
         return curves.TensorCurve(name, (256, 4), 1024, "f16", [curves.CurvePoint(t, b, e) for t, (b, e) in pts.items()])
@@ -161,7 +161,7 @@ def test_hifi_standing_against_the_nearest_stock_types():
         # a tensor without the HIFI type is not counted
         curve("blk.2.attn_q.weight", base),
     ])
-    (h,) = [s for s in analyze.hifi_standing(sweep) if s.type == "q4_K_hifi"]
+    (h,) = [s for s in sweep_analyze.hifi_standing(sweep) if s.type == "q4_K_hifi"]
     assert h.tensors == 2 and h.on_front == 2 and h.on_hull == 1 and h.beats == {"q5_K": 1}
     assert h.bytes_ratio == {"q5_K": pytest.approx(168 / 176)}
     assert h.error_ratio["q5_K"] == pytest.approx((3.0 + 0.8) / 2)

@@ -12,7 +12,9 @@ import yaml
 import ftype_models as fm
 from synthetic import write_model
 
-from hifikit import allocate, curves, db, filesize, ggml, jobs, steps  # noqa: F401  (steps registers kinds)
+from hifikit.planner import allocate, filesize
+from hifikit.sweep import curves
+from hifikit import db, ggml, gguf_io, jobs
 from hifikit.errors import HifikitError
 
 # a Gemma-3-270M-like layout, small: hidden 640 (no 256-block type fits most rows), tied embeddings
@@ -70,12 +72,18 @@ def test_file_size_with_imatrix_keys(quantize_bin, gemma_small, gemma_imatrix, t
     assert filesize.file_size(layout, types) < out.stat().st_size
 
 
-def test_unquantizable_tensors_follow_upstream_rules():
-    assert not filesize.allows_quantization("blk.0.attn_norm.weight", (640, 1))
-    assert not filesize.allows_quantization("blk.0.ffn_gate_inp.weight", (640, 8))
-    assert not filesize.allows_quantization("rope_freqs.weight", (64,))
-    assert filesize.allows_quantization("blk.0.ffn_down.weight", (2048, 640))
-    assert filesize.n_dims((640, 1, 1, 1)) == 1 and filesize.n_dims((640, 8, 1, 1)) == 2
+def test_layout_reads_the_header_through_tensor_index(tiny, tmp_path):
+    index = gguf_io.tensor_index(tiny)
+    # the KV pairs' sizes tile the KV section exactly, key by key in file order
+    assert list(index.kv_sizes) == list(index.keys)
+    assert sum(index.kv_sizes.values()) == index.kv_end - filesize.HEADER_BYTES
+    layout = filesize.FileLayout.read(tiny)
+    assert layout.kv == index.kv_sizes
+    assert [(t.name, t.shape) for t in layout.tensors] == [(t.name, t.shape) for t in index.tensors]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny.read_bytes()[:index.kv_end - 3])
+    with pytest.raises(HifikitError, match="truncated or malformed GGUF header"):
+        filesize.FileLayout.read(cut)
 
 
 # --- the allocation ---------------------------------------------------------------
@@ -253,7 +261,7 @@ def test_check_rejects_edited_strategy(cli, gemma_small, tmp_path):
 
 def test_strategy_mismatch_is_an_error(built, gemma_small, tmp_path):
     # bypass the check: ask llama-quantize for q4_K on a 640-wide tensor; it falls back, the step must fail
-    from hifikit import strategy as strat
+    from hifikit.planner import strategy as strat
     name = "blk.0.attn_q.weight"
     spec = {"input": str(gemma_small), "output": str(tmp_path / "mm.gguf"), "ftype": "Q8_0", "threads": None,
             "tensor_types": [(strat.regex_for(name), "q4_K")], "expect_types": {name: "q4_K"}}
@@ -264,7 +272,7 @@ def test_strategy_mismatch_is_an_error(built, gemma_small, tmp_path):
 
 def test_regex_is_anchored_and_escaped():
     import re
-    pattern = __import__("hifikit.strategy", fromlist=["regex_for"]).regex_for("blk.1.attn_q.weight")
+    pattern = __import__("hifikit.planner.strategy", fromlist=["regex_for"]).regex_for("blk.1.attn_q.weight")
     assert re.search(pattern, "blk.1.attn_q.weight")
     assert not re.search(pattern, "blk.11.attn_q.weight") and not re.search(pattern, "blkx1.attn_q.weight")
 
@@ -394,8 +402,8 @@ def test_time_limits_that_already_hold_change_nothing():
 
 
 def test_a_speed_budget_makes_the_plan_trade_error_for_time(built, gemma_small, tmp_path):
-    from hifikit import plan as planner
-    from hifikit import strategy as strat
+    from hifikit.planner import plan as planner
+    from hifikit.planner import strategy as strat
 
     run_id = synthetic_sweep(gemma_small, seed=4)
     conn = db.connect()

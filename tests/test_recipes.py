@@ -1,13 +1,15 @@
 """Simple recipes (--pure + embedding/output types): enumeration, exact sizes, ranking, hifikit recipes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from ftype_models import ModelSpec, write_model
-from hifikit import filesize, objective, recipes
-from hifikit import plan as planner
+from hifikit.planner import filesize, recipes
+from hifikit.sweep import objective
+from hifikit.planner import plan as planner
 
 SWEEP_TYPES = ("q4_0", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K", "f16")
 
@@ -52,7 +54,8 @@ def swept(built, tiny_model, tmp_path_factory):
 
 
 def test_search_ranks_by_the_objective_and_sizes_are_exact(cli, swept, tiny_model, tmp_path, monkeypatch):
-    from hifikit import curves, db
+    from hifikit.sweep import curves
+    from hifikit import db
 
     home, run_id = swept
     monkeypatch.setenv("HIFIKIT_HOME", str(home))
@@ -107,15 +110,19 @@ def test_compare_baselines_puts_stock_recipes_and_plan_side_by_side(cli, swept, 
         assert set(r["speed_ratio"]) == {"pp128", "tg32"}
     assert recipe["note"].startswith("rank 1 of ")
     assert info["additivity"]["files"] == 3
+    from hifikit import db, jobs
     from hifikit.cli.compare import format_baselines
+    from hifikit.planner.baselines import BaselinesResult
 
-    text = format_baselines(info)
+    res = BaselinesResult.from_run(jobs.get_run(db.connect(), info["run"]))
+    assert json.loads(json.dumps(res.groups)) == info["groups"]        # the result is the run, read back
+    text = format_baselines(res)
     assert "== Q4_K_M" in text and "objective vs measured mean KLD over 3 files" in text
     print(text)
 
 
 def test_a_file_that_fits_several_sizes_is_measured_once(tmp_path):
-    from hifikit import baselines
+    from hifikit.planner import baselines
 
     spec = {"input": "m.gguf", "ftype": "Q8_0", "extra": ["--pure"], "threads": None}
 

@@ -68,7 +68,7 @@ def test_report_from_compare_and_bench_runs(cli, tiny_model, tiny_text, tmp_path
     shutil.copy(tiny_model, odd)
     cmp_ = cli.json("compare", "--ref", tiny_model, "--text", tiny_text, "--ctx", CTX, "--chunks", 2,
                     "--threads", 2, "--quant", "Q3_K_M", "--quant", "Q3_K_HIFI", "--out-dir", tmp_path, odd)
-    quantized = [m["model"] for m in cmp_["models"] if m["role"] == "model" and "odd" not in m["model"]]
+    quantized = [m["model"] for m in cmp_["models"] if m["role"] != "reference" and "odd" not in m["model"]]
     bench = cli.json("bench", *quantized, "-p", 16, "-n", 4, "-r", 1, "--threads", 2)
     out = tmp_path / "report.html"
     data = cli.json("report", cmp_["run"], bench["run"], "-o", out)
@@ -110,11 +110,6 @@ def test_report_unknown_run_is_one_line(cli, tmp_path):
     assert not out.exists()
 
 
-def test_pareto_front():
-    pts = [(10.0, 0.3), (12.0, 0.1), (11.0, 0.35), (9.0, 0.5), (13.0, 0.1), (14.0, 0.05)]
-    assert report.pareto_front(pts) == [(9.0, 0.5), (10.0, 0.3), (12.0, 0.1), (14.0, 0.05)]
-
-
 def test_type_grid_of_a_quantized_model(cli, tiny_model, tmp_path):
     out = tmp_path / "q.gguf"
     cli.json("quantize", tiny_model, out, "--type", "Q3_K_HIFI", "--threads", 2)
@@ -133,13 +128,35 @@ def test_tensor_types_from_the_header_match_gguf_py(tiny_model, tmp_path):
     from hifikit.errors import HifikitError
 
     reader = gguf_io.open_reader(tiny_model)
-    names = gguf_io._type_names()
+    names = gguf_io.type_names()
     expected = [(t.name, [int(n) for n in t.shape], names[int(t.tensor_type)]) for t in reader.tensors]
     assert gguf_io.tensor_types(tiny_model) == expected
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(tiny_model.read_bytes()[:4096])      # inside the vocabulary's metadata
     with pytest.raises(HifikitError, match="truncated or malformed"):
         gguf_io.tensor_types(cut)
+
+
+def test_plots_leave_the_process_matplotlib_alone(tmp_path):
+    """Drawing hifikit's plots neither switches the backend a notebook or GUI chose nor imports pyplot."""
+    import os
+    import subprocess
+    import sys
+
+    code = """if True:
+        import sys
+        import matplotlib
+        from hifikit import report
+        rows = [report.Row(1, f"m{i}", "stock", f"m{i}.gguf", 2**20 * (10 + i), 10.0 + i, 4.0, kld_mean=0.1 / (i + 1))
+                for i in range(3)]
+        png = report.pareto_png(rows)
+        assert png.startswith(b"\\x89PNG")
+        print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=dict(os.environ, MPLBACKEND="svg"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["svg", "False"]
 
 
 def test_pareto_plot_colours_by_generation_speed_when_every_file_has_it():

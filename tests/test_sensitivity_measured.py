@@ -1,4 +1,4 @@
-"""llama-sensitivity and the measured sweep driver (hifikit.measured) on the tiny synthetic model."""
+"""llama-sensitivity and the measured sweep driver (hifikit.sweep.measured) on the tiny synthetic model."""
 from __future__ import annotations
 
 import functools
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hifikit import curves, db, gguf_io, jobs, measured, paths, runner
-from hifikit.agreement import spearman
+from hifikit.sweep import curves, measured
+from hifikit import db, gguf_io, jobs, paths, runner
+from hifikit.sweep.agreement import spearman
 from hifikit.errors import ToolFailedError
 
 TENSOR = "blk.0.ffn_down.weight"
@@ -177,7 +178,8 @@ def test_killed_sweep_resumes_and_stores_each_pair_once(built, tiny_model, tiny_
     script = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        from hifikit import db, measured
+        from hifikit import db
+        from hifikit.sweep import measured
         pairs = [tuple(p) for p in json.loads(sys.argv[1])]
         measured.run_sweep(db.connect(), {run_id}, Path({str(tiny_model)!r}), Path({str(tiny_text)!r}), pairs,
                            ctx={CTX}, chunks={CHUNKS}, imatrix=None, threads=1,

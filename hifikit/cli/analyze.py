@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from .. import analyze, curves, db, gguf_io, grid, jobs, kld, sensitivity
-from ..errors import HifikitError
-from .common import add_json, model_path, positive, run_job
-from .output import emit_json, note, say, table
+from ..sweep import curves, proxy
+from ..sweep.analyze import BPW_LEVELS, AnalyzeOptions, AnalyzeResult, analyze
+from ..tables import table
+from .common import add_json, progress_mode
+from .output import emit_json, note, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the others (default: every layer)")
     p.add_argument("--imatrix", type=Path, default=None, help="importance matrix (GGUF) used as llama-quantize does")
     p.add_argument("--types", nargs="+", default=None, metavar="TYPE",
-                   help=f"candidate types (default: {' '.join(sensitivity.DEFAULT_TYPES)})")
+                   help=f"candidate types (default: {' '.join(proxy.DEFAULT_TYPES)})")
     p.add_argument("--tensors", metavar="REGEX", default=None,
                    help="only the tensors whose name this regular expression finds (e.g. 'ffn_down|attn_output')")
     p.add_argument("--threads", type=int, default=None,
@@ -40,88 +40,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # the header only: gguf-py's reader takes tens of seconds on a 262k-token vocabulary
-    model = Path(gguf_io.tensor_index(args.model).path).resolve()
-    positive(args.threads, "threads")
-    spec: dict = {"model": str(model), "types": args.types, "imatrix": None, "tensors": args.tensors}
-    if args.imatrix:
-        spec["imatrix"] = str(model_path(args.imatrix))
-    if args.plots:
-        args.plots.mkdir(parents=True, exist_ok=True)
-    # validate the types and the imatrix before a run exists: errors stay one line
-    importance = sensitivity.load_importance(spec["imatrix"]) if spec["imatrix"] else None
-    cands = sensitivity.candidates(model, args.types, importance, args.tensors)
-    if args.points not in ("1", "2", "all"):
-        raise HifikitError(f"--points must be 1, 2 or all, got {args.points!r}")
-    positive(args.layers, "layers")
-    if args.mode == "proxy":
-        if args.text:
-            raise HifikitError("--text is for --mode measured or calibrated (proxy mode reads only the weights)")
-        steps = [jobs.StepSpec("sweep", "sweep-proxy", {**spec, "workers": args.threads})]
-    else:
-        if not args.text:
-            raise HifikitError(f"--mode {args.mode} needs --text FILE (a calibration text, kept apart from the "
-                               "evaluation text)")
-        positive(args.ctx, "ctx")
-        positive(args.chunks, "chunks")
-        chunks = kld.check_text(model, args.text, args.ctx, args.chunks)
-        measured_spec = {**spec, "text": str(args.text.resolve()), "ctx": args.ctx, "chunks": chunks,
-                         "threads": args.threads}
-        steps = []
-        if args.mode == curves.CALIBRATED:
-            steps.append(jobs.StepSpec("proxy", "sweep-proxy", {**spec, "workers": args.threads}))
-            measured_spec["calibration_points"] = args.points
-            measured_spec["calibration_layers"] = args.layers
-        steps.append(jobs.StepSpec("sweep", "sweep-measured", measured_spec))
-    steps.append(jobs.StepSpec("knees", "knees", {"mode": args.mode, "workers": args.threads,
-                                                  "plots": str(args.plots.resolve()) if args.plots else None}))
-    calibration = args.points if args.mode == curves.CALIBRATED else None
-    run_ = run_job("analyze", {**spec, "mode": args.mode, "calibration_points": calibration, "tensors": len(cands),
-                               "points": sum(len(c.types) for c in cands)}, steps, args)
-    render(run_, args.json)
+    res = analyze(AnalyzeOptions(args.model, args.mode, args.types, args.tensors, args.imatrix, args.text, args.ctx,
+                                 args.chunks, args.threads, args.points, args.layers, args.plots),
+                  progress=progress_mode(args))
+    render(res, args.json)
     return 0
 
 
-def _knees(run: dict) -> dict:
-    for step in run["steps"]:
-        if step["kind"] == "knees" and step["result"]:
-            return step["result"].get("knees", {})
-    return {}
-
-
-def _sweep_result(run: dict) -> dict:
-    """The sweep steps' figures (a calibrated run has a proxy and a measured one)."""
-    out: dict = {}
-    for step in run["steps"]:
-        if step["kind"].startswith("sweep-"):
-            out.update(step["result"] or {})
-    return out
-
-
-def records(run: dict) -> dict:
-    """What --json prints: the run, its sweep figures and per tensor the points, best types and knee."""
-    conn = db.connect()
-    mode = run["args"].get("mode") if isinstance(run["args"], dict) else None
-    sweep = curves.load_sweep(conn, run["id"], mode)
-    knees = _knees(run)
-    tensors = []
-    for s in analyze.summarize(sweep):
-        rec = dict(s.__dict__)
-        rec["knee"] = knees.get(s.tensor)
-        tensors.append(rec)
-    plots = next((st["result"].get("plots") for st in run["steps"] if st["kind"] == "knees" and st["result"]), None)
-    report = grid.detect(run["args"]["model"]).to_json()
-    hifi = [dataclasses.asdict(h) for h in analyze.hifi_standing(sweep)]
-    return {"run": run["id"], "mode": sweep.mode, "sweep": _sweep_result(run), "plots": plots, "grid": report,
-            "hifi": hifi, "tensors": tensors}
-
-
-def render(run: dict, as_json: bool) -> None:
-    rec = records(run)
+def render(res: AnalyzeResult, as_json: bool) -> None:
+    rec = res.to_json()
     if as_json:
         emit_json(rec)
         return
-    levels = [f"{lv:g}" for lv in analyze.BPW_LEVELS]
+    levels = [f"{lv:g}" for lv in BPW_LEVELS]
     rows = []
     for t in rec["tensors"]:
         knee = t["knee"] or {}
@@ -148,3 +79,8 @@ def render(run: dict, as_json: bool) -> None:
                    for h in rec["hifi"] for t in h["beats"]], right=[False, True, True, True, False, True, True, True]))
     if rec["grid"]["message"]:
         note(("warning: " if rec["grid"]["detected"] else "") + rec["grid"]["message"])
+
+
+def show(run: dict, as_json: bool) -> None:
+    """For `hifikit runs show/resume` of an analyze run."""
+    render(AnalyzeResult.from_run(run), as_json)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import jobs
-from .common import add_json, model_path, run_job, step_result
-from .output import emit_json, say, table
+from ..evaluate import BenchOptions, BenchResult, bench
+from ..tables import table
+from .common import add_json, progress_mode
+from .output import emit_json, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,19 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    models = [str(model_path(m)) for m in args.models]
-    spec = {"models": models, "p": args.n_prompt, "n": args.n_gen, "r": args.repetitions, "threads": args.threads}
-    run = run_job("bench", spec, [jobs.StepSpec("bench", "bench", spec)], args)
-    render(run, args.json)
+    res = bench(BenchOptions(args.models, args.n_prompt, args.n_gen, args.repetitions, args.threads),
+                progress=progress_mode(args))
+    render(res, args.json)
     return 0
 
 
-def render(run: dict, as_json: bool) -> None:
-    rows = step_result(run, "bench")["rows"]
+def render(res: BenchResult, as_json: bool) -> None:
     if as_json:
-        emit_json({"run": run["id"], "rows": rows})
+        emit_json({"run": res.run_id, "rows": res.rows})
         return
     say(table(["model", "type", "MiB", "backend", "threads", "test", "t/s"],
               [[Path(r["model"]).name, r["model_type"], f"{r['model_size'] / 2**20:.2f}", r["backends"], r["n_threads"],
-                r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"] for r in rows],
+                r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"] for r in res.rows],
               right=[False, False, True, False, True, False, True]))
+
+
+def show(run: dict, as_json: bool) -> None:
+    """For `hifikit runs show/resume` of a bench run."""
+    render(BenchResult.from_run(run), as_json)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from .. import atomic, calib, jobs
-from .common import add_json, model_path, run_job, step_result
-from .output import emit_json, say, table
+from .. import calib
+from ..tables import table
+from .common import add_json, progress_mode
+from .output import emit_json, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,23 +27,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    domains = calib.complete_mix([calib.parse_mix(m) for m in args.mix])
-    model = model_path(args.model) if args.model else None
-    atomic.check_writable(args.output)
-    spec = {"domains": [dataclasses.asdict(d) for d in domains], "tokens": args.tokens,
-            "output": str(args.output.resolve()), "seed": args.seed, "model": str(model) if model else None}
-    run = run_job("calib", spec, [jobs.StepSpec("build", "calib", spec)], args)
-    render(run, args.json)
+    res = calib.build_calibration(calib.CalibOptions(args.tokens, args.output, args.mix, args.seed, args.model),
+                                  progress=progress_mode(args))
+    render(res, args.json)
     return 0
 
 
-def render(run: dict, as_json: bool) -> None:
-    res = step_result(run, "build")
+def render(res: calib.CalibJobResult, as_json: bool) -> None:
     if as_json:
-        emit_json({"run": run["id"], **res})
+        emit_json({"run": res.run_id, **res.step})
         return
+    t = res.text
     say(table(["domain", "source", "weight", "target", "tokens", "pieces", "chars"],
-              [[d["name"], d["source"], f"{d['weight']:.2f}", d["target_tokens"], d["tokens"], d["pieces"], d["chars"]]
-               for d in res["domains"]], right=[False, False, True, True, True, True, True]))
-    say(f"\n{res['output']}: {res['tokens']} tokens ({'tokenizer of ' + res['tokenizer'] if res['tokenizer'] else 'estimated'}), "
-        f"seed {res['seed']}  [run {run['id']}]")
+              [[d.name, d.source, f"{d.weight:.2f}", d.target_tokens, d.tokens, d.pieces, d.chars] for d in t.domains],
+              right=[False, False, True, True, True, True, True]))
+    say(f"\n{t.output}: {t.tokens} tokens ({'tokenizer of ' + t.tokenizer if t.tokenizer else 'estimated'}), "
+        f"seed {t.seed}  [run {res.run_id}]")
+
+
+def show(run: dict, as_json: bool) -> None:
+    """For `hifikit runs show/resume` of a calib run."""
+    render(calib.CalibJobResult.from_run(run), as_json)

@@ -1,12 +1,10 @@
-"""Helpers shared by the subcommands that start jobs."""
+"""The arguments several subcommands share, and how their progress bars are decided."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from .. import gguf_io, jobs, progress
-from ..errors import HifikitError
+from .. import progress
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -38,26 +36,3 @@ def add_verify_args(p: argparse.ArgumentParser) -> None:
 
 def progress_mode(args: argparse.Namespace) -> bool | None:
     return progress.enabled_for(args)
-
-
-def model_path(path: Path) -> Path:
-    """A GGUF given on the command line, checked before any job starts."""
-    gguf_io.check_file(path)
-    gguf_io.open_reader(path)
-    return path.resolve()
-
-
-def positive(value: int | None, name: str) -> None:
-    if value is not None and value <= 0:
-        raise HifikitError(f"--{name} must be positive, got {value}")
-
-
-def run_job(command: str, args: dict[str, Any], steps: list[jobs.StepSpec], ns: argparse.Namespace) -> dict:
-    return jobs.start(command, args, steps, progress=progress_mode(ns))
-
-
-def step_result(run: dict, name: str) -> dict:
-    for step in run["steps"]:
-        if step["name"] == name:
-            return step["result"] or {}
-    raise HifikitError(f"run {run['id']} has no step {name}")

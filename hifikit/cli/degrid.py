@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from .. import degrid, grid
+from .. import degrid
 from ..progress import Progress
 from .common import add_json, progress_mode
 from .output import emit_json, say
@@ -24,13 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     bar = Progress(f"degrid {args.input.name}", progress_mode(args))
     try:
-        res = degrid.degrid(args.input, args.output, args.seed, progress=bar.update)
+        res = degrid.degrid(args.input, args.output, args.seed, progress=bar.update, check=args.check)
     finally:
         bar.close()
-    info = {**res.__dict__}
-    if args.check:
-        info["grid_before"] = grid.detect(args.input).to_json()
-        info["grid_after"] = grid.detect(args.output).to_json()
+    info = {k: v for k, v in dataclasses.asdict(res).items() if args.check or not k.startswith("grid_")}
     if args.json:
         emit_json(info)
         return 0

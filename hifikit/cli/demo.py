@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import time
+import dataclasses
 from pathlib import Path
 
-from .. import db, demo, report
-from .common import add_json, positive, progress_mode
+from .. import demo, report
+from .common import add_json, progress_mode
 from .output import emit_json, note, say
 
 
@@ -36,54 +36,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     chunks = args.chunks or (demo.FULL_CHUNKS if args.full else demo.DEFAULT_CHUNKS)
-    for name in ("chunks", "ctx", "threads", "bench_p", "bench_n", "bench_r"):
-        positive(chunks if name == "chunks" else getattr(args, name), name.replace("_", "-"))
     opts = demo.DemoOptions(out=args.out, chunks=chunks, ctx=args.ctx, model=args.model, text=args.text,
                             threads=args.threads, bench={"p": args.bench_p, "n": args.bench_n, "r": args.bench_r},
                             degrid=not args.no_degrid, seed=args.seed)
     progress = progress_mode(args)
-    show = progress is not False
 
     def on_step(idx: int, count: int, step: dict) -> None:
-        if show:
+        if progress is not False:
             note(f"[{idx + 1}/{count}] {step['name']}")
 
-    start = time.monotonic()
-    conn = db.connect()
-    finished, reused = demo.run(opts, progress=progress, on_step=on_step, conn=conn)
-    out = report.write(conn, [finished["id"]], opts.out / "report.html", title="hifikit demo")
-    seconds = time.monotonic() - start
-    records = report.rows([finished])
-    results = {s["name"]: s["result"] for s in finished["steps"]}
-    if args.json:
-        emit_json({"run": finished["id"], "resumed": reused, "seconds": seconds, "report": str(out),
-                   "degrid": results.get("degrid"), "models": records})
-        return 0
-    say(report.format_table(records))
-    text, calib = results.get("text"), results.get("calibration")
+    render(demo.demo(opts, progress=progress, on_step=on_step), args.json)
+    return 0
+
+
+def render(res: demo.DemoResult, as_json: bool) -> None:
+    if as_json:
+        emit_json({"run": res.run_id, "resumed": res.reused, "seconds": res.seconds, "report": res.report,
+                   "degrid": res.results.get("degrid"), "models": [dataclasses.asdict(r) for r in res.rows]})
+        return
+    say(report.format_table(res.rows))
+    if res.report is None:  # runs show: the table only
+        return
+    args = res.run["args"]
+    text, calib = res.results.get("text"), res.results.get("calibration")
     what = (f"the source of {len(text['modules'])} Python {text['python']} standard library modules "
-            f"({', '.join(text['modules'])}), {text['tokens']} tokens" if text else finished["args"]["text"])
-    if opts.degrid:
-        say(f"\nModel: the de-gridded twin (hifikit degrid, seed {opts.seed}) of the dequantized F16: the same "
+            f"({', '.join(text['modules'])}), {text['tokens']} tokens" if text else args["text"])
+    if args.get("degrid"):
+        say(f"\nModel: the de-gridded twin (hifikit degrid, seed {args['seed']}) of the dequantized F16: the same "
             "function with every weight row off the grid it was published on.")
     else:
         say("\nModel: the dequantized F16 itself (--no-degrid): its tensors lie on the grid it was published on, "
             "so per-tensor methods look better than they are.")
-    say(f"KLD against it over {chunks} chunks × {opts.ctx} tokens of {what}.")
+    say(f"KLD against it over {args['chunks']} chunks × {args['ctx']} tokens of {what}.")
     if calib:
         say(f"Calibration text (imatrix, measured pairs), kept apart: the source of {', '.join(calib['modules'])}.")
-    recipe = (results.get("quantize-recipe-Q3_K_M") or {})
+    recipe = (res.results.get("quantize-recipe-Q3_K_M") or {})
     if recipe.get("recipes_fit"):
         say(f"recipe@Q3_K_M: the best of {recipe['recipes_fit']} simple recipes that fit "
             f"({recipe['recipes_considered']} enumerated) by predicted KLD, 1 measured: {recipe['ftype']}.")
-    say(f"report: {out}  [run {finished['id']}{', resumed' if reused else ''}; {seconds:.0f} s]")
-    return 0
+    say(f"report: {res.report}  [run {res.run_id}{', resumed' if res.reused else ''}; {res.seconds:.0f} s]")
 
 
-def render(run: dict, as_json: bool) -> None:
+def show(run: dict, as_json: bool) -> None:
     """For `hifikit runs show/resume` of a demo run."""
-    records = report.rows([run])
+    res = demo.DemoResult.from_run(run)
     if as_json:
-        emit_json({"run": run["id"], "models": records})
+        emit_json({"run": res.run_id, "models": [dataclasses.asdict(r) for r in res.rows]})
     else:
-        say(report.format_table(records))
+        render(res, False)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from .. import jobs
-from .common import add_json, run_job, step_result
+from .. import hub
+from .common import add_json, progress_mode
 from .output import emit_json, say
 
 
@@ -21,19 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = {"repo_id": args.repo_id, "revision": args.revision, "include": args.include or None}
-    run = run_job("fetch", {**spec, "outtype": args.outtype},
-                  [jobs.StepSpec("fetch", "fetch", spec), jobs.StepSpec("convert", "convert", {"outtype": args.outtype})],
-                  args)
-    render(run, args.json)
+    res = hub.fetch(hub.FetchOptions(args.repo_id, args.revision, args.include or None, args.outtype),
+                    progress=progress_mode(args))
+    render(res, args.json)
     return 0
 
 
-def render(run: dict, as_json: bool) -> None:
-    fetched, models = step_result(run, "fetch"), step_result(run, "convert")["models"]
+def render(res: hub.FetchJobResult, as_json: bool) -> None:
+    f = res.fetched
     if as_json:
-        emit_json({"run": run["id"], **fetched, "models": models})
+        emit_json({"run": res.run_id, **dataclasses.asdict(f), "models": res.models})
         return
-    say(f"{fetched['repo_id']} @ {fetched['commit']}: {fetched['kind']}, {len(fetched['files'])} file(s)")
-    for m in models:
+    say(f"{f.repo_id} @ {f.commit}: {f.kind}, {len(f.files)} file(s)")
+    for m in res.models:
         say(m)
+
+
+def show(run: dict, as_json: bool) -> None:
+    """For `hifikit runs show/resume` of a fetch run."""
+    render(hub.FetchJobResult.from_run(run), as_json)

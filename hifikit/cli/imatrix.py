@@ -5,9 +5,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .. import atomic, imatrix_stats, jobs, kld
-from .common import add_eval_args, add_json, model_path, positive, run_job, step_result
-from .output import emit_json, say, table
+from ..quantize import ImatrixOptions, ImatrixResult, imatrix
+from ..tables import table
+from .common import add_eval_args, add_json, progress_mode
+from .output import emit_json, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,35 +22,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = model_path(args.model)
-    positive(args.ctx, "ctx")
-    positive(args.chunks, "chunks")
-    out = args.output or model.with_name(model.stem + ".imatrix.gguf")
-    atomic.check_writable(out)
-    chunks = kld.check_text(model, args.text, args.ctx, args.chunks)
-    spec = {"model": str(model), "text": str(args.text.resolve()), "output": str(out.resolve()),
-            "ctx": args.ctx, "chunks": chunks, "threads": args.threads}
-    run = run_job("imatrix", spec, [jobs.StepSpec("imatrix", "imatrix", spec)], args)
-    res = step_result(run, "imatrix")
-    stats = None
-    if args.show_statistics:
-        stats = [dataclasses.asdict(s) for s in imatrix_stats.statistics(res["path"])]
-    if args.json:
-        emit_json({"run": run["id"], **res, **({"statistics": stats} if stats is not None else {})})
-        return 0
-    say(f"{res['path']}: {res['entries']} entries over {res['chunks']} chunks of {res['chunk_size']} "
-        f"[run {run['id']}]")
+    res = imatrix(ImatrixOptions(args.model, args.text, args.output, args.ctx, args.chunks, args.threads,
+                                 args.show_statistics), progress=progress_mode(args))
+    render(res, args.json)
+    return 0
+
+
+def render(res: ImatrixResult, as_json: bool) -> None:
+    stats = [dataclasses.asdict(s) for s in res.statistics] if res.statistics is not None else None
+    if as_json:
+        emit_json({"run": res.run_id, **res.step, **({"statistics": stats} if stats is not None else {})})
+        return
+    say(f"{res.path}: {res.entries} entries over {res.chunks} chunks of {res.chunk_size} [run {res.run_id}]")
     if stats:
         say(table(["layer", "tensor", "Σ(act²)", "min", "max", "mean", "σ", "active %", "ZD %", "cos"],
                   [[s["layer"], s["tensor"], f"{s['sum_act2']:.2f}", f"{s['min']:.4f}", f"{s['max']:.4f}",
                     f"{s['mean']:.2f}", f"{s['std']:.2f}", f"{s['active_pct']:.2f}", f"{s['zd_pct']:.2f}",
                     f"{s['cos_sim']:.4f}"] for s in stats], right=[True, False] + [True] * 8))
-    return 0
 
 
-def render(run: dict, as_json: bool) -> None:
-    res = step_result(run, "imatrix")
-    if as_json:
-        emit_json({"run": run["id"], **res})
-    else:
-        say(f"{res['path']}: {res['entries']} entries over {res['chunks']} chunks [run {run['id']}]")
+def show(run: dict, as_json: bool) -> None:
+    """For `hifikit runs show/resume` of an imatrix run."""
+    render(ImatrixResult.from_run(run), as_json)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import platform
+import dataclasses
 
-from .. import __version__, ggml, paths
-from ..upstream import LLAMA_CPP_COMMIT, SDIST_SHA256
-from .output import emit_json, say, table
+from ..info import build_report
+from ..tables import table
+from .output import emit_json, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,32 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def collect() -> dict:
-    build = paths.build_info()
-    lib = ggml.load()
-    binaries = {}
-    for name in paths.BINARIES:
-        path = paths.bin_dir() / name
-        binaries[name] = str(path) if path.is_file() else None
-    return {
-        "version": __version__,
-        "llama_cpp_commit": build.get("llama_cpp_commit", LLAMA_CPP_COMMIT),
-        "source_sha256": build.get("sdist_sha256", SDIST_SHA256),
-        "patches": build.get("patches", []),
-        "native": build.get("native", []),
-        "binaries": binaries,
-        "library_dir": str(paths.lib_dir()),
-        "build": build.get("build", {}),
-        "cpu_features": {k: v for k, v in ggml.cpu_features().items() if v},
-        "platform": platform.platform(),
-        "types": [{"id": t.id, "name": t.name, "block_size": t.block_size, "type_size": t.type_size,
-                   "bits_per_weight": round(t.bits_per_weight, 4), "quantized": t.is_quantized}
-                  for t in lib.types()],
-    }
-
-
 def run(args: argparse.Namespace) -> int:
-    data = collect()
+    data = dataclasses.asdict(build_report())
     if args.json:
         emit_json(data)
         return 0

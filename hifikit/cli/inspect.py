@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .. import gguf_io
 from .common import add_json
-from .output import emit_json, say, table
+from ..tables import table
+from .output import emit_json, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     info = gguf_io.read_info(args.model)
     if args.json:
-        data = gguf_io_dict(info)
-        if not args.metadata:
-            data.pop("metadata")
-        emit_json(data)
+        emit_json(info.to_json(metadata=args.metadata))
         return 0
     say(f"{info.path}: {info.architecture or '?'} '{info.name or ''}', {info.n_tensors} tensors, "
         f"{info.n_elements / 1e6:.2f} M weights, {info.size_mib:.2f} MiB of tensors ({info.bits_per_weight:.3f} BPW)")
@@ -36,11 +34,3 @@ def run(args: argparse.Namespace) -> int:
               [[t.name, "×".join(map(str, t.shape)), t.type, f"{t.n_bytes / 2**20:.3f}", f"{t.bits_per_weight:.3f}"]
                for t in info.tensors], right=[False, False, False, True, True]))
     return 0
-
-
-def gguf_io_dict(info: gguf_io.ModelInfo) -> dict:
-    from dataclasses import asdict
-    data = asdict(info)
-    data["size_mib"] = info.size_mib
-    data["bits_per_weight"] = info.bits_per_weight
-    return data

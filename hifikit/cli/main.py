@@ -8,9 +8,15 @@ import sys
 
 from .. import __version__
 from ..errors import HifikitError
+from ..upstream import UpstreamError
 from . import (analyze, bench, calib, compare, degrid, demo, fetch, imatrix, info, inspect, plan, pr, quantize, recipes,
                report, runs, tool)
 from . import eval as eval_
+
+# the exceptions shown as one line, "hifikit: error: MESSAGE", exit status 1 (HIFIKIT_DEBUG=1: the traceback).
+# HifikitError is every library error; UpstreamError is upstream.py's own (it runs inside the CMake build too,
+# where hifikit cannot be imported); OSError covers files the user named.
+ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (HifikitError, UpstreamError, OSError)
 
 # each module registers one noun: add_parser(subparsers) sets args.func
 COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, degrid, analyze, plan, recipes,
@@ -40,16 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except HifikitError as exc:
-        print(f"hifikit: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("hifikit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hifikit ... | head`
         sys.stderr.close()
         return 141
-    except OSError as exc:
+    except ONE_LINE_ERRORS as exc:
         if os.environ.get("HIFIKIT_DEBUG"):
             raise
         print(f"hifikit: error: {exc}", file=sys.stderr)

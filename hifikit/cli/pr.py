@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..errors import HifikitError
@@ -9,7 +10,8 @@ from ..pr import check as pr_check
 from ..pr import export as pr_export
 from ..pr.template import TOPICS
 from .common import add_json
-from .output import emit_json, note, say, table
+from ..tables import table
+from .output import emit_json, note, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +56,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = pr_check.check(args.dir, args.workdir, args.jobs, build=not args.no_build,
                             note=note if not args.json else (lambda s: None))
     if args.json:
-        emit_json({**pr_check.dataclasses.asdict(report), "ok": report.ok})
+        emit_json({**dataclasses.asdict(report), "ok": report.ok})
     else:
         say(table(["check", "result", "seconds", "summary"],
                   [[c.name, c.status.upper(), f"{c.seconds:.1f}", c.summary] for c in report.checks],

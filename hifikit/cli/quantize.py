@@ -1,14 +1,14 @@
-"""``hifikit quantize IN OUT --type T | --hifi [VARIANT] [--imatrix F]``."""
+"""``hifikit quantize IN OUT --type T | --hifi [VARIANT] | --strategy FILE [--imatrix F]``."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import atomic
-from ..errors import HifikitError
-from ..quantize import check_imatrix, make_step, quant_options, resolve_hifi, resolve_type, strategy_step
-from .common import add_json, model_path, run_job, step_result
-from .output import emit_json, say, table
+from ..quant_rules import quant_options
+from ..quantize import QuantizeOptions, QuantizeResult, quantize
+from ..tables import table
+from .common import add_json, progress_mode
+from .output import emit_json, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,57 +36,26 @@ def run(args: argparse.Namespace) -> int:
         else:
             say(table(["type", "ftype", "description"], [[k, v["ftype"], v["desc"]] for k, v in opts.items()]))
         return 0
-    src = model_path(args.input)
-    if args.strategy is not None:
-        return run_strategy(args, src)
-    ftype = resolve_hifi(args.hifi) if args.hifi is not None else resolve_type(args.ftype)
-    check_imatrix(args.imatrix)
-    atomic.check_writable(args.output)
-    if args.output.resolve() == src:
-        raise HifikitError(f"{args.output}: output would overwrite the input")
-    run = run_job("quantize", {"input": str(src), "output": str(args.output), "ftype": ftype,
-                               "imatrix": str(args.imatrix) if args.imatrix else None},
-                  [make_step(src, args.output, ftype, args.imatrix, args.threads)], args)
-    render(run, args.json)
+    res = quantize(QuantizeOptions(args.input, args.output, args.ftype, args.hifi, args.strategy, args.imatrix,
+                                   args.threads), progress=progress_mode(args))
+    render(res, args.json)
     return 0
 
 
-def render(run: dict, as_json: bool) -> None:
-    res = step_result(run, "quantize")
+def render(res: QuantizeResult, as_json: bool) -> None:
     if as_json:
-        emit_json({"run": run["id"], **res})
+        emit_json({"run": res.run_id, **res.step})
         return
     say(table(["tensor", "shape", "from", "to", "MiB before", "MiB after"],
               [[t["name"], "×".join(map(str, t["shape"])), t["source_type"], t["target_type"],
-                f"{t['mib_before']:.3f}", f"{t['mib_after']:.3f}"] for t in res["tensors"]],
+                f"{t['mib_before']:.3f}", f"{t['mib_after']:.3f}"] for t in res.tensors],
               right=[False, False, False, False, True, True]))
-    say(f"\n{res['output']}: {res['ftype']}, {res['model_mib']:.2f} MiB -> {res['quant_mib']:.2f} MiB "
-        f"({res['quant_bpw']:.2f} BPW)  [run {run['id']}]")
-    if res.get("predicted_bytes") is not None:
-        say(f"file {res['file_bytes']} bytes (predicted {res['predicted_bytes']}); every tensor has its planned type")
+    say(f"\n{res.output}: {res.ftype}, {res.step['model_mib']:.2f} MiB -> {res.quant_mib:.2f} MiB "
+        f"({res.quant_bpw:.2f} BPW)  [run {res.run_id}]")
+    if res.predicted_bytes is not None:
+        say(f"file {res.file_bytes} bytes (predicted {res.predicted_bytes}); every tensor has its planned type")
 
 
-def run_strategy(args: argparse.Namespace, src: Path) -> int:
-    from .. import filesize
-    from .. import strategy as strat
-
-    s = strat.load(args.strategy)
-    if args.imatrix is not None:
-        check_imatrix(args.imatrix)
-        if s.imatrix and Path(s.imatrix).resolve() != args.imatrix.resolve():
-            raise HifikitError(f"--imatrix {args.imatrix} differs from the strategy's imatrix {s.imatrix}")
-        s.imatrix = str(args.imatrix.resolve())
-    layout = filesize.FileLayout.read(src)
-    ikeys = filesize.ImatrixKeys.from_file(s.imatrix, str(Path(s.imatrix).resolve())) if s.imatrix else None
-    res = strat.check(s, layout, ikeys)
-    if not res.ok:
-        raise HifikitError(f"{args.strategy}: {len(res.errors)} error(s): " + "; ".join(res.errors[:5])
-                           + (" ..." if len(res.errors) > 5 else "") + f" (see 'hifikit plan --check {args.strategy}')")
-    atomic.check_writable(args.output)
-    if args.output.resolve() == src:
-        raise HifikitError(f"{args.output}: output would overwrite the input")
-    run = run_job("quantize", {"input": str(src), "output": str(args.output), "strategy": str(args.strategy),
-                               "imatrix": s.imatrix},
-                  [strategy_step(src, args.output, s, layout, args.threads, res.bytes, res.error)], args)
-    render(run, args.json)
-    return 0
+def show(run: dict, as_json: bool) -> None:
+    """For `hifikit runs show/resume` of a quantize run."""
+    render(QuantizeResult.from_run(run), as_json)

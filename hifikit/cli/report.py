@@ -19,12 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    conn = db.connect()
-    out = report.write(conn, args.run_ids, args.output, args.title)
-    records = report.rows(report.load_runs(conn, args.run_ids))
+    res = report.write(db.connect(), args.run_ids, args.output, args.title)
     if args.json:
-        emit_json({"report": str(out), "runs": args.run_ids, "models": records})
+        emit_json({"report": res.path, "runs": res.run_ids, "models": res.rows})
     else:
-        say(report.format_table(records))
-        say(f"\nreport: {out}")
+        say(report.format_table(res.rows))
+        say(f"\nreport: {res.path}")
     return 0

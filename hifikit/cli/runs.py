@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
+from typing import Callable
 
 from .. import db, jobs, kld
-from ..errors import HifikitError
+from ..tables import table
+from . import analyze, bench, calib, compare, demo, fetch, imatrix, plan, quantize, recipes
+from . import eval as eval_
 from .common import add_json, progress_mode
-from .output import emit_json, note, say, table
+from .output import emit_json, note, say
 
-# which module renders a run's result, by the command that created it
-RENDERERS = {"quantize": "quantize", "imatrix": "imatrix", "eval": "eval", "compare": "compare",
-             "bench": "bench", "calib": "calib", "fetch": "fetch",
-             "analyze": "analyze", "demo": "demo"}
+# how a run's result is shown, by the command that created it (each reads the run back through the
+# library's Result.from_run and renders it as its own command does)
+RENDERERS: dict[str, Callable[[dict, bool], None]] = {
+    "quantize": quantize.show, "imatrix": imatrix.show, "eval": eval_.show, "compare": compare.show,
+    "bench": bench.show, "calib": calib.show, "fetch": fetch.show, "analyze": analyze.show, "demo": demo.show,
+    "plan-verify": plan.show, "recipes-verify": recipes.show,
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,12 +48,7 @@ def _time(t: float | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    conn = db.connect()
-    rows = conn.execute(
-        "SELECT r.*, (SELECT COUNT(*) FROM steps s WHERE s.run_id=r.id) AS n_steps, "
-        "(SELECT COUNT(*) FROM steps s WHERE s.run_id=r.id AND s.status='done') AS n_done "
-        "FROM runs r ORDER BY r.id DESC LIMIT ?", (args.limit,)).fetchall()
-    records = [db.row_dict(r) for r in rows]
+    records = jobs.list_runs(db.connect(), args.limit)
     if args.json:
         emit_json(records)
         return 0
@@ -58,21 +58,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _full(conn, run_id: int) -> dict:
-    run = jobs.get_run(conn, run_id)
-    run["measurements"] = [dict(r) for r in conn.execute(
-        "SELECT model, text, ctx, chunks, metric, value, error FROM measurements WHERE run_id=? ORDER BY id",
-        (run_id,))]
-    run["artifacts"] = [dict(r) for r in conn.execute(
-        "SELECT path, sha256, size, kind FROM artifacts WHERE run_id=? ORDER BY id", (run_id,))]
-    run["compositions"] = [dict(r) for r in conn.execute(
-        "SELECT * FROM compositions WHERE run_id=? ORDER BY id", (run_id,))]
-    return run
-
-
 def cmd_show(args: argparse.Namespace) -> int:
-    conn = db.connect()
-    run = _full(conn, args.id)
+    run = jobs.run_record(db.connect(), args.id)
     if args.json:
         emit_json(run)
         return 0
@@ -94,13 +81,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                   [[a["path"], a["kind"], a["size"], a["sha256"][:16]] for a in run["artifacts"]]))
     if run["status"] == "done" and run["command"] in RENDERERS:
         say("")
-        _render(run, False)
+        RENDERERS[run["command"]](run, False)
     return 0
-
-
-def _render(run: dict, as_json: bool) -> None:
-    module = importlib.import_module(f"hifikit.cli.{RENDERERS[run['command']]}")
-    module.render(run, as_json)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -113,17 +95,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         note(f"run {args.id}: resuming {len(pending)} of {len(before['steps'])} steps ({', '.join(pending)})")
     run = jobs.resume(args.id, progress=progress_mode(args), conn=conn)
     if run["command"] in RENDERERS:
-        _render(run, args.json)
+        RENDERERS[run["command"]](run, args.json)
     elif args.json:
         emit_json(run)
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    conn = db.connect()
-    if args.older_than is not None and args.older_than < 0:
-        raise HifikitError("--older-than must be >= 0")
-    removed, freed = kld.gc(conn, args.older_than * 86400 if args.older_than is not None else None)
+    removed, freed = kld.gc(db.connect(), args.older_than * 86400 if args.older_than is not None else None)
     if args.json:
         emit_json({"removed": removed, "freed_bytes": freed})
     else:

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import atomic, upstream
+from .. import atomic, ggml, upstream
 from ..errors import HifikitError
 from . import describe, editorconfig, gitrepo
 
 TARGETS = ("test-quantize-fns", "test-backend-ops", "llama-quantize")
 BACKEND_OPS = ("MUL_MAT", "MUL_MAT_ID", "GET_ROWS", "CPY", "SET_ROWS")
-HIFI_TYPES = ("q3_K_hifi", "q4_K_hifi", "q5_K_hifi", "q6_K_hifi")
 CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_SERVER=OFF",
                  "-DLLAMA_BUILD_EXAMPLES=OFF")
 MARKER = ".hifikit-pr-check"
@@ -253,7 +252,7 @@ class _Checker:
         script = self.tree / "gguf-py" / "tests" / "test_quants.py"
         env = dict(os.environ, PYTHONPATH=str(self.tree / "gguf-py"))
         matched, bad = 0, []
-        for t in HIFI_TYPES:
+        for t in ggml.HIFI_TYPES:
             rc, text = _run([sys.executable, script, "--libggml", lib, "--type", t.lower()], log, env=env,
                             timeout=1800)
             matched += text.count("matches exactly")
@@ -261,7 +260,7 @@ class _Checker:
                 bad.append(t)
         if bad:
             return "fail", f"mismatch or error for {', '.join(bad)}"
-        return "pass", f"{matched} numpy/C comparisons match exactly over {len(HIFI_TYPES)} types"
+        return "pass", f"{matched} numpy/C comparisons match exactly over {len(ggml.HIFI_TYPES)} types"
 
 
 def _last_line(text: str) -> str:

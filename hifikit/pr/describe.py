@@ -139,15 +139,15 @@ def series_table(stats: list[CommitStats]) -> str:
     return "\n".join(lines)
 
 
-def tests_planned(commits: list[PlannedCommit]) -> str:
-    from .check import planned_checks
-    names = "\n".join(f"- {c}" for c in planned_checks())
+def tests_planned(checks: list[str]) -> str:
+    """The checks `hifikit pr check` runs (check.planned_checks), and the place their results go."""
+    names = "\n".join(f"- {c}" for c in checks)
     return (f"`hifikit pr check` applies this series with `git am` to a fresh tree at the base commit, "
             f"builds it and runs:\n\n{names}\n\n{CHECK_BEGIN}\nNot run yet for this export.\n{CHECK_END}")
 
 
 def render(template: Template, topic: str, commits: list[PlannedCommit], stats: list[CommitStats],
-           ev: Evidence, plots: list[str | None], series_names: list[str]) -> str:
+           ev: Evidence, plots: list[str | None], series_names: list[str], checks: list[str]) -> str:
     gaps = "\n".join(f"- {g}" for g in template.gaps) or "- none listed"
     return f"""# {template.title}
 
@@ -175,7 +175,7 @@ Base: llama.cpp `{upstream.LLAMA_CPP_COMMIT}`; topic `{topic}`: {len(commits)} c
 
 ## Tests
 
-{tests_planned(commits)}
+{tests_planned(checks)}
 
 ## Known gaps
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import db
-from ..plots import pyplot
+from ..plots import figure
 from ..errors import HifikitError
+from ..frontier import on_front
 
 # the metrics of an eval step that PR.md shows, in column order
 METRICS = ("size_mib", "bpw", "ppl", "kld_mean", "kld_p99.0", "same_top_p")
@@ -141,13 +142,9 @@ def load(path: Path | None = None, run_ids: list[int] | None = None) -> Evidence
 
 def pareto(rows: list[EvalRow], x: str = "size_mib", y: str = "kld_mean") -> set[int]:
     """step ids of the rows no other row beats on both x and y (smaller is better)."""
-    pts = [(r.metrics[x][0], r.metrics[y][0], r.step_id) for r in rows
-           if r.metrics.get(x, (None,))[0] is not None and r.metrics.get(y, (None,))[0] is not None]
-    front = set()
-    for px, py, sid in pts:
-        if not any((qx <= px and qy <= py) and (qx < px or qy < py) for qx, qy, _ in pts):
-            front.add(sid)
-    return front
+    pts = [r for r in rows if r.metrics.get(x, (None,))[0] is not None and r.metrics.get(y, (None,))[0] is not None]
+    kept = on_front([r.metrics[x][0] for r in pts], [r.metrics[y][0] for r in pts])
+    return {r.step_id for r, keep in zip(pts, kept) if keep}
 
 
 def plot(rows: list[EvalRow], out: Path, title: str) -> bool:
@@ -156,9 +153,9 @@ def plot(rows: list[EvalRow], out: Path, title: str) -> bool:
            and r.metrics.get("kld_mean", (None,))[0] is not None]
     if len(pts) < 2:
         return False
-    plt = pyplot()
     front = pareto(pts)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
     for r in pts:
         hifi = "hifi" in r.label.lower()
         x, y = r.metrics["size_mib"][0], r.metrics["kld_mean"][0]
@@ -181,6 +178,5 @@ def plot(rows: list[EvalRow], out: Path, title: str) -> bool:
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.partial")
     fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
     tmp.replace(out)
     return True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import atomic, upstream
 from ..errors import HifikitError
-from . import describe, evidence, gitrepo, template as tmpl
+from . import check, describe, evidence, gitrepo, template as tmpl
 
 log = logging.getLogger(__name__)
 MANIFEST = "export.json"
@@ -113,7 +113,7 @@ def export(out: Path, topic: str = "all", run_ids: list[int] | None = None, db_p
         for n, rows in enumerate(ev.setups(), 1):
             name = f"pareto-{n}.png"
             plots.append(name if evidence.plot(rows, staging / name, f"setup {n}: size vs mean KLD") else None)
-        pr_md = describe.render(template, topic, commits, stats, ev, plots, series_names)
+        pr_md = describe.render(template, topic, commits, stats, ev, plots, series_names, check.planned_checks())
         (staging / "PR.md").write_text(pr_md)
         manifest = {"topic": topic, "base": upstream.LLAMA_CPP_COMMIT, "template": str(template.path),
                     "db": ev.db_path, "runs": sorted(ev.runs), "rows": [(r.run_id, r.step_id) for r in ev.rows],

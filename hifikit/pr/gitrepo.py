@@ -40,7 +40,7 @@ def init_pristine(dest: Path, pristine: Path | None = None, author: tuple[str, s
         raise HifikitError("git is not installed")
     pristine = pristine or upstream.pristine_tree()
     shutil.copytree(pristine, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns(".git", upstream._PRISTINE_MARKER))
+                    ignore=shutil.ignore_patterns(".git", upstream.PRISTINE_MARKER))
     git(dest, "init", "-q")
     git(dest, "add", "-A", "-f", ".")
     git(dest, "commit", "-q", "-m", f"llama.cpp {upstream.LLAMA_CPP_COMMIT}", author=author, date=date)

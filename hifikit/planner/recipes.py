@@ -12,7 +12,9 @@ own ``--dry-run --pure`` choice of types (rows a pure type cannot hold fall
 back as upstream's ``tensor_type_fallback`` says), the side types, and the file
 size model, and ranks
 the candidates by the objective's predicted error, so only the best few need
-to be quantized and measured.
+to be quantized and measured. ``find_recipes(RecipesOptions(...)) ->
+RecipesResult`` is the job of ``hifikit recipes``; with ``verify`` the best N are
+quantized and measured as one tracked run named ``recipes-verify``.
 
 Upstream facts this relies on (src/llama-quant.cpp at the pin):
 ``--token-embedding-type`` is applied as given (no fallback), so types whose
@@ -25,10 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from . import filesize, ggml, objective
+from .. import db, ggml, gguf_io, grid, jobs, kld, report
+from ..errors import HifikitError
+from ..quant_rules import check_imatrix
+from ..sweep import curves, objective
+from . import filesize
+from . import plan as planner
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +167,6 @@ class RecipeSearch:
 def search_model(conn, model: Path, target, run_id: int, mode: str | None = None,
                  imatrix: Path | None = None) -> RecipeSearch:
     """Rank the simple recipes of a model at a target (plan.Target) by a sweep's objective."""
-    from . import curves
-    from . import plan as planner
-
     layout = filesize.FileLayout.read(model)
     ikeys = filesize.ImatrixKeys.from_file(imatrix, str(imatrix)) if imatrix else None
     budget = planner.budget_for(target, layout, lambda f: planner.ftype_file_size(conn, model, layout, f,
@@ -170,3 +175,104 @@ def search_model(conn, model: Path, target, run_id: int, mode: str | None = None
     cands, considered = search(layout, budget, objective.errors_by_tensor(sweep),
                                lambda ftype: planner.cached_dry_run(conn, model, ftype, imatrix, ["--pure"]), ikeys)
     return RecipeSearch(str(model), dataclasses.asdict(target), budget, run_id, sweep.mode, considered, cands)
+
+
+def verify_steps(search: RecipeSearch, n: int, out_dir: Path, text: Path, ctx: int, chunks: int,
+                 threads: int | None, imatrix: Path | None) -> list[jobs.StepSpec]:
+    """Quantize and evaluate the best n candidates (one reference-logits step first)."""
+    model = Path(search.model)
+    base = {"text": str(Path(text).resolve()), "ctx": ctx, "chunks": chunks, "threads": threads}
+    steps = [jobs.StepSpec("reference", "kld-base", {"ref": str(model), **base})]
+    for i, c in enumerate(search.candidates[:n]):
+        out = out_dir / f"{model.stem}-recipe{i}.gguf"
+        spec = {"input": str(model), "output": str(out.resolve()), "ftype": c.recipe.ftype,
+                "extra": c.recipe.args(), "threads": threads, "expect_bytes": c.bytes,
+                "predicted_error": c.predicted, "recipe": c.recipe.label}
+        if imatrix:
+            spec["imatrix"] = str(imatrix.resolve())
+        steps.append(jobs.StepSpec(f"quantize-{i}", "quantize", spec))
+        steps.append(jobs.StepSpec(f"eval-{i}", "eval", {"model": str(out.resolve()), "ref": str(model), **base,
+                                                         "label": c.recipe.label, "role": "recipe"}))
+    return steps
+
+
+@dataclasses.dataclass
+class RecipesOptions:
+    model: Path
+    target: Any                        # plan.Target (plan.make_target)
+    from_run: int | None = None        # the analyze run whose curves rank the recipes (default: the latest)
+    mode: str | None = None
+    imatrix: Path | None = None        # the importance matrix the quantization will use
+    top: int = 10                      # candidates to list
+    verify: int = 0                    # quantize and measure the best N
+    out_dir: Path | None = None        # with verify: where the files go (default: next to the model)
+    text: Path | None = None           # with verify: the evaluation text
+    ctx: int = 512
+    chunks: int | None = None
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class RecipesVerifyResult:
+    run_id: int
+    rows: list[report.Row]             # the reference, then the measured recipes (best predicted first)
+    run: dict[str, Any]
+
+    @classmethod
+    def from_run(cls, run: dict[str, Any]) -> "RecipesVerifyResult":
+        return cls(run["id"], report.rows([run]), run)
+
+    @property
+    def measured(self) -> list[report.Row]:
+        return [r for r in self.rows if r.role != "reference"]
+
+    @property
+    def best(self) -> str | None:
+        """The recipe with the lowest measured mean KLD."""
+        return min(self.measured, key=lambda r: r.kld_mean).label if self.measured else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run_id, "measured": len(self.measured), "best": self.best,
+                "models": [{**dataclasses.asdict(r), "recipe": r.label} for r in self.measured]}
+
+
+@dataclasses.dataclass
+class RecipesResult:
+    search: RecipeSearch
+    top: int
+    grid: grid.GridReport
+    verify: RecipesVerifyResult | None
+
+    def to_json(self) -> dict[str, Any]:
+        """What `hifikit recipes --json` prints."""
+        out = {**self.search.to_json(self.top), "grid": self.grid.to_json()}
+        if self.verify is not None:
+            out["verify"] = self.verify.to_json()
+        return out
+
+
+def find_recipes(opts: RecipesOptions, *, conn: sqlite3.Connection | None = None,
+                 progress: bool | None = None) -> RecipesResult:
+    """The simple recipes that fit the target, best predicted first; with verify, the best N measured."""
+    model = gguf_io.check_model(opts.model)
+    check_imatrix(opts.imatrix)
+    jobs.check_positive(top=opts.top)
+    if opts.verify < 0:
+        raise HifikitError(f"--verify must be a count of recipes, got {opts.verify}")
+    if opts.verify and opts.text is None:
+        raise HifikitError("--verify needs --text F (the evaluation text)")
+    conn = conn or db.connect()
+    run_id = opts.from_run if opts.from_run is not None else planner.find_sweep_run(conn, model)
+    imatrix = Path(opts.imatrix).resolve() if opts.imatrix else None
+    search = search_model(conn, model, opts.target, run_id, opts.mode, imatrix)
+    verified = None
+    if opts.verify:
+        chunks = kld.check_text(model, opts.text, opts.ctx, opts.chunks)
+        out_dir = Path(opts.out_dir or model.parent).resolve()
+        run = jobs.start("recipes-verify", {"model": str(model), "target": search.target, "run": run_id,
+                                            "top": opts.verify, "text": str(opts.text), "ctx": opts.ctx,
+                                            "chunks": chunks},
+                         verify_steps(search, opts.verify, out_dir, Path(opts.text), opts.ctx, chunks, opts.threads,
+                                      imatrix), progress=progress, conn=conn)
+        verified = RecipesVerifyResult.from_run(run)
+    return RecipesResult(search, opts.top, grid.detect(model), verified)

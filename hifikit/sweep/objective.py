@@ -35,12 +35,15 @@ import dataclasses
 import logging
 import math
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import curves
-from .errors import HifikitError
+from ..errors import HifikitError
+from .agreement import rank_correlation
+
+if TYPE_CHECKING:  # curves.load_sweep calibrates through this module
+    from . import curves
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ def calibrated_sweep(proxy: curves.Sweep, calibration: Calibration) -> curves.Sw
         a = calibration.alpha(c.tensor)
         out.append(dataclasses.replace(c, points=[dataclasses.replace(p, error=a * p.error, error_pm=None)
                                                   for p in c.points]))
-    return curves.Sweep(proxy.run_id, MODE, out)
+    return dataclasses.replace(proxy, mode=MODE, curves=out)
 
 
 def sampled_layers(n_layers: int, k: int) -> set[int]:
@@ -195,8 +198,6 @@ class Holdout:
 
 
 def holdout(proxy: curves.Sweep, measured: curves.Sweep, calibration_pairs: Sequence[tuple[str, str]]) -> Holdout:
-    from .agreement import rank_correlation
-
     cal = calibrate(proxy, measured, calibration_pairs)
     used = {(t, ty.lower()) for t, ty in calibration_pairs}
     proxy_err = {(c.tensor, p.type.lower()): p.error for c in proxy.curves for p in c.points}
@@ -253,8 +254,6 @@ def predict(types: Mapping[str, str], errors: Mapping[str, Mapping[str, float]])
 def additivity(sweep: curves.Sweep, files: Sequence[tuple[str, Mapping[str, str], float, float | None]]
                ) -> tuple[list[AdditivityRow], dict]:
     """files: (label, tensor -> type, measured mean KLD, its ±). Rows and summary statistics."""
-    from .agreement import rank_correlation
-
     errors = errors_by_tensor(sweep)
     rows = []
     for label, types, kld, pm in files:

@@ -17,9 +17,10 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable
 
-from . import atomic, curves, db, runner
-from .errors import HifikitError
-from .progress import Progress
+from .. import atomic, db, runner
+from . import curves
+from ..errors import HifikitError
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,10 @@ does?) and overall (does it also order the tensors against each other?).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from .curves import Sweep
+if TYPE_CHECKING:  # curves imports the objective, which ranks with this module
+    from .curves import Sweep
 
 
 def rank_correlation(xs: list[float], ys: list[float]) -> float | None:

@@ -26,13 +26,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import atomic, filesize, ggml
-from .errors import HifikitError
-from .plan import Plan, needs_imatrix
+from .. import atomic, ggml, gguf_io, jobs
+from . import filesize
+from ..errors import HifikitError
+from ..quant_rules import check_imatrix, requires_imatrix, resolve_type
+
+if TYPE_CHECKING:  # plan.py writes strategies through this module
+    from .plan import Plan
 
 FORMAT = "hifikit-strategy/1"
 HEADER = ("# hifikit strategy: one ggml type per tensor. Edit a tensor's 'type:' (or a 'fixed:' entry),\n"
@@ -173,7 +177,7 @@ def check(strategy: Strategy, layout: filesize.FileLayout, imatrix_keys: filesiz
             errors.append(f"{name}: {canonical} does not fit its rows: {slot.row_length} is not a multiple of the "
                           f"block size {block} (llama-quantize would silently use a fallback type)")
             continue
-        if needs_imatrix(name, canonical) and not strategy.imatrix:
+        if requires_imatrix(name, canonical, strategy.base_ftype) and not strategy.imatrix:
             errors.append(f"{name}: {canonical} needs an importance matrix and the strategy has no 'imatrix:'")
         resolved[name] = canonical
     missing = [t.name for t in layout.tensors if t.quantizable and t.name not in strategy.types]
@@ -228,3 +232,66 @@ def regex_for(name: str) -> str:
 def tensor_type_file(pairs: list[tuple[str, str]]) -> str:
     """The --tensor-type-file text: whitespace-separated PATTERN=TYPE tokens, one per line."""
     return "".join(f"{pattern}={type_name}\n" for pattern, type_name in pairs)
+
+
+def quantize_step(src: Path, out: Path, s: Strategy, layout: filesize.FileLayout, threads: int | None,
+                  expect_bytes: int | None = None, predicted_error: float | None = None,
+                  name: str = "quantize") -> jobs.StepSpec:
+    """A quantize step applying strategy s: --tensor-type-file with one anchored pattern per tensor, and
+    every tensor's type checked in the written file (steps.py)."""
+    pairs = overrides(s, layout)
+    spec = {"input": str(src), "output": str(Path(out).resolve()), "ftype": resolve_type(s.base_ftype),
+            "threads": threads, "tensor_types": pairs, "strategy": s.path,
+            "expect_types": {n: t for n, t in s.types.items()
+                             if any(slot.name == n and slot.quantizable for slot in layout.tensors)}}
+    if s.imatrix:
+        spec["imatrix"] = str(Path(s.imatrix).resolve())
+    if expect_bytes is not None:
+        spec["expect_bytes"] = expect_bytes
+        spec["predicted_error"] = predicted_error
+    return jobs.StepSpec(name, "quantize", spec)
+
+
+@dataclasses.dataclass
+class StrategyCheck:
+    """`hifikit plan --check`: a strategy file checked against a model."""
+    file: str
+    model: str
+    result: CheckResult
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+
+def check_file(path: Path | str, model: Path | str | None = None) -> StrategyCheck:
+    """Check a strategy file against model (default: its 'model:' entry); every problem names its tensor."""
+    s = load(path)
+    model_arg = model or s.model
+    if model_arg is None:
+        raise HifikitError(f"{path}: no 'model:' entry; give the model: hifikit plan --check FILE MODEL")
+    layout = filesize.FileLayout.read(gguf_io.check_model(model_arg))
+    ikeys = None
+    if s.imatrix:
+        gguf_io.check_file(s.imatrix)
+        ikeys = filesize.ImatrixKeys.from_file(s.imatrix, str(s.imatrix))
+    return StrategyCheck(str(path), str(Path(layout.path)), check(s, layout, ikeys))
+
+
+def prepare(path: Path | str, model: Path, imatrix: Path | None = None
+            ) -> tuple[Strategy, filesize.FileLayout, CheckResult]:
+    """A strategy to apply to model, with imatrix (when given) as its importance matrix, checked; one error
+    line (pointing at 'hifikit plan --check') when the check fails."""
+    s = load(path)
+    if imatrix is not None:
+        check_imatrix(imatrix)
+        if s.imatrix and Path(s.imatrix).resolve() != Path(imatrix).resolve():
+            raise HifikitError(f"--imatrix {imatrix} differs from the strategy's imatrix {s.imatrix}")
+        s.imatrix = str(Path(imatrix).resolve())
+    layout = filesize.FileLayout.read(model)
+    ikeys = filesize.ImatrixKeys.from_file(s.imatrix, str(Path(s.imatrix).resolve())) if s.imatrix else None
+    res = check(s, layout, ikeys)
+    if not res.ok:
+        raise HifikitError(f"{path}: {len(res.errors)} error(s): " + "; ".join(res.errors[:5])
+                           + (" ..." if len(res.errors) > 5 else "") + f" (see 'hifikit plan --check {path}')")
+    return s, layout, res

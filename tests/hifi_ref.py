@@ -13,8 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from .errors import HifikitError
-from .gguf_io import _require_gguf
+from hifikit.errors import HifikitError
+from hifikit.gguf_io import require_gguf
 
 QK_K = 256
 HIFI_OUTLIERS = 8
@@ -83,7 +83,7 @@ def join_blocks(base: np.ndarray, res: np.ndarray, idx: np.ndarray) -> bytes:
 
 def dequantize_base(base: np.ndarray, base_name: str) -> np.ndarray:
     """(n, base_size) base blocks -> (n, 256) float32 with gguf-py's numpy dequantizer."""
-    g = _require_gguf()
+    g = require_gguf()
     qtype = g.GGMLQuantizationType[base_name]
     return g.quants.dequantize(np.ascontiguousarray(base), qtype).reshape(-1, QK_K)
 

@@ -19,7 +19,8 @@ import sqlite3
 import time
 from typing import Iterable
 
-from .errors import HifikitError
+from ..errors import HifikitError
+from . import objective
 
 MODES = ("proxy", "measured")
 # a derived mode: the proxy curves scaled per tensor by the run's measured points (objective.py)
@@ -113,8 +114,6 @@ def load_sweep(conn: sqlite3.Connection, run_id: int, mode: str | None = None) -
     if mode is None:
         mode = default_mode(modes)
     if mode == CALIBRATED:
-        from . import objective
-
         if not {"proxy", "measured"} <= set(modes):
             raise HifikitError(f"run {run_id} has no calibrated curves: it needs proxy and measured points "
                                f"(it has: {', '.join(modes)}; 'hifikit analyze MODEL --mode calibrated --text F')")

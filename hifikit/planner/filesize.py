@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import mmap
-import struct
 from pathlib import Path
 from typing import Mapping
 
-from . import ggml, gguf_io
-from .errors import HifikitError
+from .. import ggml, gguf_io
+from ..quant_rules import allows_quantization, n_dims
+from ..errors import HifikitError
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +41,9 @@ KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
 KEY_IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
 KEY_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 
-# tensor_allows_quantization() in src/llama-quant.cpp: name rules besides "2-D or more, ends in weight"
-_NEVER_QUANTIZED_PARTS = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
-                          "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight",
-                          "indexer.k_proj.weight", "indexer.q_proj.weight")
-_NEVER_QUANTIZED_NAMES = ("position_embd.weight", "token_types.weight")
-
 
 def pad(n: int, align: int = ALIGNMENT) -> int:
     return (n + align - 1) // align * align
-
-
-def n_dims(shape: list[int] | tuple[int, ...]) -> int:
-    """ggml_n_dims: the index of the last dimension above 1, plus one (at least 1)."""
-    for i in range(len(shape) - 1, 0, -1):
-        if shape[i] > 1:
-            return i + 1
-    return 1
-
-
-def allows_quantization(name: str, shape: list[int] | tuple[int, ...]) -> bool:
-    """Whether llama-quantize may change this tensor's type (its name and shape rules)."""
-    if n_dims(shape) < 2 or not name.endswith("weight"):
-        return False
-    if any(part in name for part in _NEVER_QUANTIZED_PARTS):
-        return False
-    return name not in _NEVER_QUANTIZED_NAMES
 
 
 def kv_u32_bytes(key: str) -> int:
@@ -84,7 +60,7 @@ class TensorSlot:
     shape: tuple[int, ...]      # ggml order: shape[0] is the row length
     source_type: str
     n_elements: int
-    quantizable: bool
+    quantizable: bool           # llama-quantize may change its type (quant_rules.allows_quantization)
 
     @property
     def row_length(self) -> int:
@@ -130,16 +106,14 @@ class FileLayout:
 
     @classmethod
     def read(cls, path: Path | str) -> "FileLayout":
-        kv, infos = scan(path)
-        names = type_names()
-        tensors = []
-        for name, shape, type_id in infos:
-            n = 1
-            for d in shape:
-                n *= d
-            tensors.append(TensorSlot(name, tuple(shape), names.get(type_id, str(type_id)), n,
-                                      allows_quantization(name, shape)))
-        return cls(str(path), kv, tensors)
+        """From the header alone (gguf_io.tensor_index: 0.08 s on Gemma 3 270M, where gguf-py's reader
+        builds a numpy view of each of its 262k vocabulary strings)."""
+        index = gguf_io.tensor_index(path)
+        names = gguf_io.type_names()
+        tensors = [TensorSlot(t.name, t.shape, names.get(t.type_id, str(t.type_id)), t.n_elements,
+                              allows_quantization(t.name, t.shape, index.architecture))
+                   for t in index.tensors]
+        return cls(str(path), dict(index.kv_sizes), tensors)
 
     def tensor(self, name: str) -> TensorSlot:
         for t in self.tensors:
@@ -189,70 +163,6 @@ def file_size(layout: FileLayout, types: Mapping[str, str], imatrix: ImatrixKeys
     if missing:
         raise HifikitError(f"no type for {len(missing)} tensor(s): {', '.join(missing[:5])}")
     return layout.meta_bytes(imatrix) + sum(padded_bytes(t, types[t.name]) for t in layout.tensors)
-
-
-def type_names() -> dict[int, str]:
-    return {t.id: t.name for t in ggml.load().types()}
-
-
-# GGUF value types -> fixed size in bytes (8: string, 9: array are variable)
-_SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def scan(path: Path | str) -> tuple[dict[str, int], list[tuple[str, list[int], int]]]:
-    """The KV pairs (key -> serialized bytes) and tensor infos (name, shape, type id) of a GGUF.
-
-    A direct walk of the header: gguf-py's reader builds one numpy view per
-    vocabulary string, which takes tens of seconds on a 262k-token vocabulary.
-    """
-    path = gguf_io.check_file(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        try:
-            version, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
-            if version < 2:
-                raise HifikitError(f"{path}: GGUF version {version} is not supported")
-            pos = HEADER_BYTES
-            kv: dict[str, int] = {}
-
-            def string(at: int) -> tuple[str, int]:
-                (n,) = struct.unpack_from("<Q", m, at)
-                return m[at + 8:at + 8 + n].decode("utf-8", errors="replace"), at + 8 + n
-
-            for _ in range(n_kv):
-                start = pos
-                key, pos = string(pos)
-                (vtype,) = struct.unpack_from("<I", m, pos)
-                pos += 4
-                if vtype == 8:
-                    (n,) = struct.unpack_from("<Q", m, pos)
-                    pos += 8 + n
-                elif vtype == 9:
-                    etype, count = struct.unpack_from("<IQ", m, pos)
-                    pos += 12
-                    if etype == 8:
-                        for _ in range(count):
-                            (n,) = struct.unpack_from("<Q", m, pos)
-                            pos += 8 + n
-                    elif etype in _SCALAR_SIZE:
-                        pos += _SCALAR_SIZE[etype] * count
-                    else:
-                        raise HifikitError(f"{path}: KV {key}: unsupported array element type {etype}")
-                elif vtype in _SCALAR_SIZE:
-                    pos += _SCALAR_SIZE[vtype]
-                else:
-                    raise HifikitError(f"{path}: KV {key}: unknown value type {vtype}")
-                kv[key] = pos - start
-            infos = []
-            for _ in range(n_tensors):
-                name, pos = string(pos)
-                (nd,) = struct.unpack_from("<I", m, pos)
-                shape = list(struct.unpack_from(f"<{nd}q", m, pos + 4))
-                (type_id,) = struct.unpack_from("<I", m, pos + 4 + 8 * nd)
-                pos += 4 + 8 * nd + 4 + 8
-                infos.append((name, shape, int(type_id)))
-        except struct.error as exc:
-            raise HifikitError(f"{path}: truncated or malformed GGUF header ({exc})") from exc
-    return kv, infos
 
 
 def tensor_types(path: Path | str) -> dict[str, str]:

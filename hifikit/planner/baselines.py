@@ -13,6 +13,8 @@ For each size (an ftype's exact file size) the contenders are:
 reference-logits step), so the whole comparison is one resumable run whose rows
 the report and ``hifikit compare`` print. Every file is made from the same
 reference, so KLD, size and speed come from the same files.
+``compare_baselines(BaselinesOptions(...)) -> BaselinesResult`` is that job (a
+run named ``compare``, its args holding ``baselines``).
 """
 from __future__ import annotations
 
@@ -20,14 +22,18 @@ import dataclasses
 import json
 import logging
 import re
+import sqlite3
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from . import curves, filesize, jobs, knee, objective, recipes
-from .agreement import rank_correlation
+from .. import atomic, db, gguf_io, jobs, kld, report
+from ..errors import HifikitError
+from ..quant_rules import check_imatrix, quant_options, resolve_type
+from ..sweep import curves, knee, objective
+from ..sweep.agreement import rank_correlation
+from . import filesize, recipes
 from . import plan as planner
 from . import strategy as strat
-from .quantize import strategy_step
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +106,8 @@ def contenders(conn, model: Path, sizes: Sequence[str], sweeps: Sweeps, out_dir:
                                   knees=knee.knee_type)
             path = out_dir / f"{model.stem}-plan@{size}{suffix}.yaml"
             strat.write(p, path)
-            q = strategy_step(model, out_dir / f"{model.stem}-plan@{size}{suffix}.gguf", strat.load(path), layout,
-                              threads, p.predicted_bytes, p.predicted_error).spec
+            q = strat.quantize_step(model, out_dir / f"{model.stem}-plan@{size}{suffix}.gguf", strat.load(path),
+                                    layout, threads, p.predicted_bytes, p.predicted_error).spec
             out.append(Contender(f"plan@{size}{suffix}", "plan", size, str(im) if im else None, p.predicted_bytes,
                                  p.predicted_error, q, f"strategy {path.name}, {sweep.mode} curves of run {run_id}"))
     largest = max((c.bytes for c in out if c.role == "stock"), default=0)
@@ -145,9 +151,7 @@ def steps(model: Path, items: Sequence[Contender], text: Path, ctx: int, chunks:
 def summary(run: dict) -> dict:
     """The comparison's rows (report.Row as dicts) grouped by size, with speed as ratios to the stock
     file of the same size and the additivity of the objective over the files it prices."""
-    from .report import rows as report_rows
-
-    records = [r for r in report_rows([run]) if r.role != "reference"]
+    records = [r for r in report.rows([run]) if r.role != "reference"]
     also = {s["spec"]["model"]: s["spec"].get("also") or [] for s in run["steps"] if s["kind"] == "eval"}
     # a file measured once and listed at every size it fits
     records += [dataclasses.replace(r, size=a["size"], label=a["label"], note=a["note"])
@@ -171,3 +175,70 @@ def summary(run: dict) -> dict:
                   "min_ratio": min(ratios) if ratios else None, "max_ratio": max(ratios) if ratios else None,
                   "spearman": rank_correlation([r.predicted for r in priced], [r.kld_mean for r in priced])}
     return {"groups": groups, "additivity": additivity}
+
+
+HIFI_FTYPES = ("Q3_K_HIFI", "Q4_K_HIFI", "Q4_K_HIFI_M", "Q4_K_HIFI_L")
+BENCH = {"p": 128, "n": 32, "r": 3}     # llama-bench of every file (--bench): pp128 / tg32, 3 repetitions
+
+
+@dataclasses.dataclass
+class BaselinesOptions:
+    ref: Path                          # the model every file is made from and measured against
+    sizes: Sequence[str]               # ftypes whose exact file sizes the files are held to
+    text: Path
+    from_run: int | None = None        # the sweep run without an imatrix (default: the latest of ref)
+    imatrix: Path | None = None        # also every size with this importance matrix
+    imatrix_run: int | None = None     # the sweep run made with that imatrix (prices and plans those files)
+    mode: str | None = None            # which curves of the runs (default as for the planner)
+    top: int = 2                       # simple recipes measured per size
+    hifi: bool = False                 # also the build's HIFI ftypes of no more bytes
+    bench: bool = False                # llama-bench every file in the same run
+    out_dir: Path | None = None        # default: next to ref
+    ctx: int = 512
+    chunks: int | None = None
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class BaselinesResult:
+    run_id: int
+    groups: dict[str, list[dict[str, Any]]]   # size -> its files (report.Row fields + ratios to the stock file)
+    additivity: dict[str, Any]                # the objective's predictions against the measured mean KLD
+    text: str
+    ctx: int
+    chunks: int
+    run: dict[str, Any]
+
+    @classmethod
+    def from_run(cls, run: dict[str, Any]) -> "BaselinesResult":
+        s = summary(run)
+        a = run["args"]
+        return cls(run["id"], s["groups"], s["additivity"], a.get("text"), a.get("ctx"), a.get("chunks"), run)
+
+
+def compare_baselines(opts: BaselinesOptions, *, conn: sqlite3.Connection | None = None,
+                      progress: bool | None = None) -> BaselinesResult:
+    """Stock files (with and without the imatrix), the best simple recipes and the plan at each size, and
+    with hifi the HIFI ftypes, quantized from one reference and measured against it: one tracked run."""
+    ref = gguf_io.check_model(opts.ref)
+    if opts.imatrix_run is not None and opts.imatrix is None:
+        raise HifikitError("--imatrix-run needs --imatrix F (the importance matrix that run was made with)")
+    jobs.check_positive(ctx=opts.ctx, chunks=opts.chunks, top=opts.top)
+    check_imatrix(opts.imatrix)
+    sizes = [resolve_type(s.strip()) for s in opts.sizes if s.strip()]
+    conn = conn or db.connect()
+    sweeps = Sweeps(opts.from_run if opts.from_run is not None else planner.find_sweep_run(conn, ref),
+                    opts.imatrix_run, opts.mode)
+    out_dir = Path(opts.out_dir or ref.parent).resolve()
+    hifi = [f for f in HIFI_FTYPES if f in quant_options()] if opts.hifi else []
+    items = contenders(conn, ref, sizes, sweeps, out_dir, imatrix=opts.imatrix, top=opts.top, hifi=hifi,
+                       threads=opts.threads)
+    for c in items:
+        atomic.check_writable(Path(c.quantize["output"]))
+    chunks = kld.check_text(ref, opts.text, opts.ctx, opts.chunks)
+    run = jobs.start("compare", {"ref": str(ref), "baselines": sizes, "sweeps": dataclasses.asdict(sweeps),
+                                 "imatrix": str(opts.imatrix) if opts.imatrix else None, "top": opts.top,
+                                 "text": str(opts.text), "ctx": opts.ctx, "chunks": chunks},
+                     steps(ref, items, Path(opts.text), opts.ctx, chunks, opts.threads, BENCH if opts.bench else None),
+                     progress=progress, conn=conn)
+    return BaselinesResult.from_run(run)

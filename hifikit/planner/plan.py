@@ -17,6 +17,12 @@ Targets (the budget is bytes of the whole file, metadata included):
 - ``size MiB``: file bytes <= MiB x 2^20;
 - ``match FTYPE``: file bytes <= the size of the file llama-quantize writes
   with that ftype (its --dry-run types through the file size model).
+
+``plan(PlanOptions(model, output, target, ...)) -> PlanResult`` is the job of
+``hifikit plan``: it plans from a sweep run, writes the strategy (strategy.py)
+and, with ``verify``, quantizes with it and measures the file against the model
+as one tracked run named ``plan-verify`` (``PlanVerifyResult.from_run`` reads
+one back).
 """
 from __future__ import annotations
 
@@ -24,17 +30,20 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sqlite3
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from . import allocate, atomic, curves, db, filesize, ggml, parsers, runner
-from .errors import HifikitError
+from . import allocate, filesize, plots, strategy
+from .. import atomic, db, evaluate, ggml, gguf_io, grid, jobs, kld, parsers, report, runner
+from ..errors import HifikitError
+from ..quant_rules import check_imatrix, requires_imatrix, resolve_type
+from ..sweep import curves, knee
+from ..sweep import plots as curve_plots
 
 log = logging.getLogger(__name__)
 
-# tensor_requires_imatrix() in src/llama-quant.cpp (token_embd and output are exempt)
-IMATRIX_TYPES = ("iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq1_m", "iq1_s")
 ERROR_SCALES = ("none", "elements")
 # error differences below this share of the sweep's largest error are noise (a re-quantization that
 # reproduces the source grid gives 1e-7-level relative errors, not exact zeros): never buy bytes for them
@@ -132,8 +141,6 @@ def make_target(bpw: str | None = None, size: str | None = None, match: str | No
         raise HifikitError("give one target: --target-bpw X, --target-size MiB or --match FTYPE")
     kind, value = given[0]
     if kind == "match":
-        from .quantize import resolve_type
-
         value = resolve_type(value)
     return Target(kind, str(value))
 
@@ -141,24 +148,22 @@ def make_target(bpw: str | None = None, size: str | None = None, match: str | No
 def find_sweep_run(conn, model: Path) -> int:
     """The latest analyze run of this model that has curves."""
     model = Path(model).resolve()
-    for row in conn.execute("SELECT id, args FROM runs WHERE command='analyze' ORDER BY id DESC"):
-        try:
-            args = json.loads(row["args"])
-        except json.JSONDecodeError:
-            continue
+
+    def of_model(args: dict) -> bool:
         path = args.get("model") or args.get("input")
-        if path and Path(path).resolve() == model and \
-                conn.execute("SELECT 1 FROM curve_points WHERE run_id=? LIMIT 1", (row["id"],)).fetchone():
-            return int(row["id"])
-    raise HifikitError(f"no 'hifikit analyze' run of {model} with curves; run it, or name one with --from-run")
+        return bool(path) and Path(path).resolve() == model
+
+    def with_curves(run_id: int) -> bool:
+        return conn.execute("SELECT 1 FROM curve_points WHERE run_id=? LIMIT 1", (run_id,)).fetchone() is not None
+
+    found = jobs.latest_run(conn, "analyze", of_model, with_curves)
+    if found is None:
+        raise HifikitError(f"no 'hifikit analyze' run of {model} with curves; run it, or name one with --from-run")
+    return found
 
 
 def type_fits(slot: filesize.TensorSlot, type_name: str) -> bool:
     return slot.row_length % ggml.load().type_by_name(type_name).block_size == 0
-
-
-def needs_imatrix(name: str, type_name: str) -> bool:
-    return type_name.lower() in IMATRIX_TYPES and not (name.startswith("token_embd") or name == "output.weight")
 
 
 def dry_run_types(model: Path, ftype: str, imatrix: Path | None = None, extra: Sequence[str] = ()) -> dict[str, str]:
@@ -173,10 +178,8 @@ def dry_run_types(model: Path, ftype: str, imatrix: Path | None = None, extra: S
 def cached_dry_run(conn, model: Path, ftype: str, imatrix: Path | None = None, extra: Sequence[str] = ()
                    ) -> dict[str, str]:
     """dry_run_types, cached in $HIFIKIT_HOME by model and imatrix content, arguments and build."""
-    from .jobs import versions
-
     parts = [db.file_sha256(conn, model), ftype, db.file_sha256(conn, imatrix) if imatrix else "",
-             json.dumps(list(extra)), json.dumps(versions(), sort_keys=True, default=str)]
+             json.dumps(list(extra)), json.dumps(jobs.versions(), sort_keys=True, default=str)]
     path = db.home() / "cache" / "dry-run" / f"{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:32]}.json"
     if path.is_file():
         try:
@@ -218,7 +221,7 @@ def scale_of(curve: curves.TensorCurve, how: str, total_elements: int) -> float:
 
 
 def candidates(curve: curves.TensorCurve, slot: filesize.TensorSlot, scale: float, has_imatrix: bool,
-               types: list[str] | None = None) -> list[Option]:
+               types: list[str] | None = None, ftype: str | None = None) -> list[Option]:
     out = []
     wanted = {t.lower() for t in types} if types else None
     for p in curve.points:
@@ -226,7 +229,7 @@ def candidates(curve: curves.TensorCurve, slot: filesize.TensorSlot, scale: floa
             continue
         if not type_fits(slot, p.type):
             continue
-        if not has_imatrix and needs_imatrix(slot.name, p.type):
+        if not has_imatrix and requires_imatrix(slot.name, p.type, ftype):
             continue
         nbytes = filesize.tensor_bytes(slot, p.type)
         if nbytes != p.nbytes:
@@ -259,7 +262,7 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
         if curve is None or not slot.quantizable:
             fixed[slot.name] = base_types.get(slot.name, slot.source_type) if slot.quantizable else slot.source_type
             continue
-        opts = candidates(curve, slot, scale_of(curve, error_scale, total), imatrix is not None, types)
+        opts = candidates(curve, slot, scale_of(curve, error_scale, total), imatrix is not None, types, base_ftype)
         if not opts:
             raise HifikitError(f"{slot.name}: no candidate type fits its rows of {slot.row_length} "
                                f"(sweep types: {', '.join(p.type for p in curve.points)})")
@@ -353,3 +356,119 @@ def summary(plan: Plan) -> dict:
             "type_bytes": bytes_by_type, "n_planned": len(plan.tensors), "n_fixed": len(plan.fixed),
             "expert_bytes": expert_bytes, "expert_share": expert_bytes / plan.predicted_bytes,
             "speed": plan.speed}
+
+
+@dataclasses.dataclass
+class VerifyOptions:
+    """Quantize with the strategy and measure the file against the model (KL divergence over a text)."""
+    text: Path
+    ctx: int = 512
+    chunks: int | None = None          # default: all that fit
+    threads: int | None = None
+    output: Path | None = None         # the quantized GGUF (default: the strategy's name with .gguf)
+
+
+@dataclasses.dataclass
+class PlanOptions:
+    model: Path                        # the model to quantize (F16/BF16/F32 GGUF)
+    output: Path                       # the strategy YAML to write
+    target: Target                     # make_target(bpw=, size=, match=)
+    from_run: int | None = None        # the analyze run whose curves to use (default: the latest of the model)
+    mode: str | None = None            # proxy | measured | calibrated (default: curves.default_mode)
+    imatrix: Path | None = None        # the importance matrix the quantization will use
+    base_ftype: str = "Q8_0"           # passed to llama-quantize; unswept tensors get its choice
+    types: Sequence[str] | None = None     # the candidate types to allow (default: every type of the sweep)
+    error_scale: str = "none"          # none | elements
+    plots: Path | None = None          # write the overview (and the curves with the chosen types) here
+    speed: SpeedBudget | None = None   # time limits besides the byte budget
+    verify: VerifyOptions | None = None
+
+
+@dataclasses.dataclass
+class PlanVerifyResult:
+    run_id: int
+    output: str                        # the quantized file
+    file_bytes: int
+    predicted_bytes: int
+    predicted_error: float | None
+    rows: list[report.Row]             # the reference, then the planned file
+    run: dict[str, Any]
+
+    @classmethod
+    def from_run(cls, run: dict[str, Any]) -> "PlanVerifyResult":
+        q = jobs.step_result(run, "quantize")
+        return cls(run["id"], q["output"], q["file_bytes"], q["predicted_bytes"], q.get("predicted_error"),
+                   report.rows([run]), run)
+
+    @property
+    def measured(self) -> report.Row:
+        return next(r for r in self.rows if r.role != "reference")
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.measured
+        return {"run": self.run_id, "output": self.output, "file_bytes": self.file_bytes,
+                "predicted_bytes": self.predicted_bytes, "predicted_error": self.predicted_error,
+                "models": [dataclasses.asdict(r) for r in self.rows], "kld_mean": m.kld_mean,
+                "kld_error": m.kld_error, "ppl": m.ppl, "ppl_error": m.ppl_error, "same_top_p": m.same_top_p}
+
+
+@dataclasses.dataclass
+class PlanResult:
+    plan: Plan
+    strategy: str                      # the strategy file written
+    summary: dict[str, Any]            # summary(plan)
+    plot: str | None                   # the overview PNG (with plots)
+    grid: grid.GridReport              # whether the model re-quantizes losslessly (it was published quantized)
+    verify: PlanVerifyResult | None
+
+    def to_json(self) -> dict[str, Any]:
+        """What `hifikit plan --json` prints."""
+        out = {**self.summary, "strategy": self.strategy, "plot": self.plot, "grid": self.grid.to_json()}
+        if self.verify is not None:
+            out["verify"] = self.verify.to_json()
+        return out
+
+
+def plan(opts: PlanOptions, *, conn: sqlite3.Connection | None = None, progress: bool | None = None) -> PlanResult:
+    """Plan the types under the target from a sweep run and write the strategy; with verify, quantize with it
+    and measure the file (a tracked run named plan-verify)."""
+    model = gguf_io.check_model(opts.model)
+    if opts.verify is not None:
+        jobs.check_positive(ctx=opts.verify.ctx, chunks=opts.verify.chunks)
+    check_imatrix(opts.imatrix)
+    base = resolve_type(opts.base_ftype)
+    if base.upper() in strategy.UNQUANTIZED_BASES:
+        raise HifikitError(f"--base-ftype {base}: per-tensor types need a quantized base ftype (e.g. Q8_0)")
+    conn = conn or db.connect()
+    run_id = opts.from_run if opts.from_run is not None else find_sweep_run(conn, model)
+    sweep = curves.load_sweep(conn, run_id, opts.mode)
+    layout = filesize.FileLayout.read(model)
+    imatrix = Path(opts.imatrix).resolve() if opts.imatrix else None
+    ikeys = filesize.ImatrixKeys.from_file(imatrix, str(imatrix)) if imatrix else None
+    budget = budget_for(opts.target, layout, lambda f: ftype_file_size(conn, model, layout, f, imatrix, ikeys))
+    types = [t.strip() for t in opts.types] if opts.types else None
+    p = make_plan(sweep, model, layout, opts.target, budget, dry_run_types(model, base, imatrix), base, imatrix, ikeys,
+                  opts.error_scale, types, knee.knee_type, speed=opts.speed)
+    out = Path(opts.output)
+    strategy.write(p, out)
+    plot = None
+    if opts.plots:
+        plot = str(plots.strategy_overview(p, Path(opts.plots) / f"{out.stem}-overview.png"))
+        curve_plots.plot_curves(sweep, opts.plots, chosen={t.name: t.type for t in p.tensors})
+    verified = _verify(p, layout, out, opts.verify, conn, progress) if opts.verify is not None else None
+    return PlanResult(p, str(out.resolve()), summary(p), plot, grid.detect(p.model), verified)
+
+
+def _verify(p: Plan, layout: filesize.FileLayout, strategy_path: Path, v: VerifyOptions, conn: sqlite3.Connection,
+            progress: bool | None) -> PlanVerifyResult:
+    model = Path(p.model)
+    out = Path(v.output) if v.output else strategy_path.with_suffix(".gguf")
+    chunks = kld.check_text(model, v.text, v.ctx, v.chunks)
+    step = strategy.quantize_step(model, out, strategy.load(strategy_path), layout, v.threads, p.predicted_bytes,
+                                  p.predicted_error)
+    steps = [step, *evaluate.eval_steps(model, [out.resolve()], v.text, v.ctx, chunks, v.threads)]
+    run = jobs.start("plan-verify", {"model": str(model), "strategy": str(strategy_path.resolve()),
+                                     "target": dataclasses.asdict(p.target), "sweep_run": p.run_id,
+                                     "mode": p.mode, "text": str(v.text), "ctx": v.ctx, "chunks": chunks},
+                     steps, progress=progress, conn=conn)
+    return PlanVerifyResult.from_run(run)

@@ -31,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from . import curves
-from .errors import HifikitError
+from ..errors import HifikitError
+from ..frontier import lower_hull, pareto_front
 
 RESIDUAL_TOL = 0.05
 _LN2 = math.log(2.0)
@@ -60,33 +61,6 @@ class KneeFit:
         xs = np.asarray(self.hull_bpw or self.frontier_bpw, dtype=np.float64)
         ys = np.asarray(self.hull_error or self.frontier_error, dtype=np.float64)
         return np.interp(x, xs, ys)
-
-
-def pareto_frontier(bpw: Sequence[float], error: Sequence[float]) -> list[int]:
-    """Indices of the non-dominated points, by increasing bpw and strictly decreasing error."""
-    order = sorted(range(len(bpw)), key=lambda i: (bpw[i], error[i]))
-    keep: list[int] = []
-    best = math.inf
-    for i in order:
-        if error[i] < best and not (keep and bpw[keep[-1]] == bpw[i]):
-            keep.append(i)
-            best = error[i]
-    return keep
-
-
-def lower_hull(x: Sequence[float], y: Sequence[float]) -> list[int]:
-    """Indices of the lower convex hull of points sorted by x (monotone chain)."""
-    hull: list[int] = []
-    for i in range(len(x)):
-        while len(hull) >= 2:
-            o, a = hull[-2], hull[-1]
-            cross = (x[a] - x[o]) * (y[i] - y[o]) - (y[a] - y[o]) * (x[i] - x[o])
-            if cross <= 0:  # a lies on or above the segment o -> i
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    return hull
 
 
 def _model(x: np.ndarray, a: float, b: float, c: float, x0: float) -> np.ndarray:
@@ -130,7 +104,11 @@ def fit(bpw: Sequence[float], error: Sequence[float], types: Sequence[str] | Non
     if len(bpw) != len(error) or not len(bpw):
         raise ValueError("fit needs as many errors as bpw values, at least one")
     types = list(types) if types is not None else [f"{b:g}" for b in bpw]
-    idx = pareto_frontier(list(bpw), list(error))
+    # a point with an infinite or undefined error is on no curve worth fitting
+    finite = [i for i in range(len(bpw)) if math.isfinite(error[i])]
+    if not finite:
+        raise ValueError("fit needs at least one finite error")
+    idx = [finite[j] for j in pareto_front([bpw[i] for i in finite], [error[i] for i in finite])]
     fx = np.array([bpw[i] for i in idx], dtype=np.float64)
     fy = np.array([error[i] for i in idx], dtype=np.float64)
     ftypes = [types[i] for i in idx]

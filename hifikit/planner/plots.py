@@ -1,18 +1,19 @@
-"""PNG plots of a plan (matplotlib, no display needed)."""
+"""PNG plots of a plan (matplotlib, no pyplot)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import ggml
-from .plots import pyplot, save_png, split_layer
-from .plan import Plan
+from .. import ggml
+from ..plots import figure, save_png, split_layer
+
+if TYPE_CHECKING:  # plan.py draws its plans with this module
+    from .plan import Plan
 
 
 def strategy_overview(plan: Plan, path: Path) -> Path:
     """Type per layer x tensor kind (a grid coloured by bits per weight); non-layer tensors in a top row."""
     import numpy as np
-
-    plt = pyplot()
 
     lib = ggml.load()
     bpw = {t.name: t.bits_per_weight for t in lib.types()}
@@ -38,7 +39,8 @@ def strategy_overview(plan: Plan, path: Path) -> Path:
         grid[rows.index(r), kinds.index(k)] = bpw.get(t, np.nan)
     fig_w = max(6.0, 1.1 * len(kinds) + 2)
     fig_h = max(3.0, 0.32 * len(rows) + 1.6)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+    fig = figure(figsize=(fig_w, fig_h))
+    ax = fig.subplots()
     im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     for (r, k), t in cells.items():
         ax.text(kinds.index(k), rows.index(r), t, ha="center", va="center", fontsize=7,
@@ -50,6 +52,4 @@ def strategy_overview(plan: Plan, path: Path) -> Path:
     ax.set_title(f"{Path(plan.model).name}: target {plan.target.kind} {plan.target.value}, "
                  f"{plan.predicted_bytes / 2**20:.2f} MiB, predicted error {plan.predicted_error:.4g}", fontsize=9)
     fig.tight_layout()
-    save_png(fig, path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=110)

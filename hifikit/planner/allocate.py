@@ -37,7 +37,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import HifikitError
+from ..errors import HifikitError
+from ..frontier import lower_hull, pareto_front
 
 EPS = 1e-15
 MAX_PAIRS = 4_000_000     # above this many (up, down) pairs, exchanges go one step along each front
@@ -65,32 +66,17 @@ def _pareto(options: Sequence[tuple[int, float]], tie: float = 0.0) -> list[int]
     """Indices of the non-dominated options, by increasing bytes (and decreasing error).
 
     An option must lower the error by more than tie to be kept (errors closer than
-    that are measurement noise: more bytes for nothing).
+    that are measurement noise: more bytes for nothing), and by more than the float
+    noise of the errors (EPS of the largest) in any case.
     """
-    order = sorted(range(len(options)), key=lambda j: (options[j][0], options[j][1]))
-    keep: list[int] = []
-    best = math.inf
-    for j in order:
-        if not keep or options[j][1] < best - max(tie, EPS * max(1.0, abs(best))):
-            keep.append(j)
-            best = options[j][1]
-    return keep
+    errors = [o[1] for o in options]
+    noise = EPS * max([1.0, *(abs(e) for e in errors if math.isfinite(e))])
+    return pareto_front([o[0] for o in options], errors, max(tie, noise))
 
 
 def _hull(options: Sequence[tuple[int, float]], front: list[int]) -> list[int]:
     """The lower convex hull of the Pareto front (bytes up, error down)."""
-    hull: list[int] = []
-    for j in front:
-        while len(hull) >= 2:
-            a, b = options[hull[-2]], options[hull[-1]]
-            c = options[j]
-            # b is above the segment a-c: drop it
-            if (b[1] - a[1]) * (c[0] - a[0]) >= (c[1] - a[1]) * (b[0] - a[0]):
-                hull.pop()
-            else:
-                break
-        hull.append(j)
-    return hull
+    return lower_hull([o[0] for o in options], [o[1] for o in options], front)
 
 
 def dual_bound(items: Sequence[Sequence[tuple[int, float]]], capacity: int) -> float:

@@ -1,7 +1,7 @@
 """Per-tensor candidates and the proxy sweep of ``hifikit analyze``.
 
-Candidates: every tensor that ``llama-quantize`` would quantize (the rules of
-``tensor_allows_quantization`` in src/llama-quant.cpp at the pin), and for each
+Candidates: every tensor that ``llama-quantize`` would quantize
+(``quant_rules.allows_quantization``), and for each
 every type of the list whose block size divides the row length (``ne[0]``)
 and that does not need an importance matrix when none is given.
 
@@ -31,46 +31,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import curves, db, ggml, gguf_io
-from .errors import HifikitError
+from . import curves
+from .. import db, ggml, gguf_io, runner
+from ..errors import HifikitError
+from ..quant_rules import allows_quantization
 
 log = logging.getLogger(__name__)
 
 STOCK_TYPES = ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs")
-HIFI_TYPES = ("q3_K_hifi", "q4_K_hifi", "q5_K_hifi", "q6_K_hifi")
-DEFAULT_TYPES = (*STOCK_TYPES, *HIFI_TYPES, "f16")
-
-# name fragments llama-quantize never quantizes (tensor_allows_quantization at the pin)
-_NEVER = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
-          "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
-          "indexer.q_proj.weight", "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight",
-          "time_mix_w2.weight", "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight",
-          "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight",
-          "time_mix_g2.weight", "time_mix_decay_w1.weight", "time_mix_decay_w2.weight",
-          "time_mix_lerp_fused.weight", "attn_rel_b.weight", ".position_embd", "sam.pos_embd", "sam.neck.",
-          "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger", "a.rvq.codebook", "mm.a.code_embd")
-_NEVER_EXACT = ("position_embd.weight", "token_types.weight")
-# only for GLM5-next (arch-specific rule)
-_NEVER_GLM5 = ("hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
-               "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
-               "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight")
+DEFAULT_TYPES = (*STOCK_TYPES, *ggml.HIFI_TYPES, "f16")
 
 # rows per work unit: about 4 M weights, so a big tensor (Gemma's 262144 x 640 embedding)
 # is split across processes and memory stays bounded
 CHUNK_ELEMENTS = 1 << 22
-
-
-def quantizable(name: str, shape: Sequence[int], architecture: str | None = None) -> bool:
-    """Whether llama-quantize would quantize this tensor (default params: output.weight included)."""
-    if len(shape) < 2 or all(n == 1 for n in shape[1:]):
-        return False  # ggml_n_dims < 2: 1-D tensors (trailing 1s do not count)
-    if not name.endswith("weight"):
-        return False
-    if any(frag in name for frag in _NEVER) or name in _NEVER_EXACT:
-        return False
-    if architecture == "glm5-next" and any(frag in name for frag in _NEVER_GLM5):
-        return False
-    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +102,7 @@ def candidates(model: Path | str, types: Iterable[str] | None = None,
         raise HifikitError(f"--tensors {tensors!r}: not a regular expression ({exc})") from exc
     out = []
     for t in index.tensors:
-        if not quantizable(t.name, t.shape, index.architecture):
+        if not allows_quantization(t.name, t.shape, index.architecture):
             continue
         if wanted is not None and not wanted.search(t.name):
             continue
@@ -223,19 +196,6 @@ class _ChunkResult:
     den: float                  # sum w x^2
     seconds: dict[str, float]
     cpu_seconds: float
-
-
-def _worker_init() -> None:
-    """Pool workers die with the sweep: a killed `analyze` must not leave them computing (Linux)."""
-    try:
-        import ctypes
-        import signal
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl
-            os._exit(1)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
 
 
 def _measure(task: _Task) -> _ChunkResult:
@@ -362,7 +322,7 @@ def run_proxy(conn: sqlite3.Connection, run_id: int, model: Path | str, cands: S
             absorb(_measure(task))
         worker_cpu = 0.0  # already in this process's CPU time
     else:
-        with cf.ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        with runner.worker_pool(workers) as pool:
             futures = [pool.submit(_measure, task) for task in tasks]
             for fut in cf.as_completed(futures):
                 absorb(fut.result())

@@ -1,0 +1,35 @@
+"""Every step kind a job can be made of, by name: the one registry ``jobs`` looks kinds up in.
+
+A step kind is a function ``(StepContext, spec) -> StepOutput`` (jobs.py). The
+name is stored with each step in the runs database, so ``hifikit runs resume``
+finds the function again; a name must therefore never change once a release
+has written it. Adding a kind is one line here: nothing registers itself by
+being imported.
+"""
+from __future__ import annotations
+
+from . import demo, steps
+from .jobs import StepFn
+from .sweep import steps as sweep_steps
+
+STEP_KINDS: dict[str, StepFn] = {
+    # the bundled tools (steps.py)
+    "quantize": steps.quantize,
+    "imatrix": steps.imatrix,
+    "kld-base": steps.kld_base,
+    "eval": steps.evaluate,
+    "bench": steps.bench,
+    "calib": steps.calib_build,
+    "fetch": steps.fetch,
+    "convert": steps.convert,
+    # the sweep (sweep/steps.py)
+    "sweep-proxy": sweep_steps.sweep_proxy,
+    "sweep-measured": sweep_steps.sweep_measured,
+    "knees": sweep_steps.knees,
+    # the demo (demo.py)
+    "demo-source": demo.source_step,
+    "demo-text": demo.text_step,
+    "demo-degrid": demo.degrid_step,
+    "demo-plan-quantize": demo.plan_quantize_step,
+    "demo-recipe-quantize": demo.recipe_quantize_step,
+}

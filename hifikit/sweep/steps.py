@@ -1,0 +1,85 @@
+"""The step kinds of the sweep job (analyze.py): sweep-proxy, sweep-measured and knees.
+
+A run is: one sweep step that streams each tensor's points to the database
+(a resumed step skips what is stored), then a ``knees`` step that fits the
+curves and writes the plots. The step specs hold everything, so
+``hifikit runs resume ID`` needs nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from . import curves, knee, measured, objective, plots, proxy
+from .. import db
+from ..jobs import StepContext, StepOutput
+from ..progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def _candidates(spec: dict[str, Any]) -> tuple[list[proxy.TensorCandidates], Any]:
+    importance = proxy.load_importance(spec["imatrix"]) if spec.get("imatrix") else None
+    return proxy.candidates(spec["model"], spec.get("types"), importance, spec.get("tensors")), importance
+
+
+def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    cands, importance = _candidates(spec)
+    bar = Progress(f"proxy sweep {Path(spec['model']).name}", ctx.progress)
+    try:
+        stats = proxy.run_proxy(ctx.conn, ctx.run_id, spec["model"], cands, importance,
+                                workers=spec.get("workers"), progress=bar.update)
+    finally:
+        bar.close()
+    log.info("proxy sweep: %d tensors (%d already done), %d points in %.1f s wall, %.1f s CPU, %d processes",
+             stats.tensors, stats.skipped, stats.points, stats.seconds, stats.cpu_seconds, stats.workers)
+    return StepOutput(result={**proxy.candidate_summary(cands), **dataclasses.asdict(stats)},
+                      measurements=[db.Measurement("proxy_sweep_seconds", stats.seconds, model=spec["model"]),
+                                    db.Measurement("proxy_sweep_cpu_seconds", stats.cpu_seconds,
+                                                   model=spec["model"])])
+
+
+def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    cands, _ = _candidates(spec)
+    proxy.store_tensors(ctx.conn, ctx.run_id, cands)
+    # a tensor in its own (source) type is the reference itself: KLD 0 by construction, nothing to measure
+    exact = [c for c in cands if c.source_type in c.types]
+    with db.transaction(ctx.conn):
+        for c in exact:
+            curves.store_points(ctx.conn, ctx.run_id, "measured", c.tensor,
+                                [curves.CurvePoint(c.source_type, c.nbytes[c.source_type], 0.0, 0.0, 0.0)])
+    exact_pairs = {(c.tensor, c.source_type) for c in exact}
+    pairs = [pair for pair in proxy.sweep_pairs(cands) if pair not in exact_pairs]
+    points = spec.get("calibration_points")
+    stages = [pairs]
+    if points is not None:
+        # calibrated mode: a few pairs per tensor, picked from the proxy points this run stored before;
+        # with "all", those first (a calibration is usable early) and then every other pair
+        picked = objective.pick_pairs(curves.load_sweep(ctx.conn, ctx.run_id, "proxy"),
+                                      len(objective.CALIBRATION_TARGETS) if points == "all" else int(points),
+                                      spec.get("calibration_layers"))
+        stages = [picked, pairs] if points == "all" else [picked]
+    for stage in stages:
+        measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]),
+                           stage, ctx=spec["ctx"], chunks=spec["chunks"],
+                           imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None,
+                           threads=spec.get("threads"), log_path=ctx.log_path, progress=ctx.progress)
+    return StepOutput(result={**proxy.candidate_summary(cands), "measured_pairs": len(stages[-1])})
+
+
+def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    sweep = curves.load_sweep(ctx.conn, ctx.run_id, spec.get("mode"))
+    fits = knee.fit_sweep(sweep)
+    result: dict[str, Any] = {"knees": {name: dataclasses.asdict(f) for name, f in fits.items()},
+                              "methods": {m: sum(1 for f in fits.values() if f.method == m)
+                                          for m in sorted({f.method for f in fits.values()})},
+                              "plots": None}
+    artifacts = []
+    if spec.get("plots"):
+        paths = plots.plot_curves(sweep, Path(spec["plots"]), fits=fits,
+                                  workers=spec.get("workers") or proxy.default_workers())
+        result["plots"] = [str(p) for p in paths]
+        artifacts = [db.Artifact(str(p), "plot") for p in paths]
+    return StepOutput(result=result, artifacts=artifacts)
