@@ -89,7 +89,7 @@ static const hifi_recipe hifi_recipes[] = {
             { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_attn_v   },
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_ffn_down },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
-        },
+        }, {},
     },
     {
         LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", {
@@ -99,14 +99,14 @@ static const hifi_recipe hifi_recipes[] = {
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
-        },
+        }, {},
     },
     {
         LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", {
             { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
             { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
-        },
+        }, {},
     },
 };
 
