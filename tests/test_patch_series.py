@@ -1,6 +1,7 @@
 """The patch series applies strictly to the pristine tree, and only strictly."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -109,3 +110,41 @@ def test_unpack_refresh_round_trip(tmp_path, pristine):
     for name in upstream.read_series(PATCHES) + ["series"]:
         assert (repo_copy / "patches" / name).read_bytes() == (PATCHES / name).read_bytes(), name
     assert upstream.native_files(repo_copy / "native") == upstream.native_files(NATIVE)
+
+
+# ---------------------------------------------------------------- what the series may contain (review findings)
+
+def _template() -> dict:
+    import yaml
+    return yaml.safe_load((REPO / "pr" / "template.yaml").read_text())
+
+
+def _series_code() -> dict[str, list[str]]:
+    """Every line the upstream series adds: '+' lines of the patches (per patch file) and every line of the
+    native files that go upstream (hifikit's own local tools excepted)."""
+    local = set(_template().get("local") or [])
+    code: dict[str, list[str]] = {}
+    for patch in upstream.load_series(PATCHES):
+        body = patch.path.read_text().split("\n---\n", 1)[1]
+        code[patch.name] = [l[1:] for l in body.splitlines() if l.startswith("+") and not l.startswith("+++")]
+    for rel in upstream.native_files(NATIVE):
+        if rel not in local:
+            code[f"native/{rel}"] = (NATIVE / rel).read_text().splitlines()
+    return code
+
+
+def test_series_adds_no_ggml_ftype():
+    # GGML_FTYPE_MOSTLY_* is legacy ggml API; the HIFI types need no entry there
+    assert not [(w, l) for w, lines in _series_code().items() for l in lines if "GGML_FTYPE_" in l]
+
+
+def test_series_adds_no_perf_cases_of_its_own():
+    # test-backend-ops gets the types in its type lists, not a perf-only GET_ROWS case
+    lines = _series_code()["0004-tests-add-hifi-types-to-test-quantize-fns-and-test-backend-o.patch"]
+    assert not [l for l in lines if "test_get_rows" in l or "emplace_back" in l]
+
+
+def test_series_sources_cite_no_hifikit_docs_or_seeds():
+    cites = re.compile(r"docs/|\bseeds?\b|hifikit|results\.md|Gemma", re.IGNORECASE)
+    found = [(w, l.strip()) for w, lines in _series_code().items() for l in lines if cites.search(l)]
+    assert not found, found[:5]

@@ -14,20 +14,19 @@ static int hifi_layers_all(uint64_t /*n_params*/) {
     return 100;
 }
 
-// Q3_K_HIFI: the seed used layers 0-10 of a 28-layer model (Qwen3 0.6B/1.7B)
-// the first 40% of the layers (rounded down) is the same cut there and scales with n_layer
+// Q3_K_HIFI: the first 40% of the layers (rounded down): layers 0-10 of a 28-layer model
 static int hifi_layers_q3_early(uint64_t /*n_params*/) {
     return 40;
 }
 
-// Q4_K_HIFI: ffn_down coverage shrinks with the model size (seed 001)
+// Q4_K_HIFI: ffn_down coverage shrinks with the model size
 static int hifi_layers_q4_ffn_down(uint64_t n_params) {
     if (n_params <= 10000000000ull) return 50;
     if (n_params <= 70000000000ull) return 25;
     return 0;
 }
 
-// Q4_K_HIFI: above 100B only the first quarter of attn_v (seed 001)
+// Q4_K_HIFI: above 100B parameters, only the first quarter of attn_v
 static int hifi_layers_q4_attn_v(uint64_t n_params) {
     return n_params > 100000000000ull ? 25 : 100;
 }
@@ -66,14 +65,9 @@ struct hifi_recipe {
 };
 
 static const hifi_recipe hifi_recipes[] = {
-    // measured on Gemma 3 270M (docs/results.md): downgrading the early ffn_down from Q3_K_M's Q4_K/Q5_K to
-    // Q3_K_HIFI (the seed's rule) cost more than it saved; the HIFI twin of Q3_K_M's type paid on every layer,
-    // so ffn_down gets it on all layers and attn_v (not measurable there) on the seed's first 40%; the output
-    // keeps Q3_K_M's Q6_K (at ~4.5 bpw it was the costliest tensor of the model)
-    // and the bytes come from the fallbacks of rows that cannot take K-quants: Q5_0 for the Q3_K rows
-    // (instead of Q4_0; Q5_0 rather than Q5_1 because the CPU's llamafile sgemm has Q5_0: prompt
-    // processing 1.7x faster there) and Q5_1 for the output (instead of Q8_0, which upstream picks
-    // for an output whose rows cannot take Q6_K)
+    // Q3_K_M's mixture with the HIFI twin of its choice (the same grid plus outliers) on ffn_down and on the early
+    // attn_v; the bytes come from the rows that cannot take K-quants: Q5_0 instead of Q4_0 for Q3_K rows (Q5_0 has
+    // a llamafile sgemm kernel, Q5_1 does not) and Q5_1 instead of Q8_0 for an output that cannot take Q6_K
     {
         LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", {
             { LLAMA_HIFI_ROLE_ATTN_V,      HIFI_TYPE_OF_BASE,   hifi_layers_q3_early    },

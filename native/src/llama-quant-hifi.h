@@ -8,7 +8,7 @@
 // HIFI ftypes: per-tensor recipes applied on top of a stock ftype's mixture
 //
 // llama-quant.cpp computes the base ftype's choice for a tensor as usual, then asks the recipe
-// whether it names the tensor. The recipes are a table in llama-quant-hifi.cpp (see docs/ftypes.md).
+// whether it names the tensor. The recipes are a table in llama-quant-hifi.cpp.
 //
 
 // the tensor roles the recipes name; llama-quant.cpp maps its tensor categories onto them

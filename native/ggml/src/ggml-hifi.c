@@ -36,8 +36,8 @@
 #define HIFI_FP16_MAX 65504.0f
 
 // importance of a weight, without / with an imatrix qw: the reference quantizers' weighting,
-// and the imatrix weighting of quantize_row_q3_K/q4_K/q5_K_impl (q6_K_impl uses qw alone, but
-// qw * sqrt(sigma2 + x^2) picked better q6_K outliers too, docs/hifi-kernels-cpu.md)
+// and the imatrix weighting of quantize_row_q3_K/q4_K/q5_K_impl (q6_K_impl uses qw alone;
+// qw * sqrt(sigma2 + x^2) is used for q6_K_hifi too, it picked outliers with a smaller error)
 enum hifi_importance {
     HIFI_IMPORTANCE_X2,     // x^2                  / qw * sqrt(sigma2 + x^2)   (q3_K, q6_K)
     HIFI_IMPORTANCE_RMS_AX, // rms(32 values) + |x| / qw * sqrt(sigma2 + x^2)   (q4_K, q5_K)

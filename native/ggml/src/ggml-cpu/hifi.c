@@ -63,9 +63,8 @@ HIFI_VEC_DOT(q6_K, ggml_vec_dot_q6_K_hifi_q8_K_generic, ggml_vec_dot_q6_K_q8_K_g
 // AVX2: the base type's AVX2 loop (arch/x86/quants.c) run over the HIFI stride, plus the
 // outlier correction: the 8 residuals are converted with one vcvtph2ps, the 8 activations
 // y.qs[idx[s]] are read with scalar loads and widened with one vpmovsxbd, and the products
-// go to their own accumulator. Measured alternatives (docs/hifi-kernels-cpu.md): calling the
-// base kernel once per block (0.45x the base), vpgatherdd (0.6x), AVX512-VBMI vpermt2b
-// lookups (slower than scalar loads on the machine we measured).
+// go to their own accumulator (calling the base kernel once per block ran at 0.45x the base,
+// vpgatherdd at 0.6x, AVX512-VBMI vpermt2b lookups slower than scalar loads).
 
 #define MM256_SET_M128I(a, b) _mm256_insertf128_si256(_mm256_castsi128_si256(b), (a), 1)
 
