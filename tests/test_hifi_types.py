@@ -284,3 +284,42 @@ def test_gguf_file_roundtrip(ggml_lib, patched_gguf, tmp_path, name):
     assert bytes(tensor.data) == blob
     y = patched_gguf.dequantize(tensor.data, qtype)
     assert np.array_equal(bits(y), bits(ggml_lib.dequantize(tid, blob, x.shape[1])))
+
+
+# ---------------------------------------------------------------- (e) non-finite weights are not hidden
+
+def _one_row(bad: float, at: int = 37) -> np.ndarray:
+    x = student_t(seed=12)[:1, :QK_K].copy()
+    x[0, at] = bad
+    return x
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", HIFI_NAMES)
+def test_non_finite_weight_fails_validation(ggml_lib, name, bad):
+    """A row holding a NaN/Inf weight quantizes to a row ggml_validate_row_data rejects, as a K-quant row does:
+    the quantizer must not clamp the weight into a valid block (it once stored 65504 for Inf)."""
+    tid = type_id(ggml_lib, name)
+    x = _one_row(bad)
+    base = hifi_ref.layout(name).base
+    if base == "Q4_K" and np.isinf(bad):  # q4_K rejects the same row
+        assert not ggml_lib.validate(type_id(ggml_lib, base), ggml_lib.quantize(type_id(ggml_lib, base), x))
+    blob = ggml_lib.quantize(tid, x)
+    assert not ggml_lib.validate(tid, blob), f"{name} row with a {bad} weight validates"
+    # the bad weight holds an outlier slot and keeps its value there; the rest of the block stays finite
+    base_blocks, res, idx = hifi_ref.split_blocks(blob, name)
+    slot = [s for s in range(NSLOT) if idx[0, s] == 37 and not np.isfinite(res[0, s])]
+    assert slot, (idx[0], res[0])
+    assert (np.isnan(res[0, slot[0]]) if np.isnan(bad) else res[0, slot[0]] == np.float16(bad))
+    y = ggml_lib.dequantize(type_id(ggml_lib, base), base_blocks.tobytes(), QK_K)
+    assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", HIFI_NAMES)
+def test_finite_weight_beyond_fp16_saturates(ggml_lib, name):
+    """A finite weight larger than the fp16 range still gives a valid row (its residual saturates)."""
+    tid = type_id(ggml_lib, name)
+    x = _one_row(3.0e5)
+    blob = ggml_lib.quantize(tid, x)
+    assert ggml_lib.validate(tid, blob)
+    assert np.isfinite(ggml_lib.dequantize(tid, blob, QK_K)).all()

@@ -88,10 +88,23 @@ static void hifi_importance(const float * GGML_RESTRICT x, const float * GGML_RE
 // the quantization step for all other weights. importance * x^2 is the expected
 // squared contribution of w_j to the output, i.e. the weights that matter most and
 // cost the most range are taken out first. Ties go to the lowest index.
+//
+// A non-finite weight always takes a slot (the first HIFI_OUTLIERS of them): it is kept out of
+// the base fit and its residual stays non-finite, so ggml_validate_row_data rejects the block,
+// as it rejects a K-quant block whose scales such a weight made non-finite.
 static int hifi_select_outliers(const float * GGML_RESTRICT x, const float * GGML_RESTRICT imp, uint8_t * GGML_RESTRICT sel) {
     float best[HIFI_OUTLIERS];
     int n = 0;
+    for (int j = 0; j < QK_K && n < HIFI_OUTLIERS; ++j) {
+        if (!isfinite(x[j])) {
+            best[n] = INFINITY;
+            sel[n++] = (uint8_t) j;
+        }
+    }
     for (int j = 0; j < QK_K; ++j) {
+        if (!isfinite(x[j])) {
+            continue;
+        }
         const float score = imp[j]*x[j]*x[j];
         if (!(score > 0.0f)) {
             continue;
@@ -123,12 +136,16 @@ static int hifi_select_outliers(const float * GGML_RESTRICT x, const float * GGM
 
 // Stores the residuals x - deq at the selected positions (unused slots: res = 0, idx = 0),
 // applies them to deq and returns the weighted squared error of the result (w NULL: 1).
+// A finite residual beyond the fp16 range saturates; a non-finite one is stored as it is.
 static float hifi_residuals(const float * GGML_RESTRICT x, const float * GGML_RESTRICT w, float * GGML_RESTRICT deq,
         const uint8_t * GGML_RESTRICT sel, int n, ggml_half * GGML_RESTRICT res, uint8_t * GGML_RESTRICT idx) {
     int m = 0;
     for (int s = 0; s < n; ++s) {
         const int j = sel[s];
-        const float r = fmaxf(-HIFI_FP16_MAX, fminf(HIFI_FP16_MAX, x[j] - deq[j]));
+        float r = x[j] - deq[j];
+        if (isfinite(r)) {
+            r = fmaxf(-HIFI_FP16_MAX, fminf(HIFI_FP16_MAX, r));
+        }
         const ggml_half h = GGML_FP32_TO_FP16(r);
         if ((h & 0x7fff) == 0) {
             continue; // the base value is already exact: leave the slot unused
