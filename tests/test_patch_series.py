@@ -148,3 +148,14 @@ def test_series_sources_cite_no_hifikit_docs_or_seeds():
     cites = re.compile(r"docs/|\bseeds?\b|hifikit|results\.md|Gemma", re.IGNORECASE)
     found = [(w, l.strip()) for w, lines in _series_code().items() for l in lines if cites.search(l)]
     assert not found, found[:5]
+
+
+def test_hifi_types_carry_no_simd_kernels():
+    """The HIFI vec_dot runs the base types' kernels: no intrinsics or per-architecture code in the series."""
+    simd = re.compile(r"_mm(256|512)?_|__m(128|256|512)|immintrin|__AVX|__ARM_NEON|vld1q|vdotq|__riscv_v")
+    found = [(w, l.strip()) for w, lines in _series_code().items() for l in lines if simd.search(l)]
+    assert not found, found[:5]
+    cpu = (NATIVE / "ggml/src/ggml-cpu/quants-hifi.inc").read_text()
+    for bt in ("q3_K", "q4_K", "q5_K", "q6_K"):
+        assert f"ggml_vec_dot_{bt}_hifi_q8_K,         ggml_vec_dot_{bt}_q8_K)" in cpu
+        assert f"ggml_vec_dot_{bt}_hifi_q8_K_generic, ggml_vec_dot_{bt}_q8_K_generic)" in cpu

@@ -180,7 +180,7 @@ def test_topics_are_prefixes_of_the_series(pristine, tmp_path):
     assert all_[-1].startswith("docs : ")
     assert {s.split(" : ")[0] for s in all_[len(ftypes):-1]} <= {"perplexity, imatrix", "tools", "ggml-cpu"}
     types_native = {n for c in tmpl.plan(template, "types") for n in c.native}
-    assert "src/llama-quant-hifi.cpp" not in types_native and "ggml/src/ggml-hifi.c" in types_native
+    assert "src/llama-quant-hifi.cpp" not in types_native and "ggml/src/ggml-quants-hifi.inc" in types_native
 
 
 def _template_copy(tmp_path: Path, edit) -> Path:
@@ -199,8 +199,8 @@ def test_template_must_place_every_patch_and_native_file(tmp_path):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_patch)))
 
     def drop_native(d):
-        d["commits"][0]["native"] = ["ggml/src/ggml-hifi.c"]
-    with pytest.raises(HifikitError, match="ggml-hifi.h"):
+        d["commits"][0]["native"] = []
+    with pytest.raises(HifikitError, match="ggml-quants-hifi.inc"):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_native)))
 
     def misplace_native(d):  # the CUDA file in the ggml commit: no patch of that commit mentions it
