@@ -204,7 +204,7 @@ def test_template_must_place_every_patch_and_native_file(tmp_path):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_native)))
 
     def misplace_native(d):  # the CUDA file in the ggml commit: no patch of that commit mentions it
-        d["commits"][0]["native"].append(d["commits"][3]["native"].pop())
+        d["commits"][0]["native"].append(d["commits"][5]["native"].pop())
     with pytest.raises(HifikitError, match="mention dequantize-hifi.cuh"):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, misplace_native)))
 
