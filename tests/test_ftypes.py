@@ -85,7 +85,7 @@ RECIPES = {
         Rule("ffn_down", "q4_K_hifi", _q4_ffn_down),
         Rule("output", "q6_K", _all),
     )),
-    "Q4_K_HIFI_M": Recipe(None, (
+    "Q4_K_XM": Recipe(None, (
         Rule("attn_v", "q5_K", _all),
         Rule("ffn_gate", "q5_K", _all),
         Rule("token_embd", "q5_K", _all),
@@ -100,7 +100,7 @@ RECIPES = {
     )),
 }
 HIFI_FTYPES = tuple(RECIPES)
-FTYPE_IDS = {"Q3_K_HIFI": 42, "Q4_K_HIFI": 43, "Q4_K_HIFI_M": 44, "Q4_K_HIFI_L": 45}
+FTYPE_IDS = {"Q3_K_HIFI": 42, "Q4_K_HIFI": 43, "Q4_K_XM": 44, "Q4_K_HIFI_L": 45}
 
 
 def role(name: str, tied: bool) -> str:
@@ -361,7 +361,7 @@ def test_overrides_take_precedence(quantize_bin, models):
 # --hifi
 
 
-@pytest.mark.parametrize("model,ftype", [("small28", "Q3_K_HIFI"), ("medium", "Q4_K_HIFI_M"),
+@pytest.mark.parametrize("model,ftype", [("small28", "Q3_K_HIFI"), ("medium", "Q4_K_XM"),
                                          ("large", "Q4_K_HIFI_L")])
 def test_hifi_picks_ftype_by_size(quantize_bin, models, model, ftype):
     got = dry_run(quantize_bin, models[model], None, "--hifi")
@@ -370,7 +370,7 @@ def test_hifi_picks_ftype_by_size(quantize_bin, models, model, ftype):
     assert got.types == dry_run(quantize_bin, models[model], ftype).types
 
 
-@pytest.mark.parametrize("scale,ftype", [("small", "Q3_K_HIFI"), ("medium", "Q4_K_HIFI_M"),
+@pytest.mark.parametrize("scale,ftype", [("small", "Q3_K_HIFI"), ("medium", "Q4_K_XM"),
                                          ("large", "Q4_K_HIFI_L")])
 def test_hifi_scale_overrides(quantize_bin, models, scale, ftype):
     # the detected scale of the 2.6B model is medium; the override wins either way
@@ -389,8 +389,8 @@ def _spec_with_params(n_layer_max: int, n_embd: int, n_ff: int, target: int) -> 
     raise AssertionError("no spec fits")
 
 
-@pytest.mark.parametrize("threshold,below,above", [(2_000_000_000, "Q3_K_HIFI", "Q4_K_HIFI_M"),
-                                                   (10_000_000_000, "Q4_K_HIFI_M", "Q4_K_HIFI_L")])
+@pytest.mark.parametrize("threshold,below,above", [(2_000_000_000, "Q3_K_HIFI", "Q4_K_XM"),
+                                                   (10_000_000_000, "Q4_K_XM", "Q4_K_HIFI_L")])
 def test_hifi_thresholds_are_inclusive(quantize_bin, tmp_path, threshold, below, above):
     for n, want in ((threshold, below), (threshold + 1, above)):
         spec = _spec_with_params(64, 3072, 8192, n)

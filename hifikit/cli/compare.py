@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 render = eval_cli.render
 
-HIFI_FTYPES = ("Q3_K_HIFI", "Q4_K_HIFI", "Q4_K_HIFI_M", "Q4_K_HIFI_L")
+HIFI_FTYPES = ("Q3_K_HIFI", "Q4_K_HIFI", "Q4_K_XM", "Q4_K_HIFI_L")
 BENCH = {"p": 128, "n": 32, "r": 3}
 
 

@@ -85,8 +85,9 @@ static const hifi_recipe hifi_recipes[] = {
             { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
         }, {},
     },
+    // stock types only: a Q4_K mixture with more Q5_K/Q6_K tensors than Q4_K_M
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", {
+        LLAMA_FTYPE_MOSTLY_Q4_K_XM, "Q4_K_XM", LLAMA_FTYPE_MOSTLY_Q4_K_XM, "Q4_K", {
             { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q5_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_FFN_GATE,    GGML_TYPE_Q5_K,      hifi_layers_all         },
             { LLAMA_HIFI_ROLE_TOKEN_EMBD,  GGML_TYPE_Q5_K,      hifi_layers_all         },

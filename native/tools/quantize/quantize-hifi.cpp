@@ -18,7 +18,7 @@ struct quantize_hifi_scale_info {
 
 static const quantize_hifi_scale_info hifi_scales[] = {
     { QUANTIZE_HIFI_SCALE_SMALL,  "small",   2000000000LL, "Q3_K_HIFI"   },
-    { QUANTIZE_HIFI_SCALE_MEDIUM, "medium", 10000000000LL, "Q4_K_HIFI_M" },
+    { QUANTIZE_HIFI_SCALE_MEDIUM, "medium", 10000000000LL, "Q4_K_XM"     },
     { QUANTIZE_HIFI_SCALE_LARGE,  "large",      INT64_MAX, "Q4_K_HIFI_L" },
 };
 

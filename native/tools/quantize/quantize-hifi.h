@@ -7,7 +7,7 @@
 // llama-quantize --hifi: pick a HIFI ftype from the model's parameter count
 //
 //   parameters <= 2e9  : small  -> Q3_K_HIFI
-//   parameters <= 1e10 : medium -> Q4_K_HIFI_M
+//   parameters <= 1e10 : medium -> Q4_K_XM (stock types only)
 //   larger             : large  -> Q4_K_HIFI_L
 //
 // --hifi-scale small|medium|large overrides the choice.
