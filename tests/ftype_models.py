@@ -144,10 +144,12 @@ def _pad(n: int) -> int:
 
 
 def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
-                tokenizer: bool = False, seed: int = 0, split_max_tensors: int = 0) -> Path:
+                tokenizer: bool = False, seed: int = 0, split_max_tensors: int = 0,
+                extra_u32: dict[str, int] | None = None) -> Path:
     """Write spec as a GGUF at path (atomically) and return path.
 
     tokenizer=True copies the llama SPM tokenizer and sets n_vocab from it.
+    extra_u32 adds KV fields of type u32 (e.g. a malformed split.count).
     split_max_tensors > 0 writes a split model (random weights only, not atomic) named
     like llama.cpp's splits (STEM-00001-of-0000N.gguf) and returns its first file.
     """
@@ -183,6 +185,8 @@ def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
     if s.n_expert:
         writer.add_expert_count(s.n_expert)
         writer.add_expert_used_count(s.n_expert_used)
+    for key, value in (extra_u32 or {}).items():
+        writer.add_uint32(key, value)
 
     specs = list(tensors(s))
     try:

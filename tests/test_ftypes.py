@@ -208,9 +208,9 @@ def quantize_bin() -> Path:
         pytest.skip(str(exc))
 
 
-def run_quantize(exe: Path, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_quantize(exe: Path, *args: str | Path, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
+                          text=True, timeout=600, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"llama-quantize {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              + proc.stdout[-4000:])
@@ -622,6 +622,33 @@ def test_recipe_fallbacks_are_counted(quantize_bin, models):
     assert count("Q3_K_M") == 5 * n_layer
     # Q3_K_HIFI: the same rows (72 of them with the recipe's Q5_0) and the output's Q5_1
     assert count("Q3_K_HIFI") == 5 * n_layer + 1
+
+
+# --------------------------------------------------------------------------
+# --hifi: positional arguments, split.count
+
+def test_hifi_takes_a_number_after_the_input_as_nthreads(quantize_bin, tiny_plain, tmp_path):
+    model = tmp_path / "in" / "model.gguf"
+    model.parent.mkdir()
+    model.write_bytes(tiny_plain.read_bytes())
+    for n in ("8", "4"):   # 8 is also a type id (Q5_0), 4 is not
+        proc = run_quantize(quantize_bin, "--hifi", model, n, cwd=tmp_path)
+        assert f"using {n} threads" in proc.stdout
+        assert (model.parent / "ggml-model-Q3_K_HIFI.gguf").is_file()
+        assert not (tmp_path / n).exists() and not (model.parent / n).exists()
+    # with an output name, the number is nthreads as well; a type is still refused
+    out = tmp_path / "out.gguf"
+    assert "using 2 threads" in run_quantize(quantize_bin, "--hifi", model, out, "2").stdout and out.is_file()
+    for args in (("Q4_K_M",), ("8", "2"), ("Q4_K_M", "2")):
+        proc = run_quantize(quantize_bin, "--hifi", model, *args, check=False)
+        assert proc.returncode == 1 and "--hifi picks the type itself" in proc.stdout, args
+
+
+def test_hifi_reports_a_split_count_that_is_not_u16(quantize_bin, tmp_path):
+    model = fm.write_model(tmp_path / "m.gguf", TINY, sparse=True, extra_u32={"split.count": 1})
+    proc = run_quantize(quantize_bin, "--dry-run", "--hifi", model, check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:])   # not an abort
+    assert "split.count has type u32, expected u16" in proc.stdout
 
 
 # --------------------------------------------------------------------------

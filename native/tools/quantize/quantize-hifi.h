@@ -29,6 +29,9 @@ quantize_hifi_scale quantize_hifi_scale_for(int64_t n_params);
 // the name of a scale's ftype in llama-quantize's type list
 const char * quantize_hifi_ftype_name(quantize_hifi_scale scale);
 
+// whether a command-line argument is a non-negative number (nthreads)
+bool quantize_hifi_is_number(const char * arg);
+
 // sum of the element counts of the model's tensors, over all splits of a split model
 // only the GGUF headers are read; returns -1 (and prints why) on error
 int64_t quantize_hifi_count_params(const std::string & fname);
