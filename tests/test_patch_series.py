@@ -159,3 +159,13 @@ def test_hifi_types_carry_no_simd_kernels():
     for bt in ("q3_K", "q4_K", "q5_K", "q6_K"):
         assert f"ggml_vec_dot_{bt}_hifi_q8_K,         ggml_vec_dot_{bt}_q8_K)" in cpu
         assert f"ggml_vec_dot_{bt}_hifi_q8_K_generic, ggml_vec_dot_{bt}_q8_K_generic)" in cpu
+
+
+def test_folded_fragments_are_included_once_by_their_upstream_file():
+    """A native fragment (.inc) has one #include hook in the series; `pr export` inlines it there."""
+    hooks = {rel: [w for w, lines in _series_code().items() if f'#include "{Path(rel).name}"' in lines]
+             for rel in upstream.native_files(NATIVE) if rel.endswith(".inc")}
+    assert set(hooks) == {"ggml/src/ggml-quants-hifi.inc", "ggml/src/ggml-cpu/quants-hifi.inc"}
+    assert all(len(w) == 1 and not w[0].startswith("native/") for w in hooks.values()), hooks
+    folded = {rel for c in _template()["commits"] for rel in c.get("fold") or []}
+    assert folded == set(hooks)
