@@ -169,3 +169,23 @@ def test_folded_fragments_are_included_once_by_their_upstream_file():
     assert all(len(w) == 1 and not w[0].startswith("native/") for w in hooks.values()), hooks
     folded = {rel for c in _template()["commits"] for rel in c.get("fold") or []}
     assert folded == set(hooks)
+
+
+def test_tools_on_internal_api_stay_out_of_the_series():
+    """A tool that uses llama's internal API (not LLAMA_API, missing from Windows DLLs) is hifikit's own:
+    local in pr/template.yaml, built by hifikit's CMakeLists.txt, wired in by no patch."""
+    local = set(_template().get("local") or [])
+    for rel in upstream.native_files(NATIVE):
+        text = (NATIVE / rel).read_text()
+        if "llama_internal_" in text or '"../../src/' in text:
+            assert rel in local, rel
+    assert not [(w, l) for w, lines in _series_code().items() for l in lines if "sensitivity" in l]
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert 'add_subdirectory("${HIFIKIT_SRC_DIR}/tools/sensitivity"' in cmake
+
+
+def test_native_sources_use_no_posix_only_string_functions():
+    # upstream builds on MSVC: strcasecmp/strncasecmp are POSIX (upstream wraps them in _MSC_VER checks)
+    posix = re.compile(r"\bstrn?casecmp\s*\(")
+    found = [rel for rel in upstream.native_files(NATIVE) if posix.search((NATIVE / rel).read_text())]
+    assert not found

@@ -197,13 +197,15 @@ def test_topics_stack_and_apply_on_their_own(pristine, tmp_path):
              for topic, commits in seen.items()}
     assert areas["cpu"] == {"ggml", "ggml-cpu", "tests", "metal", "sycl"}
     assert areas["cuda"] == {"CUDA"} and areas["gguf-py"] == {"gguf-py"}
-    assert areas["ftypes"] == {"llama", "quantize", "docs"} and areas["tools"] == {"perplexity, imatrix", "tools"}
+    assert areas["ftypes"] == {"llama", "quantize", "docs"} and areas["tools"] == {"perplexity, imatrix"}
     assert areas["amx"] == {"ggml-cpu"}
     # the CPU PR carries no CUDA, gguf-py or llama code; the tool fix none of the HIFI code
     cpu_files = {f.path for c in seen["cpu"] for p in c.patches for f in p.files}
     assert not any(f.startswith(("ggml/src/ggml-cuda/", "gguf-py/", "src/", "tools/")) for f in cpu_files)
     assert {c.topic for c in seen["tools"]} == {"tools"} and [c.topic for c in seen["amx"]] == ["amx"]
     assert {c.topic for c in seen["cuda"]} == {"cpu", "cuda"} and {c.topic for c in seen["ftypes"]} == {"cpu", "ftypes"}
+    # hifikit's own tools are in no PR
+    assert not any(rel.startswith("tools/sensitivity/") for c in tmpl.plan(template, "all") for rel in c.native + c.fold)
 
 
 def _template_copy(tmp_path: Path, edit) -> Path:
@@ -225,6 +227,11 @@ def test_template_must_place_every_patch_and_native_file(tmp_path):
         d["commits"][0]["fold"] = []
     with pytest.raises(HifikitError, match="ggml-quants-hifi.inc"):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_native)))
+
+    def drop_local(d):
+        d["local"] = []
+    with pytest.raises(HifikitError, match="sensitivity"):
+        tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_local)))
 
     def misplace_native(d):  # the CUDA file in the ggml commit: no patch of that commit mentions it
         d["commits"][0]["native"] = [d["commits"][5]["native"].pop()]
