@@ -41,7 +41,8 @@ class ModelSpec:
     tied: bool = False            # no output.weight: the token embeddings are the output
     extra_params: int = 0         # length of a 1-D F32 rope_freqs tensor, to tune the parameter count
     context_length: int = 2048
-    arch: str = "llama"           # or "gemma3": post-norms, q/k norms and a sliding window
+    arch: str = "llama"           # or "gemma3": post-norms, q/k norms and a sliding window;
+                                  # or "falcon": fused attn_qkv, no ffn_gate, LayerNorm with biases
 
     @property
     def hd(self) -> int:
@@ -80,6 +81,9 @@ def tensors(spec: ModelSpec) -> Iterator[TensorSpec]:
     """The model's tensors in file order."""
     s, f16, f32 = spec, np.float16, np.float32
     q_dim, kv_dim = s.n_head * s.hd, s.n_head_kv * s.hd
+    if s.arch == "falcon":
+        yield from _falcon_tensors(s)
+        return
     yield TensorSpec("token_embd.weight", (s.n_vocab, s.n_embd), f16)
     if s.extra_params:
         yield TensorSpec("rope_freqs.weight", (s.extra_params,), f32)
@@ -111,6 +115,25 @@ def tensors(spec: ModelSpec) -> Iterator[TensorSpec]:
         yield TensorSpec("output.weight", (s.n_vocab, s.n_embd), f16)
 
 
+def _falcon_tensors(s: ModelSpec) -> Iterator[TensorSpec]:
+    """Falcon's layout (llama.cpp's src/models/falcon.cpp): one fused attn_qkv, an ffn without gate."""
+    f16, f32 = np.float16, np.float32
+    kv_dim = s.n_head_kv * s.hd
+    yield TensorSpec("token_embd.weight", (s.n_vocab, s.n_embd), f16)
+    for i in range(s.n_layer):
+        p = f"blk.{i}."
+        yield TensorSpec(p + "attn_norm.weight", (s.n_embd,), f32)
+        yield TensorSpec(p + "attn_norm.bias", (s.n_embd,), f32)
+        yield TensorSpec(p + "attn_qkv.weight", (s.n_embd + 2 * kv_dim, s.n_embd), f16)
+        yield TensorSpec(p + "attn_output.weight", (s.n_embd, s.n_embd), f16)
+        yield TensorSpec(p + "ffn_up.weight", (s.n_ff, s.n_embd), f16)
+        yield TensorSpec(p + "ffn_down.weight", (s.n_embd, s.n_ff), f16)
+    yield TensorSpec("output_norm.weight", (s.n_embd,), f32)
+    yield TensorSpec("output_norm.bias", (s.n_embd,), f32)
+    if not s.tied:
+        yield TensorSpec("output.weight", (s.n_vocab, s.n_embd), f16)
+
+
 def n_params(spec: ModelSpec) -> int:
     """Parameter count as llama-quantize --hifi counts it: elements summed over all tensors."""
     return sum(t.n_elements for t in tensors(spec))
@@ -121,10 +144,12 @@ def _pad(n: int) -> int:
 
 
 def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
-                tokenizer: bool = False, seed: int = 0, split_max_tensors: int = 0) -> Path:
+                tokenizer: bool = False, seed: int = 0, split_max_tensors: int = 0,
+                extra_u32: dict[str, int] | None = None) -> Path:
     """Write spec as a GGUF at path (atomically) and return path.
 
     tokenizer=True copies the llama SPM tokenizer and sets n_vocab from it.
+    extra_u32 adds KV fields of type u32 (e.g. a malformed split.count).
     split_max_tensors > 0 writes a split model (random weights only, not atomic) named
     like llama.cpp's splits (STEM-00001-of-0000N.gguf) and returns its first file.
     """
@@ -149,7 +174,10 @@ def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
     writer.add_key_length(s.hd)
     writer.add_value_length(s.hd)
     writer.add_rope_dimension_count(s.hd)
-    writer.add_layer_norm_rms_eps(1e-5)
+    if s.arch == "falcon":
+        writer.add_layer_norm_eps(1e-5)
+    else:
+        writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(s.n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     if s.arch == "gemma3":
@@ -157,6 +185,8 @@ def write_model(path: Path | str, spec: ModelSpec, *, sparse: bool = True,
     if s.n_expert:
         writer.add_expert_count(s.n_expert)
         writer.add_expert_used_count(s.n_expert_used)
+    for key, value in (extra_u32 or {}).items():
+        writer.add_uint32(key, value)
 
     specs = list(tensors(s))
     try:

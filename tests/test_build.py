@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -85,3 +86,55 @@ def test_info_text_lists_types(built):
     text = run_hifikit("info").stdout
     assert upstream.LLAMA_CPP_COMMIT in text
     assert "q4_K" in text and "q8_0" in text
+
+
+def _compile_commands() -> tuple[Path, list[dict]]:
+    """The compile database of the persistent build directory of this checkout (newest wheel tag)."""
+    found = sorted(REPO.glob("build/*/compile_commands.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        pytest.skip("no build directory with compile_commands.json in this checkout")
+    return found[-1].parent, json.loads(found[-1].read_text())
+
+
+def test_series_compiles_with_warnings_as_errors(built):
+    """Upstream's CPU, Apple and Android CI jobs build with LLAMA_FATAL_WARNINGS=ON: every translation unit the
+    series adds or patches compiles with the build's own flags (upstream's warning set) and -Werror.
+
+    -fsyntax-only: warnings that need the optimizer are left to the CI build, which sets the option
+    (.ci/run)."""
+    import re
+    import shlex
+    from concurrent.futures import ThreadPoolExecutor
+
+    build_dir, commands = _compile_commands()
+    src = build_dir / "llama.cpp-src"
+    ours = {f.path for p in upstream.load_series(REPO / "patches") for f in p.files}
+    ours |= set(upstream.native_files(REPO / "native"))
+    units = [e for e in commands if Path(e["file"]).is_relative_to(src)
+             and str(Path(e["file"]).relative_to(src)) in ours]
+    assert {"src/llama-quant-hifi.cpp", "ggml/src/ggml-quants.c", "ggml/src/ggml-cpu/quants.c",
+            "tools/quantize/quantize-hifi.cpp", "tools/sensitivity/sensitivity.cpp"} <= \
+        {str(Path(e["file"]).relative_to(src)) for e in units}
+
+    def syntax(e: dict) -> tuple[str, int, str]:
+        args = shlex.split(e["command"])
+        i = args.index("-o")
+        del args[i:i + 2]
+        args = [a for a in args if a != "-c"] + ["-fsyntax-only", "-Werror"]
+        proc = subprocess.run(args, cwd=e["directory"], capture_output=True, text=True, timeout=900)
+        return str(Path(e["file"]).relative_to(src)), proc.returncode, proc.stderr
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failed = [(f, err) for f, rc, err in pool.map(syntax, units) if rc != 0]
+    assert not failed, "\n".join(f"{f}:\n" + "\n".join(re.findall(r".*error:.*", err)[:5]) for f, err in failed)
+
+
+def test_ci_build_has_fatal_warnings(built):
+    """.ci/run builds with LLAMA_FATAL_WARNINGS=ON (on upstream's portable x86 flags: GCC 12 stops in upstream's
+    own tiled-kernel.cpp under -march=native), and the build records it."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "-DLLAMA_FATAL_WARNINGS=ON" in ci and "-DGGML_NATIVE=OFF" in ci
+    info = json.loads(run_hifikit("info", "--json").stdout)
+    assert info["build"]["LLAMA_FATAL_WARNINGS"] in (True, False)
+    if os.environ.get("HIFIKIT_CI") == "1":
+        assert info["build"]["LLAMA_FATAL_WARNINGS"] is True and info["build"]["GGML_NATIVE"] is False

@@ -85,7 +85,7 @@ RECIPES = {
         Rule("ffn_down", "q4_K_hifi", _q4_ffn_down),
         Rule("output", "q6_K", _all),
     )),
-    "Q4_K_HIFI_M": Recipe(None, (
+    "Q4_K_XM": Recipe(None, (
         Rule("attn_v", "q5_K", _all),
         Rule("ffn_gate", "q5_K", _all),
         Rule("token_embd", "q5_K", _all),
@@ -100,7 +100,7 @@ RECIPES = {
     )),
 }
 HIFI_FTYPES = tuple(RECIPES)
-FTYPE_IDS = {"Q3_K_HIFI": 42, "Q4_K_HIFI": 43, "Q4_K_HIFI_M": 44, "Q4_K_HIFI_L": 45}
+FTYPE_IDS = {"Q3_K_HIFI": 42, "Q4_K_HIFI": 43, "Q4_K_XM": 44, "Q4_K_HIFI_L": 45}
 
 
 def role(name: str, tied: bool) -> str:
@@ -139,6 +139,12 @@ def generic_q4(t: fm.TensorSpec, tied: bool) -> str:
     return with_fallback(t, "q4_K")
 
 
+# bits per weight of the types these tests meet
+BPW = {"f32": 32.0, "f16": 16.0, "q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "q5_1": 6.0, "q8_0": 8.5,
+       "q2_K": 2.625, "q3_K": 3.4375, "q4_K": 4.5, "q5_K": 5.5, "q6_K": 6.5625,
+       "q3_K_hifi": 4.1875, "q4_K_hifi": 5.25, "q5_K_hifi": 6.25, "q6_K_hifi": 7.3125}
+
+
 def layer_of(name: str) -> int | None:
     m = re.match(r"blk\.(\d+)\.", name)
     return int(m.group(1)) if m else None
@@ -163,14 +169,21 @@ def expected_types(ftype: str, spec: fm.ModelSpec, stock_base: dict[str, str] | 
             in_cut = layer is None or pct >= 100 or layer < spec.n_layer * pct // 100
             if in_cut:
                 want = TWIN.get(base, base) if rule.type == "twin" else rule.type
-                if t.n_per_row % (QK_K if k_quant_of.get(want, want) in TWIN else 32) == 0:
+                k_quant = k_quant_of.get(want, want)
+                if t.n_per_row % (QK_K if k_quant in TWIN else 32) == 0:
                     chosen = want
-                elif k_quant_of.get(want, want) in fallbacks:   # the recipe's fallback for the rule's type
-                    chosen = fallbacks[k_quant_of.get(want, want)]
+                elif k_quant in fallbacks:   # the recipe's fallback for the rule's type
+                    chosen = fallbacks[k_quant]
+                    # it replaces upstream's fallback for that K-quant, whatever its size
+                    if base == FALLBACK[k_quant]:
+                        base = chosen
             break
         # a K-quant mixture picks q4_0 only as upstream's fallback of a q2_K/q3_K row that cannot take it
         if chosen == "q4_0" and not fits(t) and t.n_per_row % 32 == 0 and "q3_K" in fallbacks:
             chosen = fallbacks["q3_K"]
+        # a recipe only adds bits to upstream's choice
+        if BPW[chosen] < BPW[base]:
+            chosen = base
         out[t.name] = chosen
     return out
 
@@ -195,9 +208,9 @@ def quantize_bin() -> Path:
         pytest.skip(str(exc))
 
 
-def run_quantize(exe: Path, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_quantize(exe: Path, *args: str | Path, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
+                          text=True, timeout=600, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"llama-quantize {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              + proc.stdout[-4000:])
@@ -353,15 +366,13 @@ def test_overrides_take_precedence(quantize_bin, models):
     assert {t for n, t in types.items() if n.endswith("attn_v.weight")} == {"q8_0"}
     assert types["output.weight"] == "q5_K"
     assert types["blk.0.ffn_down.weight"] == "q4_K_hifi"
-    pure = dry_run(quantize_bin, models["small28"], "Q3_K_HIFI", "--pure").types
-    assert {t for n, t in pure.items() if n.endswith(".weight") and "norm" not in n} == {"q3_K"}
 
 
 # --------------------------------------------------------------------------
 # --hifi
 
 
-@pytest.mark.parametrize("model,ftype", [("small28", "Q3_K_HIFI"), ("medium", "Q4_K_HIFI_M"),
+@pytest.mark.parametrize("model,ftype", [("small28", "Q3_K_HIFI"), ("medium", "Q4_K_XM"),
                                          ("large", "Q4_K_HIFI_L")])
 def test_hifi_picks_ftype_by_size(quantize_bin, models, model, ftype):
     got = dry_run(quantize_bin, models[model], None, "--hifi")
@@ -370,7 +381,7 @@ def test_hifi_picks_ftype_by_size(quantize_bin, models, model, ftype):
     assert got.types == dry_run(quantize_bin, models[model], ftype).types
 
 
-@pytest.mark.parametrize("scale,ftype", [("small", "Q3_K_HIFI"), ("medium", "Q4_K_HIFI_M"),
+@pytest.mark.parametrize("scale,ftype", [("small", "Q3_K_HIFI"), ("medium", "Q4_K_XM"),
                                          ("large", "Q4_K_HIFI_L")])
 def test_hifi_scale_overrides(quantize_bin, models, scale, ftype):
     # the detected scale of the 2.6B model is medium; the override wins either way
@@ -389,8 +400,8 @@ def _spec_with_params(n_layer_max: int, n_embd: int, n_ff: int, target: int) -> 
     raise AssertionError("no spec fits")
 
 
-@pytest.mark.parametrize("threshold,below,above", [(2_000_000_000, "Q3_K_HIFI", "Q4_K_HIFI_M"),
-                                                   (10_000_000_000, "Q4_K_HIFI_M", "Q4_K_HIFI_L")])
+@pytest.mark.parametrize("threshold,below,above", [(2_000_000_000, "Q3_K_HIFI", "Q4_K_XM"),
+                                                   (10_000_000_000, "Q4_K_XM", "Q4_K_HIFI_L")])
 def test_hifi_thresholds_are_inclusive(quantize_bin, tmp_path, threshold, below, above):
     for n, want in ((threshold, below), (threshold + 1, above)):
         spec = _spec_with_params(64, 3072, 8192, n)
@@ -510,3 +521,181 @@ def test_quantized_file_runs_in_perplexity(quantize_bin, tiny_model, tmp_path, f
     m = re.search(r"\[1\]([0-9.]+|nan|inf)", ppl.stdout)
     assert m, ppl.stdout[-3000:]
     assert math.isfinite(float(m.group(1))) and float(m.group(1)) > 1.0
+
+
+# --------------------------------------------------------------------------
+# user overrides always win, on tied and untied embeddings
+
+TIED_1024 = fm.ModelSpec(n_layer=4, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=4, n_vocab=1024, tied=True)
+UNTIED_1024 = dataclasses.replace(TIED_1024, tied=False)
+# the single type of --pure: the HIFI type of the ftype's default type; Q4_K_XM holds stock types only
+PURE = {"Q3_K_HIFI": "q3_K_hifi", "Q4_K_HIFI": "q4_K_hifi", "Q4_K_XM": "q4_K", "Q4_K_HIFI_L": "q4_K_hifi"}
+
+
+@pytest.fixture(scope="module")
+def tie_models(tmp_path_factory) -> dict[bool, Path]:
+    d = tmp_path_factory.mktemp("tie-models")
+    return {tied: fm.write_model(d / f"tied{int(tied)}.gguf", spec, sparse=True)
+            for tied, spec in ((True, TIED_1024), (False, UNTIED_1024))}
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("ftype", HIFI_FTYPES)
+def test_user_overrides_win(quantize_bin, tie_models, ftype, tied):
+    model, spec = tie_models[tied], TIED_1024 if tied else UNTIED_1024
+    out_name = "token_embd.weight" if tied else "output.weight"
+    # --output-tensor-type: the output, which upstream applies to tied token embeddings as well
+    got = dry_run(quantize_bin, model, ftype, "--output-tensor-type", "q8_0").types
+    assert got[out_name] == "q8_0"
+    # --token-embedding-type
+    got = dry_run(quantize_bin, model, ftype, "--token-embedding-type", "q8_0").types
+    assert got["token_embd.weight"] == "q8_0"
+    # --tensor-type: first match wins
+    got = dry_run(quantize_bin, model, ftype, "--tensor-type", "token_embd=q8_0", "--tensor-type", "^output=q8_0",
+                  "--tensor-type", "attn_v=q8_0", "--tensor-type", "ffn_down=q5_K").types
+    assert got["token_embd.weight"] == "q8_0" and got.get("output.weight", "q8_0") == "q8_0"
+    assert {got[n] for n in got if n.endswith("attn_v.weight")} == {"q8_0"}
+    assert {got[n] for n in got if n.endswith("ffn_down.weight")} == {"q5_K"}
+    # --pure: one type for every quantizable tensor, the ftype's own
+    got = dry_run(quantize_bin, model, ftype, "--pure").types
+    assert {got[t.name] for t in fm.tensors(spec) if quantizable(t)} == {PURE[ftype]}
+
+
+def test_pure_hifi_file_holds_the_hifi_type(quantize_bin, tiny_plain, tmp_path):
+    # --pure Q3_K_HIFI once wrote plain q3_K tensors under the Q3_K_HIFI label
+    out = tmp_path / "pure.gguf"
+    run_quantize(quantize_bin, "--pure", tiny_plain, out, "Q3_K_HIFI", "2")
+    index = fm.read_index(out)
+    assert {e.type_id for n, e in index.tensors.items() if quantizable(next(
+        t for t in fm.tensors(TINY) if t.name == n))} == {GGML_TYPE_IDS["q3_K_hifi"]}
+    assert index.scalars["general.file_type"] == FTYPE_IDS["Q3_K_HIFI"]
+
+
+# --------------------------------------------------------------------------
+# recipes keep upstream's safety bumps: a recipe only adds bits
+
+MOE8 = fm.ModelSpec(n_layer=4, n_embd=256, n_ff=512, n_head=4, n_head_kv=4, n_expert=8, n_expert_used=2)
+FALCON = fm.ModelSpec(arch="falcon", n_layer=4, n_embd=512, n_ff=2048, n_head=8, n_head_kv=1, head_dim=64,
+                      n_vocab=1024)
+# Falcon-7B's width: rows that take no 256 block (upstream forces Q8_0 on Falcon's output either way)
+FALCON_4544 = dataclasses.replace(FALCON, n_embd=4544, n_ff=4 * 4544, n_head=71)
+LLAMA_70B = fm.ModelSpec(n_layer=80, n_embd=256, n_ff=512, n_head=8, n_head_kv=2, head_dim=32, n_vocab=1024)
+
+
+@pytest.fixture(scope="module")
+def bump_models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bump-models")
+    specs = {"moe8": MOE8, "falcon": FALCON, "falcon_4544": FALCON_4544, "llama_70b": LLAMA_70B}
+    return {name: fm.write_model(d / f"{name}.gguf", spec, sparse=True) for name, spec in specs.items()}
+
+
+@pytest.mark.parametrize("ftype", HIFI_FTYPES)
+def test_recipes_keep_upstream_bumps(quantize_bin, bump_models, ftype):
+    # 8 experts: upstream bumps attn_v (and attn_k) to Q8_0 for every ftype
+    moe = dry_run(quantize_bin, bump_models["moe8"], ftype).types
+    assert dry_run(quantize_bin, bump_models["moe8"], "Q4_K_M").types["blk.0.attn_v.weight"] == "q8_0"
+    assert {moe[f"blk.{i}.attn_v.weight"] for i in range(MOE8.n_layer)} == {"q8_0"}
+    assert {moe[f"blk.{i}.attn_k.weight"] for i in range(MOE8.n_layer)} == {"q8_0"}
+    # Falcon: upstream forces a Q8_0 output, whatever the rows
+    for name in ("falcon", "falcon_4544"):
+        falcon = dry_run(quantize_bin, bump_models[name], ftype)
+        assert dry_run(quantize_bin, bump_models[name], "Q4_K_M").types["output.weight"] == "q8_0"
+        assert falcon.types["output.weight"] == "q8_0", name
+        assert "llama_model_loader: - kv   0:                       general.architecture str              = falcon" \
+            in falcon.log or "arch = falcon" in falcon.log or "falcon" in falcon.log
+    # a 70B llama (80 layers, GQA): upstream bumps a Q3_K/Q4_K attn_v to Q5_K
+    big = dry_run(quantize_bin, bump_models["llama_70b"], ftype).types
+    attn_v = [big[f"blk.{i}.attn_v.weight"] for i in range(LLAMA_70B.n_layer)]
+    assert min(BPW[t] for t in attn_v) >= BPW["q5_K"], attn_v
+
+
+# --------------------------------------------------------------------------
+# the recipe's fallbacks are counted with upstream's
+
+def test_recipe_fallbacks_are_counted(quantize_bin, models):
+    def count(ftype: str) -> int:
+        m = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", dry_run(quantize_bin, models["gemma_like"], ftype).log)
+        assert m, ftype
+        return int(m.group(1))
+    n_layer = GEMMA_LIKE.n_layer
+    # 640-wide attn_q, attn_k, attn_v, ffn_gate, ffn_up of every layer; Q3_K_M picks Q8_0 for the tied output itself
+    assert count("Q3_K_M") == 5 * n_layer
+    # Q3_K_HIFI: the same rows (72 of them with the recipe's Q5_0) and the output's Q5_1
+    assert count("Q3_K_HIFI") == 5 * n_layer + 1
+
+
+# --------------------------------------------------------------------------
+# --hifi: positional arguments, split.count
+
+def test_hifi_takes_a_number_after_the_input_as_nthreads(quantize_bin, tiny_plain, tmp_path):
+    model = tmp_path / "in" / "model.gguf"
+    model.parent.mkdir()
+    model.write_bytes(tiny_plain.read_bytes())
+    for n in ("8", "4"):   # 8 is also a type id (Q5_0), 4 is not
+        proc = run_quantize(quantize_bin, "--hifi", model, n, cwd=tmp_path)
+        assert f"using {n} threads" in proc.stdout
+        assert (model.parent / "ggml-model-Q3_K_HIFI.gguf").is_file()
+        assert not (tmp_path / n).exists() and not (model.parent / n).exists()
+    # with an output name, the number is nthreads as well; a type is still refused
+    out = tmp_path / "out.gguf"
+    assert "using 2 threads" in run_quantize(quantize_bin, "--hifi", model, out, "2").stdout and out.is_file()
+    for args in (("Q4_K_M",), ("8", "2"), ("Q4_K_M", "2")):
+        proc = run_quantize(quantize_bin, "--hifi", model, *args, check=False)
+        assert proc.returncode == 1 and "--hifi picks the type itself" in proc.stdout, args
+
+
+def test_hifi_reports_a_split_count_that_is_not_u16(quantize_bin, tmp_path):
+    model = fm.write_model(tmp_path / "m.gguf", TINY, sparse=True, extra_u32={"split.count": 1})
+    proc = run_quantize(quantize_bin, "--dry-run", "--hifi", model, check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:])   # not an abort
+    assert "split.count has type u32, expected u16" in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# names: an ftype named HIFI holds HIFI tensors; docs/ftypes.md says what each one holds
+
+def _contents_table() -> dict[str, set[str]]:
+    """docs/ftypes.md's table of what each ftype holds: ftype -> ggml types (on 256-wide rows)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ftypes.md").read_text()
+    section = doc.split("## What each ftype holds", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`") and cells[0].endswith("`"):
+            table[cells[0].strip("`")] = set(re.findall(r"`(\w+)`", cells[1]))
+    return table
+
+
+def test_docs_say_what_each_ftype_holds(quantize_bin, models):
+    table = _contents_table()
+    assert set(table) == set(HIFI_FTYPES)
+    for ftype in HIFI_FTYPES:
+        held = set(dry_run(quantize_bin, models["small28"], ftype).types.values()) - {"f32", "f16"}
+        assert held == table[ftype], (ftype, held)
+        assert ("HIFI" in ftype) == any(t.endswith("_hifi") for t in held), ftype
+
+
+# --------------------------------------------------------------------------
+# a file without general.file_type: the loader guesses a file type for every HIFI type
+
+GUESS = {"q3_K_hifi": "Q3_K_HIFI", "q4_K_hifi": "Q4_K_HIFI", "q5_K_hifi": "Q5_K - Medium", "q6_K_hifi": "Q6_K"}
+
+
+@pytest.mark.parametrize("hifi_type", sorted(GUESS))
+def test_loader_guesses_every_hifi_type(quantize_bin, tiny_model, tmp_path, hifi_type):
+    try:
+        bench = paths.binary("llama-bench")
+    except NotBuiltError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "q.gguf"
+    run_quantize(quantize_bin, "--pure", "--tensor-type", f".={hifi_type}", tiny_model, out, "Q4_K_XM", "2")
+    data = out.read_bytes()
+    assert data.count(b"general.file_type") == 1
+    guessed = tmp_path / "guessed.gguf"   # the same key length: the file stays valid, the loader must guess
+    guessed.write_bytes(data.replace(b"general.file_type", b"general.file_typx"))
+    proc = subprocess.run([str(bench), "-m", str(guessed), "-p", "8", "-n", "0", "-r", "1", "-t", "1", "-o", "json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    m = re.search(r'"model_type": "([^"]*)"', proc.stdout)
+    assert m, proc.stdout[-3000:]
+    assert "(guessed)" in m.group(1) and GUESS[hifi_type] in m.group(1), m.group(1)

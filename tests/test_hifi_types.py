@@ -6,6 +6,8 @@ in the library they fail, they do not skip.
 """
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -285,3 +287,123 @@ def test_gguf_file_roundtrip(ggml_lib, patched_gguf, tmp_path, name):
     assert bytes(tensor.data) == blob
     y = patched_gguf.dequantize(tensor.data, qtype)
     assert np.array_equal(bits(y), bits(ggml_lib.dequantize(tid, blob, x.shape[1])))
+
+
+# ---------------------------------------------------------------- (e) non-finite weights are not hidden
+
+def _one_row(bad: float, at: int = 37) -> np.ndarray:
+    x = student_t(seed=12)[:1, :QK_K].copy()
+    x[0, at] = bad
+    return x
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", HIFI_NAMES)
+def test_non_finite_weight_fails_validation(ggml_lib, name, bad):
+    """A row holding a NaN/Inf weight quantizes to a row ggml_validate_row_data rejects, as a K-quant row does:
+    the quantizer must not clamp the weight into a valid block (it once stored 65504 for Inf)."""
+    tid = type_id(ggml_lib, name)
+    x = _one_row(bad)
+    base = hifi_ref.layout(name).base
+    if base == "Q4_K" and np.isinf(bad):  # q4_K rejects the same row
+        assert not ggml_lib.validate(type_id(ggml_lib, base), ggml_lib.quantize(type_id(ggml_lib, base), x))
+    blob = ggml_lib.quantize(tid, x)
+    assert not ggml_lib.validate(tid, blob), f"{name} row with a {bad} weight validates"
+    # the bad weight holds an outlier slot and keeps its value there; the rest of the block stays finite
+    base_blocks, res, idx = hifi_ref.split_blocks(blob, name)
+    slot = [s for s in range(NSLOT) if idx[0, s] == 37 and not np.isfinite(res[0, s])]
+    assert slot, (idx[0], res[0])
+    assert (np.isnan(res[0, slot[0]]) if np.isnan(bad) else res[0, slot[0]] == np.float16(bad))
+    y = ggml_lib.dequantize(type_id(ggml_lib, base), base_blocks.tobytes(), QK_K)
+    assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", HIFI_NAMES)
+def test_finite_weight_beyond_fp16_saturates(ggml_lib, name):
+    """A finite weight larger than the fp16 range still gives a valid row (its residual saturates)."""
+    tid = type_id(ggml_lib, name)
+    x = _one_row(3.0e5)
+    blob = ggml_lib.quantize(tid, x)
+    assert ggml_lib.validate(tid, blob)
+    assert np.isfinite(ggml_lib.dequantize(tid, blob, QK_K)).all()
+
+
+# ---------------------------------------------------------------- (f) the CPU vec_dot: SIMD against generic
+
+class _TraitsCPU(ctypes.Structure):
+    # struct ggml_type_traits_cpu (ggml-cpu.h at the pin)
+    _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p),
+                ("vec_dot_type", ctypes.c_int), ("nrows", ctypes.c_int64)]
+
+
+_VEC_DOT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
+                            ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_FROM_FLOAT = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_int64)
+Q8_K_BLOCK = 4 + QK_K + 2 * (QK_K // 16)   # float d, int8 qs[256], int16 bsums[16]
+
+
+@pytest.fixture(scope="module")
+def ggml_cpu(ggml_lib):
+    from hifikit import paths
+    cpu = ctypes.CDLL(str(paths.library("ggml-cpu")))
+    cpu.ggml_cpu_init.restype = None
+    cpu.ggml_cpu_init()
+    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_TraitsCPU)
+    cpu.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+    return cpu
+
+
+def _dot(fn, n: int, x: bytes, y: bytes) -> float:
+    out = ctypes.c_float()
+    xb, yb = ctypes.create_string_buffer(x, len(x)), ctypes.create_string_buffer(y, len(y))
+    fn(n, ctypes.byref(out), 0, xb, 0, yb, 0, 1)
+    return float(out.value)
+
+
+def _q8_K(cpu, a: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """a quantized to Q8_K by the CPU backend (as mul_mat does), and its dequantized values."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    q8k = 15   # GGML_TYPE_Q8_K
+    traits = cpu.ggml_get_type_traits_cpu(q8k).contents
+    buf = ctypes.create_string_buffer(Q8_K_BLOCK * (a.size // QK_K))
+    _FROM_FLOAT(traits.from_float)(a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buf, a.size)
+    blocks = np.frombuffer(buf.raw, dtype=np.uint8).reshape(-1, Q8_K_BLOCK)
+    d = blocks[:, :4].copy().view("<f4")[:, 0].astype(np.float64)
+    qs = blocks[:, 4:4 + QK_K].view(np.int8).astype(np.float64)
+    return buf.raw, (d[:, None] * qs).ravel()
+
+
+@pytest.mark.parametrize("n_blocks", [1, 15, 16, 17, 56])
+@pytest.mark.parametrize("name", HIFI_NAMES)
+def test_vec_dot_simd_matches_generic(ggml_lib, ggml_cpu, name, n_blocks):
+    """The vec_dot the CPU backend uses (the base type's SIMD kernel on the copied base blocks, plus the
+    outlier correction) and the generic one give the dot product of the dequantized rows on the same blocks.
+
+    test-backend-ops -b CPU compares the backend with itself; this compares the two code paths. Row lengths
+    cross the 16-block chunk of the copy."""
+    tid = type_id(ggml_lib, name)
+    n = n_blocks * QK_K
+    x = gaussian_with_outliers(seed=13)[:1].repeat(n // N_PER_ROW + 1, axis=1)[:, :n]
+    blob = ggml_lib.quantize(tid, x)
+    _, res, _ = hifi_ref.split_blocks(blob, name)
+    assert np.count_nonzero(res) > 0
+    y_blob, y = _q8_K(ggml_cpu, np.random.default_rng(14).standard_normal(n))
+    exact = float(np.dot(ggml_lib.dequantize(tid, blob, n).ravel().astype(np.float64), y))
+    scale = float(np.dot(np.abs(ggml_lib.dequantize(tid, blob, n).ravel().astype(np.float64)), np.abs(y)))
+
+    traits = ggml_cpu.ggml_get_type_traits_cpu(tid).contents
+    assert traits.vec_dot_type == 15 and traits.nrows == 1
+    simd = _dot(_VEC_DOT(traits.vec_dot), n, blob, y_blob)
+    generic = _dot(_VEC_DOT(ctypes.cast(getattr(ggml_cpu, f"ggml_vec_dot_{ggml_lib.type_by_name(name).name}_q8_K_generic"),
+                                        ctypes.c_void_p).value), n, blob, y_blob)
+    assert abs(simd - exact) <= 1e-5 * scale, (simd, exact)
+    assert abs(generic - exact) <= 1e-5 * scale, (generic, exact)
+    assert abs(simd - generic) <= 1e-5 * scale, (simd, generic)
+    # and the same as the base type's own kernel on the base blocks plus the outlier correction
+    base_name = hifi_ref.layout(name).base
+    base_traits = ggml_cpu.ggml_get_type_traits_cpu(type_id(ggml_lib, base_name)).contents
+    base_blocks, res, idx = hifi_ref.split_blocks(blob, name)
+    base_dot = _dot(_VEC_DOT(base_traits.vec_dot), n, base_blocks.tobytes(), y_blob)
+    yq = y.reshape(n_blocks, QK_K)
+    correction = sum(float(res[b, s]) * yq[b, idx[b, s]] for b in range(n_blocks) for s in range(NSLOT))
+    assert abs(simd - (base_dot + correction)) <= 1e-5 * scale

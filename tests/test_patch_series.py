@@ -1,6 +1,7 @@
 """The patch series applies strictly to the pristine tree, and only strictly."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -109,3 +110,82 @@ def test_unpack_refresh_round_trip(tmp_path, pristine):
     for name in upstream.read_series(PATCHES) + ["series"]:
         assert (repo_copy / "patches" / name).read_bytes() == (PATCHES / name).read_bytes(), name
     assert upstream.native_files(repo_copy / "native") == upstream.native_files(NATIVE)
+
+
+# ---------------------------------------------------------------- what the series may contain (review findings)
+
+def _template() -> dict:
+    import yaml
+    return yaml.safe_load((REPO / "pr" / "template.yaml").read_text())
+
+
+def _series_code() -> dict[str, list[str]]:
+    """Every line the upstream series adds: '+' lines of the patches (per patch file) and every line of the
+    native files that go upstream (hifikit's own local tools excepted)."""
+    local = set(_template().get("local") or [])
+    code: dict[str, list[str]] = {}
+    for patch in upstream.load_series(PATCHES):
+        body = patch.path.read_text().split("\n---\n", 1)[1]
+        code[patch.name] = [l[1:] for l in body.splitlines() if l.startswith("+") and not l.startswith("+++")]
+    for rel in upstream.native_files(NATIVE):
+        if rel not in local:
+            code[f"native/{rel}"] = (NATIVE / rel).read_text().splitlines()
+    return code
+
+
+def test_series_adds_no_ggml_ftype():
+    # GGML_FTYPE_MOSTLY_* is legacy ggml API; the HIFI types need no entry there
+    assert not [(w, l) for w, lines in _series_code().items() for l in lines if "GGML_FTYPE_" in l]
+
+
+def test_series_adds_no_perf_cases_of_its_own():
+    # test-backend-ops gets the types in its type lists, not a perf-only GET_ROWS case
+    lines = _series_code()["0004-tests-add-hifi-types-to-test-quantize-fns-and-test-backend-o.patch"]
+    assert not [l for l in lines if "test_get_rows" in l or "emplace_back" in l]
+
+
+def test_series_sources_cite_no_hifikit_docs_or_seeds():
+    cites = re.compile(r"docs/|\bseeds?\b|hifikit|results\.md|Gemma", re.IGNORECASE)
+    found = [(w, l.strip()) for w, lines in _series_code().items() for l in lines if cites.search(l)]
+    assert not found, found[:5]
+
+
+def test_hifi_types_carry_no_simd_kernels():
+    """The HIFI vec_dot runs the base types' kernels: no intrinsics or per-architecture code in the series."""
+    simd = re.compile(r"_mm(256|512)?_|__m(128|256|512)|immintrin|__AVX|__ARM_NEON|vld1q|vdotq|__riscv_v")
+    found = [(w, l.strip()) for w, lines in _series_code().items() for l in lines if simd.search(l)]
+    assert not found, found[:5]
+    cpu = (NATIVE / "ggml/src/ggml-cpu/quants-hifi.inc").read_text()
+    for bt in ("q3_K", "q4_K", "q5_K", "q6_K"):
+        assert f"ggml_vec_dot_{bt}_hifi_q8_K,         ggml_vec_dot_{bt}_q8_K)" in cpu
+        assert f"ggml_vec_dot_{bt}_hifi_q8_K_generic, ggml_vec_dot_{bt}_q8_K_generic)" in cpu
+
+
+def test_folded_fragments_are_included_once_by_their_upstream_file():
+    """A native fragment (.inc) has one #include hook in the series; `pr export` inlines it there."""
+    hooks = {rel: [w for w, lines in _series_code().items() if f'#include "{Path(rel).name}"' in lines]
+             for rel in upstream.native_files(NATIVE) if rel.endswith(".inc")}
+    assert set(hooks) == {"ggml/src/ggml-quants-hifi.inc", "ggml/src/ggml-cpu/quants-hifi.inc"}
+    assert all(len(w) == 1 and not w[0].startswith("native/") for w in hooks.values()), hooks
+    folded = {rel for c in _template()["commits"] for rel in c.get("fold") or []}
+    assert folded == set(hooks)
+
+
+def test_tools_on_internal_api_stay_out_of_the_series():
+    """A tool that uses llama's internal API (not LLAMA_API, missing from Windows DLLs) is hifikit's own:
+    local in pr/template.yaml, built by hifikit's CMakeLists.txt, wired in by no patch."""
+    local = set(_template().get("local") or [])
+    for rel in upstream.native_files(NATIVE):
+        text = (NATIVE / rel).read_text()
+        if "llama_internal_" in text or '"../../src/' in text:
+            assert rel in local, rel
+    assert not [(w, l) for w, lines in _series_code().items() for l in lines if "sensitivity" in l]
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert 'add_subdirectory("${HIFIKIT_SRC_DIR}/tools/sensitivity"' in cmake
+
+
+def test_native_sources_use_no_posix_only_string_functions():
+    # upstream builds on MSVC: strcasecmp/strncasecmp are POSIX (upstream wraps them in _MSC_VER checks)
+    posix = re.compile(r"\bstrn?casecmp\s*\(")
+    found = [rel for rel in upstream.native_files(NATIVE) if posix.search((NATIVE / rel).read_text())]
+    assert not found

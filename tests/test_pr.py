@@ -70,6 +70,8 @@ def runs_db(tmp_path_factory) -> tuple[Path, dict]:
     ids["b"] = _step(conn, r1, 3, "eval", {"model": "/m/b-Q3_K_HIFI.gguf", "ref": ref},
                      {"size_mib": 90.5, "bpw": 4.1234, "ppl": (11.7777, 0.4444), "kld_mean": (0.0456789, 0.0012345),
                       "kld_p99.0": 0.3456789, "same_top_p": (88.8888, 0.3333)})
+    ids["pure"] = _step(conn, r1, 4, "eval", {"model": "/m/d-pure-Q4_K_HIFI.gguf", "ref": ref},
+                        {"size_mib": 105.25, "bpw": 5.25, "ppl": (10.33333, 0.30001), "kld_mean": (0.0099999, 0.000222)})
     r2 = _run(conn, "eval", "done", {"model": "/m/a-Q4_K_M.gguf", "ref": ref}, series[:1])
     ids["a"] = _step(conn, r2, 0, "eval", {"model": "/m/a-Q4_K_M.gguf", "ref": ref},
                      {"size_mib": 100.125, "bpw": 4.87654, "ppl": (10.44444, 0.30303), "kld_mean": (0.0111111, 0.000299),
@@ -117,8 +119,21 @@ def test_git_am_of_the_export_reproduces_the_package_tree(exported, pristine, tm
 
     prepared = tmp_path / "prepared"
     upstream.build_patched_tree(prepared, PATCHES, NATIVE, pristine)
-    extra = {dst: src for c in tmpl.plan(tmpl.load(), "all") for dst, src in c.files.items()}
+    template = tmpl.load()
+    planned = tmpl.plan(template, "all")
+    extra = {dst: src for c in planned for dst, src in c.files.items()}
     assert extra, "the template's docs commit adds an upstream-facing file"
+    # the export folds each fragment into the upstream file that includes it, and leaves hifikit's own tools out
+    folds = [rel for c in planned for rel in c.fold]
+    assert "ggml/src/ggml-quants-hifi.inc" in folds
+    for rel in folds:
+        include = f'#include "{Path(rel).name}"\n'
+        target = next(f for f in _files(prepared, set()) if f.endswith((".c", ".cpp", ".h"))
+                      and include in (prepared / f).read_text(errors="replace"))
+        (prepared / target).write_text((prepared / target).read_text().replace(include, (prepared / rel).read_text()))
+        (prepared / rel).unlink()
+    for rel in template.local:
+        (prepared / rel).unlink()
     want = _files(prepared, {upstream.MANIFEST_NAME})
     got = _files(applied, set())
     assert got - want == set(extra)
@@ -149,6 +164,10 @@ def test_export_commits_follow_the_template(exported):
         added = gitrepo.out(repo, "show", "--name-only", "--diff-filter=A", "--format=", c["sha"]).split()
         assert sorted(added) == sorted(c["native"] + c["files"])
         assert c["files"] + c["native"] == [] or c["insertions"] > 0
+        # a folded fragment is not a file of the export: its code is in the file that included it
+        for rel in c["fold"]:
+            assert not (repo / rel).exists()
+            assert f'#include "{Path(rel).name}"' not in gitrepo.out(repo, "show", c["sha"])
     # upstream style: subjects are "area : change", no hifikit DEP-3 trailers in the messages
     bodies = gitrepo.out(repo, "log", "--format=%B", f"{gitrepo.PRISTINE_TAG}..HEAD")
     # upstream names one area, or several as "a, b : ..."
@@ -156,31 +175,37 @@ def test_export_commits_follow_the_template(exported):
     assert "Origin: vendor" not in bodies and "Forwarded:" not in bodies
 
 
-def test_topics_are_prefixes_of_the_series(pristine, tmp_path):
+def test_topics_stack_and_apply_on_their_own(pristine, tmp_path):
+    """Each PR of the split is its own commits on top of those of the PRs it needs; each applies strictly."""
     template = tmpl.load()
     series = upstream.load_series(PATCHES)
+    assert list(template.topics) == ["cpu", "cuda", "gguf-py", "ftypes", "tools", "amx"]
     seen = {}
-    for topic in tmpl.TOPICS:
+    for topic in template.topics:
         commits = tmpl.plan(template, topic)
-        seen[topic] = [c.subject for c in commits]
+        seen[topic] = commits
         patches = [p for c in commits for p in c.patches]
-        assert [p.name for p in patches] == [p.name for p in series[:len(patches)]], topic
-        # the subset applies strictly on its own
+        # in series order, and exactly the patches of the topic and the topics it needs
+        assert [p.name for p in patches] == [p.name for p in series if p in patches], topic
         tree = tmp_path / topic
         for fp in {f.path for p in patches for f in p.files}:
             (tree / fp).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(pristine / fp, tree / fp)
         for p in patches:
             upstream.apply_patch(tree, p)
-    types, ftypes, all_ = seen["types"], seen["ftypes"], seen["all"]
-    assert ftypes[:len(types)] == types and all_[:len(ftypes)] == ftypes
-    assert all(s.split(" : ")[0] in ("ggml", "ggml-cpu", "CUDA", "gguf-py", "tests", "metal", "sycl") for s in types)
-    assert {s.split(" : ")[0] for s in ftypes[len(types):]} == {"llama", "quantize"}
-    # fixes to upstream tools that are not about HIFI come after the ftypes, the docs last
-    assert all_[-1].startswith("docs : ")
-    assert {s.split(" : ")[0] for s in all_[len(ftypes):-1]} <= {"perplexity, imatrix", "tools", "ggml-cpu"}
-    types_native = {n for c in tmpl.plan(template, "types") for n in c.native}
-    assert "src/llama-quant-hifi.cpp" not in types_native and "ggml/src/ggml-hifi.c" in types_native
+    areas = {topic: {c.subject.split(" : ")[0] for c in commits if c.topic == topic}
+             for topic, commits in seen.items()}
+    assert areas["cpu"] == {"ggml", "ggml-cpu", "tests", "metal", "sycl"}
+    assert areas["cuda"] == {"CUDA"} and areas["gguf-py"] == {"gguf-py"}
+    assert areas["ftypes"] == {"llama", "quantize", "docs"} and areas["tools"] == {"perplexity, imatrix"}
+    assert areas["amx"] == {"ggml-cpu"}
+    # the CPU PR carries no CUDA, gguf-py or llama code; the tool fix none of the HIFI code
+    cpu_files = {f.path for c in seen["cpu"] for p in c.patches for f in p.files}
+    assert not any(f.startswith(("ggml/src/ggml-cuda/", "gguf-py/", "src/", "tools/")) for f in cpu_files)
+    assert {c.topic for c in seen["tools"]} == {"tools"} and [c.topic for c in seen["amx"]] == ["amx"]
+    assert {c.topic for c in seen["cuda"]} == {"cpu", "cuda"} and {c.topic for c in seen["ftypes"]} == {"cpu", "ftypes"}
+    # hifikit's own tools are in no PR
+    assert not any(rel.startswith("tools/sensitivity/") for c in tmpl.plan(template, "all") for rel in c.native + c.fold)
 
 
 def _template_copy(tmp_path: Path, edit) -> Path:
@@ -199,19 +224,92 @@ def test_template_must_place_every_patch_and_native_file(tmp_path):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_patch)))
 
     def drop_native(d):
-        d["commits"][0]["native"] = ["ggml/src/ggml-hifi.c"]
-    with pytest.raises(HifikitError, match="ggml-hifi.h"):
+        d["commits"][0]["fold"] = []
+    with pytest.raises(HifikitError, match="ggml-quants-hifi.inc"):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_native)))
 
+    def drop_local(d):
+        d["local"] = []
+    with pytest.raises(HifikitError, match="sensitivity"):
+        tmpl.plan(tmpl.load(_template_copy(tmp_path, drop_local)))
+
     def misplace_native(d):  # the CUDA file in the ggml commit: no patch of that commit mentions it
-        d["commits"][0]["native"].append(d["commits"][3]["native"].pop())
+        d["commits"][0]["native"] = [d["commits"][5]["native"].pop()]
     with pytest.raises(HifikitError, match="mention dequantize-hifi.cuh"):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, misplace_native)))
+
+    def topic_out_of_order(d):  # a CPU commit after the CUDA ones
+        d["commits"][4]["topic"] = "cuda"
+        d["commits"][5]["topic"] = "cpu"
+    with pytest.raises(HifikitError):
+        tmpl.plan(tmpl.load(_template_copy(tmp_path, topic_out_of_order)))
 
     def swap(d):
         d["commits"][0], d["commits"][1] = d["commits"][1], d["commits"][0]
     with pytest.raises(HifikitError, match="series order"):
         tmpl.plan(tmpl.load(_template_copy(tmp_path, swap)))
+
+
+# ----------------------------------------------------------------- the split: one export per PR
+
+@pytest.fixture(scope="module")
+def split(pristine, runs_db, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("split") / "prs"
+    export.export(out, db_path=runs_db[0], pristine=pristine)   # the default: --topic split
+    return out
+
+
+def test_split_has_one_export_per_pr(split, exported, runs_db):
+    template = tmpl.load()
+    index = json.loads((split / "split.json").read_text())
+    assert [e["topic"] for e in index["topics"]] == list(template.topics)
+    assert [e["dir"] for e in index["topics"]] == [f"{n:02d}-{t}" for n, t in enumerate(template.topics, 1)]
+    all_subjects = gitrepo.out(exported / "llama.cpp", "log", "--reverse", "--format=%s",
+                               f"{gitrepo.PRISTINE_TAG}..HEAD").splitlines()
+    own_total = []
+    for e in index["topics"]:
+        d, topic = split / e["dir"], template.topic(e["topic"])
+        manifest = json.loads((d / "export.json").read_text())
+        assert manifest["checks"] == topic.checks and manifest["build"] == topic.build
+        assert manifest["needs"] == [t for t in template.closure(topic.name) if t != topic.name]
+        subjects = gitrepo.out(d / "llama.cpp", "log", "--reverse", "--format=%s", f"{gitrepo.PRISTINE_TAG}..HEAD").splitlines()
+        assert len(list((d / "patches").glob("*.patch"))) == len(subjects)
+        # the same commits (ids) as in the whole-series export, for what the PR shares with it
+        own = [c["subject"] for c in manifest["commits"] if c["topic"] == topic.name]
+        assert own == e["commits"] and own
+        own_total += own
+        pr_md = (d / "PR.md").read_text()
+        assert pr_md.startswith(f"# {topic.title}\n")
+        assert "## What CONTRIBUTING.md asks of this PR" in pr_md and "## Known gaps" in pr_md
+        for gap in topic.gaps:
+            assert gap in pr_md
+        for s in own:
+            assert f"| {s} | this one |" in pr_md
+    assert sorted(own_total) == sorted(all_subjects)
+    cpu = (split / "01-cpu" / "PR.md").read_text()
+    for needle in ("Metal", "Vulkan", "ARM", "Type ids 43-46 are provisional", "CPU support only in the first PR"):
+        assert needle in cpu
+    assert "rerun" in (split / "02-cuda" / "PR.md").read_text()
+    # each PR shows its own evidence: the pure-type rows in the CPU PR, the ftype rows in the ftypes PR
+    db_path, ids = runs_db
+    assert _check_tables(cpu, db_path) == {ids["ref"], ids["pure"]}
+    assert _check_tables((split / "04-ftypes" / "PR.md").read_text(), db_path) == \
+        {ids["ref"], ids["b"], ids["a"], ids["other_setup"]}
+    assert "No eval measurements" in (split / "05-tools" / "PR.md").read_text()
+
+
+def test_pr_check_on_the_split(split, tmp_path):
+    """Every PR of the split applies with `git am` on the base tree, the ones it needs first (--no-build)."""
+    report = pr_check.check(split, tmp_path / "check", build=False)
+    by_name = {c.name: c for c in report.checks}
+    for topic in tmpl.load().topics:
+        am = by_name[f"{topic}/git-am"]
+        assert am.status == "pass" and "= the exported repository's" in am.summary, am.summary
+        assert by_name[f"{topic}/editorconfig"].status == "pass"
+    assert "kept from the topic before" in by_name["cuda/git-am"].summary
+    assert by_name["cuda/test-backend-ops-cuda"].status == "skip"
+    assert report.ok
+    assert json.loads((split / "03-gguf-py" / "check.json").read_text())["ok"]
 
 
 # ----------------------------------------------------------------- PR.md: only figures from the database
@@ -276,7 +374,7 @@ def test_pr_md_shows_only_figures_from_the_database(exported, runs_db):
     pr_md = (exported / "PR.md").read_text()
     shown = _check_tables(pr_md, db_path)
     # the latest finished eval per model and setup: not the superseded one, not the running run
-    assert shown == {ids["ref"], ids["b"], ids["a"], ids["other_setup"]}
+    assert shown == {ids["ref"], ids["b"], ids["a"], ids["other_setup"], ids["pure"]}
     assert "c-Q6_K" not in pr_md
     # the commands and versions of the runs shown, and the runs measured with another series say so
     r1, r2, _ = ids["runs"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import HifikitError
 from ..pr import check as pr_check
 from ..pr import export as pr_export
-from ..pr.template import TOPICS
+from ..pr.template import SPLIT
 from .common import add_json
 from ..tables import table
 from .output import emit_json, note, say
@@ -19,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps = p.add_subparsers(dest="pr_command", required=True, metavar="ACTION")
     ep = ps.add_parser("export", help="git repository, format-patch files and PR.md in DIR")
     ep.add_argument("--out", type=Path, required=True, metavar="DIR")
-    ep.add_argument("--topic", choices=TOPICS, default="all",
-                    help="types: ggml/ggml-cpu/CUDA/gguf-py/tests; ftypes: + llama and quantize; all: + docs")
+    ep.add_argument("--topic", default=SPLIT,
+                    help="split (default): one export per PR of pr/template.yaml's topics (cpu, cuda, gguf-py, "
+                         "ftypes, tools, amx); a topic name: that PR alone (with the PRs it builds on); all: the series")
     ep.add_argument("--runs", type=int, nargs="+", metavar="ID",
                     help="runs whose eval measurements PR.md shows (default: the latest per model)")
     ep.add_argument("--db", type=Path, default=None, help="runs database to read (default: $HIFIKIT_HOME/runs.db)")
@@ -41,11 +42,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(res)
         return 0
-    say(table(["#", "commit", "files", "+", "-", "patch"],
-              [[n, c.subject, c.files, c.insertions, c.deletions, c.patch_file]
-               for n, c in enumerate(res.commits, 1)], right=[True, False, True, True, True, False]))
+    say(table(["#", "PR", "commit", "files", "+", "-", "patch"],
+              [[n, c.topic, c.subject, c.files, c.insertions, c.deletions, c.patch_file]
+               for n, c in enumerate(res.commits, 1)], right=[True, False, False, True, True, True, False]))
     say(f"\n{len(res.commits)} commits on llama.cpp {res.base[:12]} (topic {res.topic}) in {res.out}")
-    say(f"PR.md: {res.rows} measured rows from runs {', '.join(map(str, res.runs)) or '(none)'}; "
+    say(f"{Path(res.pr_md).name}: {res.rows} measured rows from runs {', '.join(map(str, res.runs)) or '(none)'}; "
         f"plots: {', '.join(res.plots) or 'none'}")
     return 0
 

@@ -177,7 +177,7 @@ def summary(run: dict) -> dict:
     return {"groups": groups, "additivity": additivity}
 
 
-HIFI_FTYPES = ("Q3_K_HIFI", "Q4_K_HIFI", "Q4_K_HIFI_M", "Q4_K_HIFI_L")
+HIFI_FTYPES = ("Q3_K_HIFI", "Q4_K_HIFI", "Q4_K_XM", "Q4_K_HIFI_L")
 BENCH = {"p": 128, "n": 32, "r": 3}     # llama-bench of every file (--bench): pp128 / tg32, 3 repetitions
 
 

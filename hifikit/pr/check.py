@@ -1,7 +1,13 @@
 """`hifikit pr check`: apply an export to a fresh pristine tree, build it, test it, lint it.
 
 Every check yields pass / fail / skip with a one-line summary and a log under
-WORKDIR/logs. A check whose prerequisite failed is skipped and says why.
+WORKDIR/logs. A check whose prerequisite failed is skipped and says why. An export
+names its checks and build targets (export.json, from its topic in pr/template.yaml).
+
+A split (`split.json`) is checked topic by topic in one work tree: each topic's
+patches go on a fresh pristine tree, except that the commits it shares with the
+topic checked before it are kept (`git reset --hard` to the last shared one, which
+leaves unchanged files alone), so the build directory only rebuilds what changed.
 """
 from __future__ import annotations
 
@@ -19,8 +25,11 @@ from typing import Callable
 from .. import atomic, ggml, upstream
 from ..errors import HifikitError
 from . import describe, editorconfig, gitrepo
+from . import template as tmpl
 
-TARGETS = ("test-quantize-fns", "test-backend-ops", "llama-quantize")
+TARGETS = ("test-quantize-fns", "test-backend-ops", "llama-quantize")   # an export that names none
+CHECKS = ("git-am", "diff-check", "editorconfig", "flake8", "build", "test-quantize-fns", "test-backend-ops",
+          "gguf-py-test-quants")                                             # an export that names none
 BACKEND_OPS = ("MUL_MAT", "MUL_MAT_ID", "GET_ROWS", "CPY", "SET_ROWS")
 CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_SERVER=OFF",
                  "-DLLAMA_BUILD_EXAMPLES=OFF")
@@ -52,20 +61,32 @@ class _Skip(Exception):
     pass
 
 
-def planned_checks() -> list[str]:
-    return [
-        "`git am` of `patches/*.patch` on a fresh copy of the base tree, and the resulting tree "
-        "equal to the exported repository's",
-        "`git diff --check` over the whole series",
-        "the tree's `.editorconfig` rules (and `.ecrc` excludes) on every added or modified file",
-        "`flake8` with the tree's `.flake8` on the changed Python files (as upstream's python-lint, "
-        "with flake8-no-print)",
-        f"a CMake + Ninja build of {', '.join(f'`{t}`' for t in TARGETS)}",
-        "`test-quantize-fns`",
-        f"`test-backend-ops test -b CPU -o OP -p hifi` for OP in {', '.join(BACKEND_OPS)} "
-        "(the CPU backend against its reference implementation)",
-        "`gguf-py/tests/test_quants.py --type T` for the HIFI types (numpy dequantization against the C library)",
-    ]
+_DESCRIPTIONS = {
+    "git-am": "`git am` of `patches/*.patch` on a fresh copy of the base tree, and the resulting tree "
+              "equal to the exported repository's",
+    "diff-check": "`git diff --check` over the whole series",
+    "editorconfig": "the tree's `.editorconfig` rules (and `.ecrc` excludes) on every added or modified file",
+    "flake8": "`flake8` with the tree's `.flake8` on the changed Python files (as upstream's python-lint, "
+              "with flake8-no-print)",
+    "build": "a CMake + Ninja build of {targets}",
+    "test-quantize-fns": "`test-quantize-fns`",
+    "test-backend-ops": f"`test-backend-ops test -b CPU -o OP -p hifi` for OP in {', '.join(BACKEND_OPS)} "
+                        "(the CPU backend against its reference implementation)",
+    "gguf-py-test-quants": "`gguf-py/tests/test_quants.py --type T` for the HIFI types (numpy dequantization "
+                           "against the C library)",
+    "cuda-compile": "hifikit's `tools/check-cuda`: `nvcc -c` of every CUDA source the series touches (no GPU)",
+    "test-backend-ops-cuda": f"`test-backend-ops test -b CUDA0 -o OP -p hifi` for OP in {', '.join(BACKEND_OPS)} "
+                             "(CUDA against the CPU), where the machine has a CUDA device",
+    "quantize-ftypes": "`llama-quantize --help` lists the HIFI ftypes",
+}
+
+
+def planned_checks(checks: list[str] | tuple[str, ...] = CHECKS,
+                   targets: list[str] | tuple[str, ...] = TARGETS) -> list[str]:
+    unknown = [c for c in checks if c not in _DESCRIPTIONS]
+    if unknown:
+        raise HifikitError(f"unknown pr check(s): {', '.join(unknown)} (known: {', '.join(_DESCRIPTIONS)})")
+    return [_DESCRIPTIONS[c].format(targets=", ".join(f"`{t}`" for t in targets) or "nothing") for c in checks]
 
 
 def _run(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None,
@@ -113,13 +134,16 @@ def _tool(*names: str) -> list[str] | None:
 
 class _Checker:
     def __init__(self, export_dir: Path, workdir: Path, jobs: int, build: bool,
-                 note: Callable[[str], None]) -> None:
+                 note: Callable[[str], None], targets: tuple[str, ...] = TARGETS,
+                 logs: Path | None = None) -> None:
         self.export_dir, self.workdir, self.jobs, self.build, self.note = export_dir, workdir, jobs, build, note
+        self.targets = tuple(targets)
         self.tree = workdir / "llama.cpp"
         self.build_dir = workdir / "build"
-        self.logs = workdir / "logs"
+        self.logs = logs or workdir / "logs"
         self.results: list[CheckResult] = []
         self.failed: set[str] = set()   # checks that did not pass (failed or skipped)
+        self.applied: list[tuple[str, str]] = []   # (patch file's From line, commit) applied to self.tree
 
     def step(self, name: str, needs: tuple[str, ...], fn: Callable[[Path], tuple[str, str]]) -> None:
         log = self.logs / f"{name}.log"
@@ -148,14 +172,31 @@ class _Checker:
         patches = sorted((self.export_dir / "patches").glob("*.patch"))
         if not patches:
             raise HifikitError(f"no patches in {self.export_dir / 'patches'}")
-        gitrepo.init_pristine(self.tree)
-        rc, text = _run(["git", "-C", self.tree, "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false",
-                         "-c", "user.name=hifikit", "-c", "user.email=hifikit@localhost", "am", "--quiet",
-                         *patches], log)
+        # a format-patch file names its commit on its first line ("From <sha> ..."); the "[PATCH n/m]" of its
+        # subject depends on the export, so equal commits are recognised by that line
+        texts = [p.read_text().split("\n", 1)[0] for p in patches]
+        keep = 0
+        if self.tree.is_dir():   # a tree left by the topic checked before: keep the commits both share
+            if (self.tree / ".git" / "rebase-apply").exists():
+                gitrepo.git(self.tree, "am", "--abort", check=False)
+            while keep < min(len(texts), len(self.applied)) and self.applied[keep][0] == texts[keep]:
+                keep += 1
+            base = self.applied[keep - 1][1] if keep else gitrepo.PRISTINE_TAG
+            gitrepo.git(self.tree, "reset", "-q", "--hard", base)
+            self.applied = self.applied[:keep]
+        else:
+            gitrepo.init_pristine(self.tree)
+        rc, text = (0, "")
+        if patches[keep:]:
+            rc, text = _run(["git", "-C", self.tree, "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false",
+                             "-c", "user.name=hifikit", "-c", "user.email=hifikit@localhost", "am", "--quiet",
+                             *patches[keep:]], log)
         if rc != 0:
             return "fail", f"git am stopped: {_last_line(text)} (see {self.tree}, `git am --show-current-patch`)"
-        n = int(gitrepo.out(self.tree, "rev-list", "--count", f"{gitrepo.PRISTINE_TAG}..HEAD").strip())
-        summary = f"{n} of {len(patches)} patches applied"
+        shas = gitrepo.out(self.tree, "rev-list", "--reverse", f"{gitrepo.PRISTINE_TAG}..HEAD").split()
+        self.applied = list(zip(texts, shas))
+        n = len(shas)
+        summary = f"{n} of {len(patches)} patches applied" + (f" ({keep} kept from the topic before)" if keep else "")
         exported = self.export_dir / "llama.cpp"
         if exported.is_dir():
             mine = gitrepo.out(self.tree, "rev-parse", "HEAD^{tree}").strip()
@@ -210,11 +251,13 @@ class _Checker:
         rc, text = _run(["cmake", "-S", self.tree, "-B", self.build_dir, "-G", "Ninja", *CMAKE_OPTIONS], log)
         if rc != 0:
             return "fail", f"cmake configure failed: {_last_line(text)}"
-        rc, text = _run([*_nice(), "ninja", "-C", self.build_dir, "-j", str(self.jobs), *TARGETS], log)
+        if not self.targets:
+            raise _Skip("this topic builds nothing")
+        rc, text = _run([*_nice(), "ninja", "-C", self.build_dir, "-j", str(self.jobs), *self.targets], log)
         if rc != 0:
             errors = [l for l in text.splitlines() if "error" in l.lower()]
             return "fail", f"ninja failed: {(errors or [_last_line(text)])[0]}"
-        return "pass", f"built {', '.join(TARGETS)} (-j {self.jobs})"
+        return "pass", f"built {', '.join(self.targets)} (-j {self.jobs})"
 
     def binary(self, name: str) -> Path:
         exe = self.build_dir / "bin" / name
@@ -262,6 +305,31 @@ class _Checker:
             return "fail", f"mismatch or error for {', '.join(bad)}"
         return "pass", f"{matched} numpy/C comparisons match exactly over {len(ggml.HIFI_TYPES)} types"
 
+    def cuda_compile(self, log: Path) -> tuple[str, str]:
+        if not self.build:
+            raise _Skip("--no-build")
+        if shutil.which("nvcc") is None:
+            raise _Skip("nvcc is not installed: the CUDA sources were not compiled")
+        tool = tmpl.source_root() / "tools" / "check-cuda"
+        if not tool.is_file():
+            raise _Skip(f"{tool} not found (pr check runs from a hifikit checkout)")
+        rc, text = _run([sys.executable, tool, "--tree", self.tree, "-j", str(self.jobs)], log, timeout=3600)
+        if rc != 0:
+            return "fail", f"nvcc failed: {_last_line(text)}"
+        return "pass", _last_line(text)
+
+    def backend_ops_cuda(self, log: Path) -> tuple[str, str]:
+        raise _Skip("needs a CUDA build and device; rerun `test-backend-ops test -b CUDA0 -p hifi` on a machine "
+                    "with an NVIDIA GPU")
+
+    def quantize_ftypes(self, log: Path) -> tuple[str, str]:
+        rc, text = _run([self.binary("llama-quantize"), "--help"], log, timeout=60)
+        names = re.findall(r"^\s*\d+\s+or\s+(\S+)\s+:", text, re.M)
+        hifi = [n for n in names if "HIFI" in n or n == "Q4_K_XM"]
+        if not hifi:
+            return "fail", "llama-quantize --help lists no HIFI ftype"
+        return "pass", f"llama-quantize lists {', '.join(hifi)}"
+
 
 def _last_line(text: str) -> str:
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
@@ -287,26 +355,72 @@ def results_markdown(report: CheckReport) -> str:
         "\n".join(lines)
 
 
-def check(export_dir: Path, workdir: Path | None = None, jobs: int = 2, build: bool = True,
-          note: Callable[[str], None] = lambda s: None) -> CheckReport:
-    export_dir = export_dir.resolve()
-    if not (export_dir / "patches").is_dir():
-        raise HifikitError(f"{export_dir} is not a `hifikit pr export` directory (no patches/)")
-    workdir = (workdir or export_dir / "check").resolve()
-    _prepare_workdir(workdir)
-    c = _Checker(export_dir, workdir, jobs, build, note)
-    c.step("git-am", (), c.am)
-    c.step("diff-check", ("git-am",), c.diff_check)
-    c.step("editorconfig", ("git-am",), c.editorconfig)
-    c.step("flake8", ("git-am",), c.flake8)
-    c.step("build", ("git-am",), c.cmake_build)
-    c.step("test-quantize-fns", ("build",), c.quantize_fns)
-    c.step("test-backend-ops", ("build",), c.backend_ops)
-    c.step("gguf-py-test-quants", ("build",), c.gguf_py)
-    report = CheckReport(str(export_dir), str(workdir), c.results)
+_STEPS = {
+    "git-am": ((), "am"), "diff-check": (("git-am",), "diff_check"), "editorconfig": (("git-am",), "editorconfig"),
+    "flake8": (("git-am",), "flake8"), "build": (("git-am",), "cmake_build"),
+    "test-quantize-fns": (("build",), "quantize_fns"), "test-backend-ops": (("build",), "backend_ops"),
+    "gguf-py-test-quants": (("build",), "gguf_py"), "cuda-compile": (("git-am",), "cuda_compile"),
+    "test-backend-ops-cuda": (("git-am",), "backend_ops_cuda"), "quantize-ftypes": (("build",), "quantize_ftypes"),
+}
+
+
+def _run_checks(c: _Checker, checks: list[str]) -> None:
+    planned_checks(checks)   # refuses unknown names
+    for name in ["git-am", *[n for n in checks if n != "git-am"]]:
+        needs, method = _STEPS[name]
+        c.step(name, needs, getattr(c, method))
+
+
+def _finish(export_dir: Path, workdir: Path, results: list[CheckResult]) -> CheckReport:
+    report = CheckReport(str(export_dir), str(workdir), results)
     atomic.write_text(export_dir / RESULT, json.dumps(dataclasses.asdict(report) | {"ok": report.ok},
                                                        indent=2) + "\n")
     pr_md = export_dir / "PR.md"
     if pr_md.is_file():
         atomic.write_text(pr_md, describe.with_check_results(pr_md.read_text(), results_markdown(report)))
+    return report
+
+
+def _manifest(export_dir: Path) -> dict:
+    path = export_dir / "export.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check(export_dir: Path, workdir: Path | None = None, jobs: int = 2, build: bool = True,
+          note: Callable[[str], None] = lambda s: None) -> CheckReport:
+    """Check one export, or every topic of a split (then the report lists each check as `topic/check`)."""
+    export_dir = export_dir.resolve()
+    split = export_dir / "split.json"
+    if split.is_file():
+        return _check_split(export_dir, json.loads(split.read_text()), workdir, jobs, build, note)
+    if not (export_dir / "patches").is_dir():
+        raise HifikitError(f"{export_dir} is not a `hifikit pr export` directory (no patches/ or split.json)")
+    workdir = (workdir or export_dir / "check").resolve()
+    _prepare_workdir(workdir)
+    manifest = _manifest(export_dir)
+    c = _Checker(export_dir, workdir, jobs, build, note, tuple(manifest.get("build", TARGETS)))
+    _run_checks(c, list(manifest.get("checks", CHECKS)))
+    return _finish(export_dir, workdir, c.results)
+
+
+def _check_split(split_dir: Path, split: dict, workdir: Path | None, jobs: int, build: bool,
+                 note: Callable[[str], None]) -> CheckReport:
+    workdir = (workdir or split_dir / "check").resolve()
+    _prepare_workdir(workdir)
+    results: list[CheckResult] = []
+    previous: _Checker | None = None
+    for entry in split["topics"]:
+        export_dir = split_dir / entry["dir"]
+        manifest = _manifest(export_dir)
+        c = _Checker(export_dir, workdir, jobs, build, lambda s, t=entry["topic"]: note(f"[{t}] {s}"),
+                     tuple(manifest.get("build", TARGETS)), logs=workdir / "logs" / entry["topic"])
+        if previous is not None:
+            c.applied = previous.applied
+        _run_checks(c, list(manifest.get("checks", CHECKS)))
+        _finish(export_dir, workdir, c.results)
+        results += [dataclasses.replace(r, name=f"{entry['topic']}/{r.name}") for r in c.results]
+        previous = c
+    report = CheckReport(str(split_dir), str(workdir), results)
+    atomic.write_text(split_dir / RESULT, json.dumps(dataclasses.asdict(report) | {"ok": report.ok},
+                                                      indent=2) + "\n")
     return report

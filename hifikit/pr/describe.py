@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import upstream
 from .evidence import METRICS, Evidence, EvalRow, pareto
 from . import template as tmpl
-from .template import PlannedCommit, Template
+from .template import PlannedCommit, Template, Topic
 
 CHECK_BEGIN = "<!-- pr-check:begin -->"
 CHECK_END = "<!-- pr-check:end -->"
@@ -30,6 +30,7 @@ class CommitStats:
     files: int
     insertions: int
     deletions: int
+    topic: str = ""
 
 
 def fmt(metric: str, value: float | None, error: float | None = None) -> str:
@@ -71,13 +72,14 @@ def block_layouts() -> str:
     return re.sub(r",? (?:\(?patch \d{4}\)?)", "", body).strip()
 
 
-def throughput(template: Template) -> str:
+def quoted(docs: list[dict[str, str]]) -> str:
+    """The documents / sections a topic quotes; each one that is missing is said to be."""
     parts = []
-    for src in template.throughput:
+    for src in docs:
         text = section(tmpl.source_root() / src["doc"], src.get("section"))
-        if text:
-            parts.append(f"From hifikit's `{src['doc']}`:\n\n{_demote(text, 1)}")
-    return "\n\n".join(parts) if parts else "Not measured."
+        where = f"`{src['doc']}`" + (f", section `{src['section'].lstrip('# ')}`" if src.get("section") else "")
+        parts.append(f"From hifikit's {where}:\n\n{_demote(text, 1)}" if text else f"{where}: not found.")
+    return "\n\n".join(parts) if parts else "None quoted."
 
 
 def _when(t: float | None) -> str:
@@ -130,13 +132,31 @@ def measurements(ev: Evidence, plots: list[str | None], series_names: list[str])
     return "\n\n".join(out)
 
 
-def series_table(stats: list[CommitStats]) -> str:
-    lines = ["| # | commit | files | + | - |", "|---:|---|---:|---:|---:|"]
+def series_table(stats: list[CommitStats], topic: str | None = None) -> str:
+    """The commits; with a topic, those of the topics it needs are marked and left out of the total."""
+    lines = ["| # | commit | PR | files | + | - |", "|---:|---|---|---:|---:|---:|"]
+    own = [s for s in stats if topic in (None, tmpl.ALL) or s.topic == topic]
     for n, s in enumerate(stats, 1):
-        lines.append(f"| {n} | {s.subject} | {s.files} | {s.insertions} | {s.deletions} |")
-    lines.append(f"| | total | {sum(s.files for s in stats)} | {sum(s.insertions for s in stats)} | "
-                 f"{sum(s.deletions for s in stats)} |")
+        pr = "this one" if s in own else f"`{s.topic}` (needed)"
+        lines.append(f"| {n} | {s.subject} | {pr} | {s.files} | {s.insertions} | {s.deletions} |")
+    lines.append(f"| | total of this PR | | {sum(s.files for s in own)} | {sum(s.insertions for s in own)} | "
+                 f"{sum(s.deletions for s in own)} |")
     return "\n".join(lines)
+
+
+def contributing(spec: Topic, ev: Evidence) -> str:
+    """CONTRIBUTING.md's asks for this PR, each with where it stands (the template's words), and the
+    measured rows this export holds."""
+    if not spec.contributing:
+        return "Nothing beyond the general asks (tests, CI) applies to this PR."
+    models = sorted({r.label for r in ev.rows if r.kind != "kld-base"})
+    lines = ["| CONTRIBUTING.md asks | here |", "|---|---|"]
+    for item in spec.contributing:
+        lines.append(f"| {item['ask']} | {item['status'].strip()} |")
+    counted = (f"The runs database holds {len(ev.rows)} rows for this PR ({len(models)} quantized models, "
+               f"{len(ev.setups())} evaluation setups)." if ev.rows else
+               "The runs database holds no rows for this PR: nothing is claimed in its Measurements section.")
+    return "\n".join(lines) + "\n\n" + counted
 
 
 def tests_planned(checks: list[str]) -> str:
@@ -146,32 +166,39 @@ def tests_planned(checks: list[str]) -> str:
             f"builds it and runs:\n\n{names}\n\n{CHECK_BEGIN}\nNot run yet for this export.\n{CHECK_END}")
 
 
-def render(template: Template, topic: str, commits: list[PlannedCommit], stats: list[CommitStats],
+def render(template: Template, spec: Topic, commits: list[PlannedCommit], stats: list[CommitStats],
            ev: Evidence, plots: list[str | None], series_names: list[str], checks: list[str]) -> str:
-    gaps = "\n".join(f"- {g}" for g in template.gaps) or "- none listed"
-    return f"""# {template.title}
+    gaps = "\n".join(f"- {g}" for g in spec.gaps) or "- none listed"
+    needs = [t for t in template.closure(spec.name) if t != spec.name] if spec.name != tmpl.ALL else []
+    own = [c for c in commits if spec.name == tmpl.ALL or c.topic == spec.name]
+    stack = (f"Builds on: {', '.join(f'`{t}`' for t in needs)} (the PRs before it; their commits come first "
+             "in the series below and in `patches/`)." if needs else "Builds on: the base commit only.")
+    layouts = f"\n## Block layouts\n\n{block_layouts()}\n" if any(c.topic == "cpu" for c in own) else ""
+    return f"""# {spec.title}
 
-Base: llama.cpp `{upstream.LLAMA_CPP_COMMIT}`; topic `{topic}`: {len(commits)} commits.
+Base: llama.cpp `{upstream.LLAMA_CPP_COMMIT}`; topic `{spec.name}`: {len(own)} commits. {stack}
+
+{spec.summary.strip()}
 
 ## Motivation
 
 {template.motivation.strip()}
-
-## Block layouts
-
-{block_layouts()}
-
+{layouts}
 ## Commits
 
-{series_table(stats)}
+{series_table(stats, spec.name)}
+
+## What CONTRIBUTING.md asks of this PR
+
+{contributing(spec, ev)}
 
 ## Measurements
 
 {measurements(ev, plots, series_names)}
 
-## Kernel throughput
+## Other evidence
 
-{throughput(template)}
+{quoted(spec.docs)}
 
 ## Tests
 
@@ -181,6 +208,18 @@ Base: llama.cpp `{upstream.LLAMA_CPP_COMMIT}`; topic `{topic}`: {len(commits)} c
 
 {gaps}
 """
+
+
+def render_split(entries: list[dict]) -> str:
+    """SPLIT.md: the pull requests of the split, in the order they are sent."""
+    lines = ["# The HIFI series as pull requests", "",
+             f"Base: llama.cpp `{upstream.LLAMA_CPP_COMMIT}`. One directory per PR, each a complete export "
+             "(`llama.cpp/`, `patches/`, `PR.md`); a PR's `patches/` start with those of the PRs it builds on.",
+             "", "| # | topic | directory | builds on | its commits |", "|---:|---|---|---|---|"]
+    for n, e in enumerate(entries, 1):
+        lines.append(f"| {n} | `{e['topic']}` | `{e['dir']}/` | {', '.join(e['needs']) or 'the base commit'} | "
+                     f"{'; '.join(e['commits'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def with_check_results(pr_md: str, results_md: str) -> str:

@@ -66,6 +66,23 @@ class Evidence:
         return list(groups.values())
 
 
+def select(ev: Evidence, pattern: str | None) -> Evidence:
+    """The rows of models whose name matches pattern (re.search), and the references of their setups;
+    none when pattern is None."""
+    import re
+
+    if pattern is None:
+        return Evidence(db_path=ev.db_path, rows=[], runs={})
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise HifikitError(f"bad measurements pattern {pattern!r} in the PR template: {exc}") from exc
+    kept = [r for r in ev.rows if r.kind != "kld-base" and rx.search(r.label)]
+    setups = {r.setup for r in kept}
+    rows = [r for r in ev.rows if r in kept or (r.kind == "kld-base" and r.setup in setups)]
+    return Evidence(db_path=ev.db_path, rows=rows, runs={i: ev.runs[i] for i in sorted({r.run_id for r in rows})})
+
+
 def open_readonly(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise HifikitError(f"no runs database at {path} (run `hifikit eval`/`compare` first, or pass --db)")

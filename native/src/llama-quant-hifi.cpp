@@ -1,6 +1,7 @@
 #include "llama-quant-hifi.h"
 
 #include "llama-impl.h"
+#include "llama-model.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -14,21 +15,20 @@ static int hifi_layers_all(uint64_t /*n_params*/) {
     return 100;
 }
 
-// Q3_K_HIFI: the seed used layers 0-10 of a 28-layer model (Qwen3 0.6B/1.7B)
-// the first 40% of the layers (rounded down) is the same cut there and scales with n_layer
-static int hifi_layers_q3_early(uint64_t /*n_params*/) {
+// the first 40% of the layers (rounded down): layers 0-10 of a 28-layer model
+static int hifi_layers_early(uint64_t /*n_params*/) {
     return 40;
 }
 
-// Q4_K_HIFI: ffn_down coverage shrinks with the model size (seed 001)
-static int hifi_layers_q4_ffn_down(uint64_t n_params) {
+// ffn_down coverage shrinks with the model size
+static int hifi_layers_ffn_down(uint64_t n_params) {
     if (n_params <= 10000000000ull) return 50;
     if (n_params <= 70000000000ull) return 25;
     return 0;
 }
 
-// Q4_K_HIFI: above 100B only the first quarter of attn_v (seed 001)
-static int hifi_layers_q4_attn_v(uint64_t n_params) {
+// above 100B parameters, only the first quarter of attn_v
+static int hifi_layers_attn_v(uint64_t n_params) {
     return n_params > 100000000000ull ? 25 : 100;
 }
 
@@ -61,52 +61,49 @@ struct hifi_recipe {
     const char  * name;
     llama_ftype   base;      // stock mixture for what the rules do not name; the ftype itself = upstream's generic rules
     const char  * base_name;
+    ggml_type     pure;      // the single type of --pure
     hifi_rule     rules[HIFI_MAX_RULES];         // unused entries are zero, i.e. LLAMA_HIFI_ROLE_OTHER
     hifi_fallback fallbacks[HIFI_MAX_FALLBACKS]; // unused entries are zero, i.e. from = GGML_TYPE_F32
 };
 
 static const hifi_recipe hifi_recipes[] = {
-    // measured on Gemma 3 270M (docs/results.md): downgrading the early ffn_down from Q3_K_M's Q4_K/Q5_K to
-    // Q3_K_HIFI (the seed's rule) cost more than it saved; the HIFI twin of Q3_K_M's type paid on every layer,
-    // so ffn_down gets it on all layers and attn_v (not measurable there) on the seed's first 40%; the output
-    // keeps Q3_K_M's Q6_K (at ~4.5 bpw it was the costliest tensor of the model)
-    // and the bytes come from the fallbacks of rows that cannot take K-quants: Q5_0 for the Q3_K rows
-    // (instead of Q4_0; Q5_0 rather than Q5_1 because the CPU's llamafile sgemm has Q5_0: prompt
-    // processing 1.7x faster there) and Q5_1 for the output (instead of Q8_0, which upstream picks
-    // for an output whose rows cannot take Q6_K)
+    // Q3_K_M's mixture with the HIFI twin of its choice (the same grid plus outliers) on ffn_down and on the early
+    // attn_v; the bytes come from the rows that cannot take K-quants: Q5_0 instead of Q4_0 for Q3_K rows (Q5_0 has
+    // a llamafile sgemm kernel, Q5_1 does not) and Q5_1 instead of Q8_0 for an output that cannot take Q6_K
     {
-        LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", {
-            { LLAMA_HIFI_ROLE_ATTN_V,      HIFI_TYPE_OF_BASE,   hifi_layers_q3_early    },
-            { LLAMA_HIFI_ROLE_FFN_DOWN,    HIFI_TYPE_OF_BASE,   hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
+        LLAMA_FTYPE_MOSTLY_Q3_K_HIFI, "Q3_K_HIFI", LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_M", GGML_TYPE_Q3_K_HIFI, {
+            { LLAMA_HIFI_ROLE_ATTN_V,      HIFI_TYPE_OF_BASE,   hifi_layers_early    },
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    HIFI_TYPE_OF_BASE,   hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all      },
         }, {
             { GGML_TYPE_Q3_K, GGML_TYPE_Q5_0 },
             { GGML_TYPE_Q6_K, GGML_TYPE_Q5_1 },
         },
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K_HIFI", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K", {
-            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_attn_v   },
-            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q4_K_HIFI, hifi_layers_q4_ffn_down },
-            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
-        },
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K_HIFI", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI, "Q4_K", GGML_TYPE_Q4_K_HIFI, {
+            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q4_K_HIFI, hifi_layers_attn_v   },
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q4_K_HIFI, hifi_layers_ffn_down },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all      },
+        }, {},
+    },
+    // stock types only: a Q4_K mixture with more Q5_K/Q6_K tensors than Q4_K_M
+    {
+        LLAMA_FTYPE_MOSTLY_Q4_K_XM, "Q4_K_XM", LLAMA_FTYPE_MOSTLY_Q4_K_XM, "Q4_K", GGML_TYPE_Q4_K, {
+            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q5_K,      hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_FFN_GATE,    GGML_TYPE_Q5_K,      hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_TOKEN_EMBD,  GGML_TYPE_Q5_K,      hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K,      hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K,      hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all      },
+        }, {},
     },
     {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K_HIFI_M", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_M, "Q4_K", {
-            { LLAMA_HIFI_ROLE_ATTN_V,      GGML_TYPE_Q5_K,      hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_FFN_GATE,    GGML_TYPE_Q5_K,      hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_TOKEN_EMBD,  GGML_TYPE_Q5_K,      hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K,      hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K,      hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K,      hifi_layers_all         },
-        },
-    },
-    {
-        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", {
-            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
-            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K_HIFI, hifi_layers_all         },
-        },
+        LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K_HIFI_L", LLAMA_FTYPE_MOSTLY_Q4_K_HIFI_L, "Q4_K", GGML_TYPE_Q4_K_HIFI, {
+            { LLAMA_HIFI_ROLE_FFN_DOWN,    GGML_TYPE_Q6_K_HIFI, hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_ATTN_OUTPUT, GGML_TYPE_Q6_K_HIFI, hifi_layers_all      },
+            { LLAMA_HIFI_ROLE_OUTPUT,      GGML_TYPE_Q6_K_HIFI, hifi_layers_all      },
+        }, {},
     },
 };
 
@@ -158,9 +155,10 @@ static ggml_type hifi_k_quant_of(ggml_type type) {
     }
 }
 
-// what tensor_type_fallback in llama-quant.cpp gives rows that cannot take this K-quant (for the log)
+// what tensor_type_fallback in llama-quant.cpp gives rows that cannot take this K-quant (or its HIFI twin);
+// any other type is returned unchanged
 static ggml_type hifi_upstream_fallback(ggml_type type) {
-    switch (type) {
+    switch (hifi_k_quant_of(type)) {
         case GGML_TYPE_Q2_K:
         case GGML_TYPE_Q3_K: return GGML_TYPE_Q4_0;
         case GGML_TYPE_Q4_K: return GGML_TYPE_Q5_0;
@@ -170,17 +168,26 @@ static ggml_type hifi_upstream_fallback(ggml_type type) {
     }
 }
 
-static const char * hifi_rule_type_name(const hifi_rule & rule) {
-    return rule.type == HIFI_TYPE_OF_BASE ? "HIFI twin" : ggml_type_name(rule.type);
+static bool hifi_fits(ggml_type type, int64_t ncols) {
+    return ncols % ggml_blck_size(type) == 0;
 }
 
-bool llama_ftype_is_hifi(llama_ftype ftype) {
-    return hifi_find_recipe(ftype) != nullptr;
+static float hifi_bpw(ggml_type type) {
+    return 8.0f*ggml_type_size(type)/ggml_blck_size(type);
+}
+
+static const char * hifi_rule_type_name(const hifi_rule & rule) {
+    return rule.type == HIFI_TYPE_OF_BASE ? "HIFI twin" : ggml_type_name(rule.type);
 }
 
 llama_ftype llama_ftype_hifi_base(llama_ftype ftype) {
     const hifi_recipe * recipe = hifi_find_recipe(ftype);
     return recipe ? recipe->base : ftype;
+}
+
+ggml_type llama_hifi_pure_type(llama_ftype ftype, ggml_type default_type) {
+    const hifi_recipe * recipe = hifi_find_recipe(ftype);
+    return recipe ? recipe->pure : default_type;
 }
 
 // the recipe's 32-block type for rows of ncols weights that cannot take this K-quant (or its HIFI twin),
@@ -196,21 +203,16 @@ static ggml_type hifi_recipe_fallback(const hifi_recipe & recipe, ggml_type type
     return GGML_TYPE_COUNT;
 }
 
-// a type the rows cannot take becomes the recipe's fallback for it; without one, tensor_type_fallback in
-// llama-quant.cpp handles it as upstream does
-static ggml_type hifi_fallback_type(const hifi_recipe & recipe, const ggml_tensor * tensor, ggml_type type) {
-    const int64_t ncols = tensor->ne[0];
-    if (ncols % ggml_blck_size(type) == 0) {
-        return type;
+// whether upstream's choice for rows that cannot take this K-quant is upstream's own fallback for it, which the
+// recipe's fallback replaces: the K-quant itself (tensor_type_fallback maps it), or Q8_0 for an output that cannot
+// take Q6_K (llama_tensor_get_type_impl picks it for such rows; for Falcon it picks Q8_0 whatever the rows, and
+// that is kept)
+static bool hifi_base_is_fallback(const llama_model & model, llama_hifi_role role, ggml_type k_quant, ggml_type base_type) {
+    if (hifi_k_quant_of(base_type) == k_quant) {
+        return true;
     }
-    const ggml_type fallback = hifi_recipe_fallback(recipe, type, ncols);
-    if (fallback == GGML_TYPE_COUNT) {
-        return type;
-    }
-    LLAMA_LOG_WARN("warning: %-36s - ncols %6" PRId64 " not divisible by %3" PRId64 " (required for type %7s) "
-            "-> falling back to %7s (%s)\n", ggml_get_name(tensor), ncols, ggml_blck_size(type),
-            ggml_type_name(type), ggml_type_name(fallback), recipe.name);
-    return fallback;
+    return role == LLAMA_HIFI_ROLE_OUTPUT && k_quant == GGML_TYPE_Q6_K && base_type == GGML_TYPE_Q8_0 &&
+           model.arch != LLM_ARCH_FALCON;
 }
 
 // the recipe's rule for this tensor, or base_type where no rule applies
@@ -235,14 +237,7 @@ static ggml_type hifi_rule_type(
             rule.layer_pct(n_params) < 100 && i_layer >= hifi_rule_n_cut(rule, n_layer, n_params)) {
             return base_type;
         }
-        const ggml_type type = rule.type == HIFI_TYPE_OF_BASE ? hifi_type_of(base_type) : rule.type;
-        // a row that cannot take the rule's block keeps the base ftype's choice (and its fallback), unless the
-        // recipe names a fallback for the rule's type (hifi_fallback_type then applies it)
-        if (tensor->ne[0] % ggml_blck_size(type) != 0 &&
-            hifi_recipe_fallback(recipe, type, tensor->ne[0]) == GGML_TYPE_COUNT) {
-            return base_type;
-        }
-        return type;
+        return rule.type == HIFI_TYPE_OF_BASE ? hifi_type_of(base_type) : rule.type;
     }
 
     return base_type;
@@ -252,22 +247,58 @@ ggml_type llama_hifi_tensor_type(
         llama_ftype         ftype,
         llama_hifi_role     role,
         const ggml_tensor * tensor,
-        int                 n_layer,
-        uint64_t            n_params,
-        ggml_type           base_type) {
+        const llama_model & model,
+        ggml_type           base_type,
+        int               & n_fallback) {
     const hifi_recipe * recipe = hifi_find_recipe(ftype);
     if (recipe == nullptr) {
         return base_type;
     }
 
-    return hifi_fallback_type(*recipe, tensor, hifi_rule_type(*recipe, role, tensor, n_layer, n_params, base_type));
+    const int64_t ncols = tensor->ne[0];
+
+    ggml_type type = hifi_rule_type(*recipe, role, tensor, model.hparams.n_layer_all, model.n_elements(), base_type);
+    // a rule whose type the rows cannot take, and for which the recipe names no fallback, keeps the base ftype's choice
+    if (!hifi_fits(type, ncols) && hifi_recipe_fallback(*recipe, type, ncols) == GGML_TYPE_COUNT) {
+        type = base_type;
+    }
+
+    const ggml_type wanted  = type;
+    const ggml_type k_quant = hifi_k_quant_of(type);
+    bool fallback = false;
+    if (!hifi_fits(type, ncols)) {
+        const ggml_type to = hifi_recipe_fallback(*recipe, type, ncols);
+        if (to == GGML_TYPE_COUNT) {
+            return base_type; // tensor_type_fallback handles it as upstream does
+        }
+        type     = to;
+        fallback = true;
+    }
+
+    // a recipe only adds bits to upstream's choice, so its architecture and MoE rules are kept; a recipe's fallback
+    // may replace upstream's fallback type, whatever its size
+    if (type != base_type && hifi_bpw(type) < hifi_bpw(hifi_fits(base_type, ncols) ? base_type : hifi_upstream_fallback(base_type)) &&
+        !(fallback && hifi_base_is_fallback(model, role, k_quant, base_type))) {
+        return base_type;
+    }
+
+    if (fallback) {
+        ++n_fallback;
+        LLAMA_LOG_WARN("warning: %-36s - ncols %6" PRId64 " not divisible by %3" PRId64 " (required for type %7s) "
+                "-> falling back to %7s (%s)\n", ggml_get_name(tensor), ncols, ggml_blck_size(wanted),
+                ggml_type_name(wanted), ggml_type_name(type), recipe->name);
+    }
+    return type;
 }
 
-void llama_hifi_log_recipe(llama_ftype ftype, int n_layer, uint64_t n_params) {
+void llama_hifi_log_recipe(llama_ftype ftype, const llama_model & model) {
     const hifi_recipe * recipe = hifi_find_recipe(ftype);
     if (recipe == nullptr) {
         return;
     }
+
+    const int      n_layer  = model.hparams.n_layer_all;
+    const uint64_t n_params = model.n_elements();
 
     LLAMA_LOG_INFO("%s: %s for %" PRIu64 " parameters (%.2f B), %d layers; other tensors as %s\n",
             __func__, recipe->name, n_params, n_params*1e-9, n_layer, recipe->base_name);
@@ -295,4 +326,5 @@ void llama_hifi_log_recipe(llama_ftype ftype, int n_layer, uint64_t n_params) {
                 ggml_type_name(fallback.from), ggml_type_name(fallback.to),
                 ggml_type_name(hifi_upstream_fallback(fallback.from)));
     }
+    LLAMA_LOG_INFO("%s:   where upstream's rules give a tensor more bits per weight, their type is kept\n", __func__);
 }

@@ -18,7 +18,7 @@ struct quantize_hifi_scale_info {
 
 static const quantize_hifi_scale_info hifi_scales[] = {
     { QUANTIZE_HIFI_SCALE_SMALL,  "small",   2000000000LL, "Q3_K_HIFI"   },
-    { QUANTIZE_HIFI_SCALE_MEDIUM, "medium", 10000000000LL, "Q4_K_HIFI_M" },
+    { QUANTIZE_HIFI_SCALE_MEDIUM, "medium", 10000000000LL, "Q4_K_XM"     },
     { QUANTIZE_HIFI_SCALE_LARGE,  "large",      INT64_MAX, "Q4_K_HIFI_L" },
 };
 
@@ -54,6 +54,18 @@ const char * quantize_hifi_ftype_name(quantize_hifi_scale scale) {
     return hifi_scale_info(scale).ftype_name;
 }
 
+bool quantize_hifi_is_number(const char * arg) {
+    if (*arg == '\0') {
+        return false;
+    }
+    for (; *arg; ++arg) {
+        if (*arg < '0' || *arg > '9') {
+            return false;
+        }
+    }
+    return true;
+}
+
 // element count of the tensors of one GGUF file, and its split count
 static bool hifi_count_file(const std::string & fname, int64_t & n_params, int & n_split) {
     ggml_context * ctx = nullptr;
@@ -74,6 +86,14 @@ static bool hifi_count_file(const std::string & fname, int64_t & n_params, int &
     n_split = 1;
     const int64_t kid = gguf_find_key(gctx, "split.count");
     if (kid >= 0) {
+        // the loader reads split.count as u16 and refuses any other type
+        if (gguf_get_kv_type(gctx, kid) != GGUF_TYPE_UINT16) {
+            fprintf(stderr, "%s: '%s': split.count has type %s, expected %s\n", __func__, fname.c_str(),
+                    gguf_type_name(gguf_get_kv_type(gctx, kid)), gguf_type_name(GGUF_TYPE_UINT16));
+            ggml_free(ctx);
+            gguf_free(gctx);
+            return false;
+        }
         n_split = gguf_get_val_u16(gctx, kid);
     }
 

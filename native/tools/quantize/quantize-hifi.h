@@ -7,7 +7,7 @@
 // llama-quantize --hifi: pick a HIFI ftype from the model's parameter count
 //
 //   parameters <= 2e9  : small  -> Q3_K_HIFI
-//   parameters <= 1e10 : medium -> Q4_K_HIFI_M
+//   parameters <= 1e10 : medium -> Q4_K_XM (stock types only)
 //   larger             : large  -> Q4_K_HIFI_L
 //
 // --hifi-scale small|medium|large overrides the choice.
@@ -28,6 +28,9 @@ quantize_hifi_scale quantize_hifi_scale_for(int64_t n_params);
 
 // the name of a scale's ftype in llama-quantize's type list
 const char * quantize_hifi_ftype_name(quantize_hifi_scale scale);
+
+// whether a command-line argument is a non-negative number (nthreads)
+bool quantize_hifi_is_number(const char * arg);
 
 // sum of the element counts of the model's tensors, over all splits of a split model
 // only the GGUF headers are read; returns -1 (and prints why) on error

@@ -18,6 +18,7 @@
 #include "ggml-backend.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cinttypes>
 #include <clocale>
@@ -106,11 +107,21 @@ static void sensitivity_log_callback(ggml_log_level level, const char * text, vo
     }
 }
 
+// case-insensitive comparison, portable (no POSIX-only function)
+static bool sensitivity_striequals(const char * a, const char * b) {
+    for (; *a && *b; ++a, ++b) {
+        if (std::tolower((unsigned char) *a) != std::tolower((unsigned char) *b)) {
+            return false;
+        }
+    }
+    return *a == *b;
+}
+
 static ggml_type sensitivity_parse_type(const std::string & name) {
     for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
         const ggml_type type = (ggml_type) i;
         const char * type_name = ggml_type_name(type);
-        if (type_name && strcasecmp(name.c_str(), type_name) == 0) {
+        if (type_name && sensitivity_striequals(name.c_str(), type_name)) {
             return type;
         }
     }
