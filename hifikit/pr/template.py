@@ -60,6 +60,7 @@ class Template:
     commits: list[dict[str, Any]]
     topics: dict[str, list[str]]
     path: Path
+    local: list[str] = dataclasses.field(default_factory=list)  # native files kept out of the PR
 
 
 def load(path: Path | None = None) -> Template:
@@ -72,7 +73,8 @@ def load(path: Path | None = None) -> Template:
         return Template(author_name=data["author"]["name"], author_email=data["author"]["email"],
                         date=str(data["date"]), title=data["title"], motivation=data["motivation"],
                         gaps=list(data.get("gaps") or []), throughput=list(data.get("throughput") or []),
-                        commits=list(data["commits"]), topics=dict(data["topics"]), path=path)
+                        commits=list(data["commits"]), topics=dict(data["topics"]), path=path,
+                        local=list(data.get("local") or []))
     except (KeyError, TypeError) as exc:
         raise HifikitError(f"{path}: missing or malformed field {exc}") from exc
 
@@ -104,6 +106,10 @@ def plan(template: Template, topic: str = "all", patches_dir: Path | None = None
     if len(by_subject) != len(series):
         raise HifikitError("two patches of the series have the same Description summary line")
     natives = set(upstream.native_files(native_dir))
+    for rel in template.local:
+        if rel not in natives:
+            raise HifikitError(f"{template.path}: local native/{rel} does not exist")
+    natives -= set(template.local)
     used_patches: list[str] = []
     used_native: list[str] = []
     planned: list[PlannedCommit] = []
