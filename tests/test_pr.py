@@ -194,6 +194,15 @@ def _template_copy(tmp_path: Path, edit) -> Path:
 
 
 def test_template_local_native_files_stay_out_of_the_pr(tmp_path):
+    template = tmpl.load()
+    assert "tools/costs/costs.cpp" in template.local
+    assert not any(n in template.local for c in tmpl.plan(template, "all") for n in c.native)
+
+    def unlist(d):  # a local file is still a native file: without the list it must be in a commit
+        d["local"] = []
+    with pytest.raises(HifikitError, match="tools/costs/costs.cpp"):
+        tmpl.plan(tmpl.load(_template_copy(tmp_path, unlist)))
+
     def missing(d):
         d["local"].append("tools/nope/nope.cpp")
     with pytest.raises(HifikitError, match="local native/tools/nope/nope.cpp does not exist"):
