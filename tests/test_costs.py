@@ -1,4 +1,5 @@
-"""The speed cost model: llama-costs' JSON and its refusals.
+"""The speed cost model: llama-costs' JSON and its refusals, the ops each tensor runs, prediction
+arithmetic.
 
 No assertion here depends on how fast anything runs.
 """
@@ -6,10 +7,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from hifikit import paths, runner
+from hifikit import costs, gguf_io, paths, runner
+from hifikit.errors import HifikitError
 
 # small and quick: 8 MiB working set, 2 repetitions
 FAST = ["--working-set", "8", "--repetitions", "2"]
@@ -88,3 +92,114 @@ def test_tool_names_the_bad_line_of_a_cases_file(built, tmp_path):
     f.write_text("mul_mat q8_0 256 256 1\nmul_mat q8_0 256 256\n")
     proc = _tool("--cases", f)
     assert proc.returncode != 0 and f"{f}:2:" in proc.stderr and proc.stdout == ""
+
+
+# ---- the ops of each tensor -----------------------------------------------------------------------
+
+def _write_gguf(path: Path, tensors: dict[str, tuple[int, ...]], arch: str = "gemma3") -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    for name, shape in tensors.items():
+        writer.add_tensor(name, np.zeros(shape, dtype=np.float16))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path
+
+
+def test_ubatches_follow_llama_bench():
+    assert costs.ubatches(64) == [[64]]
+    assert costs.ubatches(1000) == [[512, 488]]
+    assert costs.ubatches(5000) == [[512] * 4, [512] * 4, [512, 392]]
+    with pytest.raises(HifikitError):
+        costs.ubatches(0)
+
+
+def test_tensor_ops_untied(built, tiny_model):
+    ops = costs.tensor_ops(tiny_model, 1000)
+    by = {t.tensor: t for t in ops.tensors}
+    assert by["token_embd.weight"].prompt == (("get_rows", 488, 1), ("get_rows", 512, 1))
+    assert by["token_embd.weight"].gen == (("get_rows", 1, 1),)
+    assert by["output.weight"].prompt == (("mul_mat", 1, 1),) and by["output.weight"].gen == (("mul_mat", 1, 1),)
+    assert by["blk.0.ffn_down.weight"].prompt == (("mul_mat", 488, 1), ("mul_mat", 512, 1))
+    # the last block's FFN only sees the rows that make logits
+    assert by["blk.1.ffn_down.weight"].prompt == (("mul_mat", 1, 1),)
+    assert by["blk.1.attn_q.weight"].prompt == by["blk.0.attn_q.weight"].prompt
+    assert (by["blk.0.ffn_down.weight"].ne0, by["blk.0.ffn_down.weight"].ne1) == (512, 256)
+    assert "blk.0.attn_norm.weight" not in by and all(t.type == "f16" for t in ops.tensors)
+    # the signature is the model's shape, not its types
+    assert ops.signature == costs.model_signature(gguf_io.tensor_index(tiny_model))
+
+
+def test_tensor_ops_tied_embedding_runs_the_output_matmul(built, tmp_path):
+    model = _write_gguf(tmp_path / "tied.gguf", {
+        "token_embd.weight": (96, 640), "blk.0.attn_q.weight": (1024, 640), "blk.0.ffn_down.weight": (640, 2048),
+        "blk.0.attn_norm.weight": (640,)})
+    ops = costs.tensor_ops(model, 64)
+    by = {t.tensor: t for t in ops.tensors}
+    assert set(by) == {"token_embd.weight", "blk.0.attn_q.weight", "blk.0.ffn_down.weight"}
+    assert by["token_embd.weight"].prompt == (("get_rows", 64, 1), ("mul_mat", 1, 1))
+    assert by["token_embd.weight"].gen == (("get_rows", 1, 1), ("mul_mat", 1, 1))
+    assert by["blk.0.ffn_down.weight"].prompt == (("mul_mat", 1, 1),)   # blk.0 is the last block here
+    assert by["blk.0.attn_q.weight"].prompt == (("mul_mat", 64, 1),)
+    cases = costs.cases_for(ops, {"token_embd.weight": ["q8_0"], "blk.0.attn_q.weight": ["q4_0", "q8_0"]})
+    assert [c.arg() for c in cases] == [
+        "get_rows:q8_0:640:96:1", "get_rows:q8_0:640:96:64", "mul_mat:q4_0:640:1024:1", "mul_mat:q4_0:640:1024:64",
+        "mul_mat:q8_0:640:96:1", "mul_mat:q8_0:640:1024:1", "mul_mat:q8_0:640:1024:64"]
+
+
+# ---- prediction arithmetic ------------------------------------------------------------------------
+
+def _table(seconds: dict[costs.Case, float], constants=()) -> costs.CostTable:
+    machine = costs.Machine("f" * 16, "CPU", 2, {"cpu": "test"})
+    return costs.CostTable(machine, {c: costs.Cost(c, s, s, s, 1, 1, "CPU", "CPU") for c, s in seconds.items()},
+                           list(constants))
+
+
+def test_prediction_is_the_sum_of_tensor_costs_plus_the_constant(built, tiny_model):
+    ops = costs.tensor_ops(tiny_model, 64)
+    types = {t.tensor: ["q8_0", "f16"] for t in ops.tensors}
+    cases = costs.cases_for(ops, types)
+    # a distinct power of two per case: every sum below is exact and tells which cases went in
+    seconds = {c: 2.0 ** -(i + 1) for i, c in enumerate(cases)}
+    table = _table(seconds)
+    mc = costs.model_costs(ops, table, types)
+    k = costs.Constant(ops.signature, 64, 16, 0.5, 0.25, "ref", "sha", 0, 0, 0, 0, 1)
+    plan = {t.tensor: ("q8_0" if i % 2 else "f16") for i, t in enumerate(ops.tensors)}
+    pred = costs.predict(plan, mc, k)
+    want_pp = 0.5 + sum(n_times * seconds[costs.Case(op, plan[t.tensor], t.ne0, t.ne1, n)]
+                        for t in ops.tensors for op, n, n_times in t.prompt)
+    want_tg = 0.25 + sum(n_times * seconds[costs.Case(op, plan[t.tensor], t.ne0, t.ne1, n)]
+                         for t in ops.tensors for op, n, n_times in t.gen)
+    assert pred.pp_seconds == want_pp and pred.tg_seconds == want_tg
+    assert pred.pp_tps == 64 / want_pp and pred.tg_tps == 1 / want_tg
+    # per tensor: e.g. ffn_up of block 0 in q8_0
+    up = ops.tensor("blk.0.ffn_up.weight")
+    assert mc.cost(up.tensor, "q8_0").tg_seconds == seconds[costs.Case("mul_mat", "q8_0", 256, 512, 1)]
+    assert mc.cost(up.tensor, "q8_0").pp_seconds == seconds[costs.Case("mul_mat", "q8_0", 256, 512, 64)]
+    # the file itself (all F16)
+    assert costs.predict_file(tiny_model, mc, k) == costs.predict({t.tensor: "f16" for t in ops.tensors}, mc, k)
+    # without a type list, every fully costed type
+    assert set(costs.model_costs(ops, table).tensors[up.tensor]) == {"q8_0", "f16"}
+
+
+def test_prediction_refuses_what_it_cannot_cost(built, tiny_model):
+    ops = costs.tensor_ops(tiny_model, 64)
+    table = _table({c: 1e-3 for c in costs.cases_for(ops, {t.tensor: ["q8_0"] for t in ops.tensors})})
+    with pytest.raises(costs.MissingCostError, match="no cost for mul_mat:q4_0"):
+        costs.model_costs(ops, table, {"blk.0.attn_q.weight": ["q4_0"]})
+    mc = costs.model_costs(ops, table, {t.tensor: ["q8_0"] for t in ops.tensors})
+    k = costs.Constant(ops.signature, 64, 16, 0.0, 0.0, "", "", 0, 0, 0, 0, 1)
+    with pytest.raises(HifikitError, match="no type given"):
+        costs.predict({}, mc, k)
+    with pytest.raises(costs.MissingCostError, match="costed types: q8_0"):
+        costs.predict({t.tensor: "q4_0" for t in ops.tensors}, mc, k)
+    with pytest.raises(HifikitError, match="does not belong"):
+        costs.predict({t.tensor: "q8_0" for t in ops.tensors}, mc,
+                      costs.Constant("other", 64, 16, 0, 0, "", "", 0, 0, 0, 0, 1))
+    with pytest.raises(costs.MissingCostError, match="no constant"):
+        table.constant(ops.signature, 64, 16)
