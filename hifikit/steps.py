@@ -1,5 +1,6 @@
 """The step kinds a job is made of: quantize, imatrix, kld-base, eval, bench, calib, fetch, convert
-(and, from analyze.py, sweep-proxy, sweep-measured, knees).
+(and, from analyze.py, sweep-proxy, sweep-measured, knees; from costs_job.py, costs-measure,
+costs-constant).
 
 Each takes a JSON spec (stored in the runs database, so `runs resume` needs
 nothing else) and returns a StepOutput. Outputs are written atomically.
@@ -232,3 +233,4 @@ def convert(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 
 from . import analyze as _analyze  # noqa: E402,F401  (registers the analyze step kinds)
+from . import costs_job as _costs_job  # noqa: E402,F401  (registers the costs step kinds)

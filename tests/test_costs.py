@@ -1,19 +1,25 @@
 """The speed cost model: llama-costs' JSON and its refusals, the ops each tensor runs, prediction
-arithmetic.
+arithmetic, `hifikit costs` resumed after SIGKILL and reused from the database, export/import.
 
 No assertion here depends on how fast anything runs.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hifikit import costs, gguf_io, paths, runner
+from hifikit import costs, db, gguf_io, jobs, paths, runner
 from hifikit.errors import HifikitError
+
+from conftest import run_hifikit
 
 # small and quick: 8 MiB working set, 2 repetitions
 FAST = ["--working-set", "8", "--repetitions", "2"]
@@ -203,3 +209,129 @@ def test_prediction_refuses_what_it_cannot_cost(built, tiny_model):
                       costs.Constant("other", 64, 16, 0, 0, "", "", 0, 0, 0, 0, 1))
     with pytest.raises(costs.MissingCostError, match="no constant"):
         table.constant(ops.signature, 64, 16)
+
+
+# ---- the job: resume after SIGKILL, reuse, export/import ----------------------------------------
+
+COSTS_ARGS = ["--types", "q5_0", "q5_1", "iq4_nl", "q2_K", "q3_K", "q3_K_hifi", "--batch", "64",
+              "--gen", "8", "--bench-repetitions", "1", "--threads", "1", *FAST]
+
+
+def _wait_for_costs(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"costs ended before it could be killed: {proc.stderr.read()}")
+        if path.exists():
+            try:
+                conn = sqlite3.connect(path, timeout=1)
+                row = conn.execute("SELECT COUNT(*) FROM costs").fetchone()
+                conn.close()
+                if row and row[0] >= n:
+                    return
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.02)
+    raise AssertionError("costs did not reach the kill point in time")
+
+
+def test_sigkill_then_resume_then_reuse(cli, tiny_model, hifikit_home):
+    proc = subprocess.Popen(cli.argv("costs", tiny_model, *COSTS_ARGS, "--json"), env=cli.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_costs(hifikit_home / "runs.db", 3, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    conn = db.connect()
+    run_id = conn.execute("SELECT id FROM runs WHERE command='costs' ORDER BY id DESC").fetchone()[0]
+    before = {tuple(r[:5]): r[5] for r in conn.execute("SELECT op, type, ne0, ne1, n, created FROM costs")}
+    n_cases = jobs.get_run(conn, run_id)["args"]["cases"]
+    assert 3 <= len(before) < n_cases, "the kill must land mid-measurement"
+    print(f"\nkilled run {run_id} with {len(before)}/{n_cases} cases stored")
+
+    res = cli("runs", "resume", run_id, "--json")
+    out = json.loads(res.stdout)
+    after = {tuple(r[:5]): r[5] for r in conn.execute("SELECT op, type, ne0, ne1, n, created FROM costs")}
+    assert len(after) == n_cases
+    assert all(after[k] == created for k, created in before.items()), "a stored case was measured again"
+    run = jobs.get_run(conn, run_id)
+    assert run["status"] == "done"
+    measure = next(s for s in run["steps"] if s["name"] == "measure")
+    assert measure["attempts"] == 2 and measure["completions"] == 1
+    assert measure["result"]["reused"] == len(before) and measure["result"]["measured"] == n_cases - len(before)
+    assert out["run"] == run_id and out["constant_fitted"] is True
+    assert set(out["tensors"]["blk.0.ffn_down.weight"]) == {"q5_0", "q5_1", "iq4_nl", "q2_K", "q3_K", "q3_K_hifi",
+                                                            "f16"}
+    assert out["prediction"]["pp_tps"] > 0 and out["prediction"]["tg_tps"] > 0
+    k = out["constant"]
+    assert k["n_prompt"] == 64 and k["n_gen"] == 8 and k["reference"] == str(tiny_model.resolve())
+    # the constant is what llama-bench measured minus the summed costs of the reference's own types
+    assert k["pp_seconds"] + k["summed_pp_seconds"] == pytest.approx(64 / k["measured_pp_tps"], rel=1e-12)
+    assert k["tg_seconds"] + k["summed_tg_seconds"] == pytest.approx(1 / k["measured_tg_tps"], rel=1e-12)
+
+    # a second run measures nothing and fits nothing: everything comes from the database
+    again = json.loads(cli("costs", tiny_model, *COSTS_ARGS, "--json").stdout)
+    assert again["run"] != run_id
+    assert again["measure"]["measured"] == 0 and again["measure"]["reused"] == n_cases
+    assert again["constant_fitted"] is False and again["constant"] == out["constant"]
+    assert again["tensors"] == out["tensors"]
+    final = {tuple(r[:5]): r[5] for r in conn.execute("SELECT op, type, ne0, ne1, n, created FROM costs")}
+    assert final == after
+
+    # text output names the machine, the constant and every tensor group
+    text = cli("costs", tiny_model, *COSTS_ARGS).stdout
+    print(text)
+    assert out["machine"]["fingerprint"] in text and "blk.*.attn_q.weight" in text and "predicted for" in text
+
+
+def test_export_import_round_trip(cli, tiny_model, tmp_path, hifikit_home):
+    first = json.loads(cli("costs", tiny_model, *COSTS_ARGS, "--json", "--export", tmp_path / "c.json").stdout)
+    fp = first["machine"]["fingerprint"]
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["format"] == "hifikit-costs" and [m["fingerprint"] for m in data["machines"]] == [fp]
+    assert len(data["machines"][0]["costs"]) == first["measure"]["cases"]
+
+    # another machine's database: import, then plan from the imported costs without measuring
+    other_env = dict(cli.env(), HIFIKIT_HOME=str(tmp_path / "other-home"))
+
+    def other(*args, check=True):
+        return run_hifikit(*args, check=check, env=other_env)
+
+    imp = json.loads(other("costs", "--import", tmp_path / "c.json", "--json").stdout)["import"]
+    assert imp["machines"] == [fp] and imp["costs_added"] == first["measure"]["cases"] and imp["constants_added"] == 1
+    shown = json.loads(other("costs", tiny_model, *COSTS_ARGS, "--machine", fp[:8], "--json").stdout)
+    assert shown["run"] is None and shown["tensors"] == first["tensors"] and shown["constant"] == first["constant"]
+    assert shown["prediction"] == first["prediction"]
+    again = json.loads(other("costs", "--import", tmp_path / "c.json", "--json").stdout)["import"]
+    assert again["costs_added"] == 0 and again["costs_kept"] == first["measure"]["cases"]
+    # the round trip keeps every field
+    other("costs", "--export", tmp_path / "c2.json")
+    a, b = costs.read_export(tmp_path / "c.json"), costs.read_export(tmp_path / "c2.json")
+    assert a[0].machine == b[0].machine and a[0].costs == b[0].costs and a[0].constants == b[0].constants
+
+    # files that are not costs files, or were edited, are refused with one line
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something"}))
+    res = cli("costs", "--import", bad, check=False)
+    assert res.returncode == 1 and "not a hifikit costs file" in res.stderr
+    data["machines"][0]["description"]["threads"] = 64
+    bad.write_text(json.dumps(data))
+    res = cli("costs", "--import", bad, check=False)
+    assert res.returncode == 1 and "does not match its description" in res.stderr
+    res = other("costs", tiny_model, "--machine", "nope", check=False)
+    assert res.returncode == 1 and "no cost machine 'nope'" in res.stderr
+
+
+def test_cli_refuses_bad_options_before_any_run(cli, tiny_model, tmp_path):
+    for args, message in ((["--batch", "0"], "--batch must be positive"),
+                          (["--types", "q9_9"], "unknown type 'q9_9'"),
+                          (["--reference", tmp_path / "missing.gguf"], "missing.gguf"),
+                          (["--backend", "NOPE0"], "unknown device 'NOPE0'")):
+        res = cli("costs", tiny_model, *args, check=False)
+        assert res.returncode == 1 and message in res.stderr, res.stderr
+    res = cli("costs", check=False)
+    assert res.returncode == 1 and "give a MODEL" in res.stderr
+    conn = db.connect()
+    assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0

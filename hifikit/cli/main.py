@@ -8,12 +8,12 @@ import sys
 
 from .. import __version__
 from ..errors import HifikitError
-from . import analyze, bench, calib, compare, demo, fetch, imatrix, info, inspect, plan, pr, quantize, report, runs, tool
+from . import analyze, bench, calib, compare, costs, demo, fetch, imatrix, info, inspect, plan, pr, quantize, report, runs, tool
 from . import eval as eval_
 
 # each module registers one noun: add_parser(subparsers) sets args.func
-COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, analyze, plan, runs, report,
-            demo, pr)
+COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, analyze, plan, costs, runs,
+            report, demo, pr)
 
 
 def build_parser() -> argparse.ArgumentParser:

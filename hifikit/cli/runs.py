@@ -13,7 +13,7 @@ from .output import emit_json, note, say, table
 # which module renders a run's result, by the command that created it
 RENDERERS = {"quantize": "quantize", "imatrix": "imatrix", "eval": "eval", "compare": "compare",
              "bench": "bench", "calib": "calib", "fetch": "fetch",
-             "analyze": "analyze", "demo": "demo"}
+             "analyze": "analyze", "demo": "demo", "costs": "costs"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
