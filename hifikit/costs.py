@@ -28,13 +28,14 @@ import json
 import logging
 import math
 import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import db, gguf_io, paths, runner, sensitivity
-from .errors import HifikitError
+from .errors import HifikitError, ToolFailedError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ EXPORT_FORMAT = "hifikit-costs"
 EXPORT_VERSION = 1
 
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
 class MissingCostError(HifikitError):
@@ -546,7 +548,18 @@ def measure(conn: sqlite3.Connection, machine: Machine, cases: Sequence[Case], *
         if progress is not None:
             progress(len(cases) - len(todo) + count[0], len(cases))
 
-    runner.run_tool("llama-costs", args, log_path=log_path, on_line=on_line)
+    res = runner.run_tool("llama-costs", args, log_path=log_path, on_line=on_line, check=False)
+    if res.returncode == -signal.SIGILL:
+        raise HifikitError(
+            f"llama-costs died of SIGILL after {count[0]} of {len(todo)} cases (kept): the build uses an instruction "
+            "this CPU does not run, and llama.cpp's own tools crash on the same op (e.g. a VM that advertises AMX "
+            f"but faults on its tile instructions). Rebuild without it (CMAKE_ARGS=\"-DCMAKE_C_FLAGS='{_NO_AMX}' "
+            f"-DCMAKE_CXX_FLAGS='{_NO_AMX}'\" pip install ...) or measure with --no-repack")
+    if res.returncode != 0:
+        lines = [line for line in runner.strip_prefixes(res.stderr).splitlines() if line.strip()]
+        where = f" (log: {log_path})" if log_path else ""
+        raise ToolFailedError(f"llama-costs failed with exit code {res.returncode}: "
+                              f"{lines[-1] if lines else 'no output'}{where}")
     if count[0] != len(todo):
         raise HifikitError(f"llama-costs timed {count[0]} of {len(todo)} cases")
     return MeasureStats(len(cases), count[0], len(cases) - len(todo), time.monotonic() - start)
