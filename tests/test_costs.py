@@ -335,3 +335,34 @@ def test_cli_refuses_bad_options_before_any_run(cli, tiny_model, tmp_path):
     assert res.returncode == 1 and "give a MODEL" in res.stderr
     conn = db.connect()
     assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def _loader_repacked(model: Path) -> set[str]:
+    """The tensors llama.cpp's loader put in an extra CPU buffer type, from llama-bench's verbose log.
+
+    Generation only (-p 0): it runs no batched matmul, so it also runs where AMX tiles fault.
+    """
+    import re
+
+    res = runner.run_tool("llama-bench", ["-m", model, "-p", "0", "-n", "1", "-r", "1", "-t", "1", "-v"])
+    text = res.stdout + res.stderr
+    return set(re.findall(r"repack: repack tensor (\S+) with", text)) | \
+        set(re.findall(r"amx repack tensor (\S+) of type", text))
+
+
+@pytest.mark.parametrize("recipe", [["Q4_K_M"], ["--pure", "Q4_0"], ["--pure", "IQ4_NL"]])
+def test_tool_buffer_types_are_the_ones_llama_cpp_loads_into(built, tiny_model, tmp_path, recipe):
+    out = tmp_path / "model.gguf"
+    runner.run_tool("llama-quantize", [*recipe[:-1], tiny_model, out, recipe[-1]])
+    ops = costs.tensor_ops(out, 64)
+    # the op llama.cpp's loader chooses the buffer type by: GET_ROWS for the (untied) embedding, else MUL_MAT
+    cases = {t.tensor: costs.Case("get_rows" if t.tensor == "token_embd.weight" else "mul_mat", t.type, t.ne0, t.ne1, 1)
+             for t in ops.tensors}
+    proc = _tool(*sorted({c.arg() for c in cases.values()}), "--threads", "1", "--working-set", "1",
+                 "--repetitions", "1")
+    assert proc.returncode == 0, proc.stderr
+    buft = {(r["op"], r["type"], r["ne0"], r["ne1"], r["n"]): r["buffer_type"] for r in _lines(proc.stdout)[1:]}
+    ours = {name for name, c in cases.items() if buft[(c.op, c.type, c.ne0, c.ne1, c.n)] != "CPU"}
+    theirs = _loader_repacked(out)
+    print(recipe, sorted(ours))
+    assert ours == theirs
