@@ -290,6 +290,10 @@ class Prediction:
     def tg_tps(self) -> float:
         return 1.0 / self.tg_seconds
 
+    def __iter__(self):
+        """``pp_seconds, tg_seconds = predict(...)``"""
+        return iter((self.pp_seconds, self.tg_seconds))
+
 
 def tensor_cost(t: TensorOps, type_name: str, table: CostTable) -> TensorCost:
     pp = sum(k * table.seconds(Case(op, type_name, t.ne0, t.ne1, n)) for op, n, k in t.prompt)

@@ -183,6 +183,7 @@ def test_prediction_is_the_sum_of_tensor_costs_plus_the_constant(built, tiny_mod
                          for t in ops.tensors for op, n, n_times in t.gen)
     assert pred.pp_seconds == want_pp and pred.tg_seconds == want_tg
     assert pred.pp_tps == 64 / want_pp and pred.tg_tps == 1 / want_tg
+    assert tuple(pred) == (want_pp, want_tg)
     # per tensor: e.g. ffn_up of block 0 in q8_0
     up = ops.tensor("blk.0.ffn_up.weight")
     assert mc.cost(up.tensor, "q8_0").tg_seconds == seconds[costs.Case("mul_mat", "q8_0", 256, 512, 1)]
