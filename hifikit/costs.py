@@ -461,9 +461,11 @@ def store_constant(conn: sqlite3.Connection, fp: str, c: Constant, run_id: int |
     return cur.rowcount > 0
 
 
-def stored_cases(conn: sqlite3.Connection, fp: str) -> set[Case]:
+def stored_cases(conn: sqlite3.Connection, fp: str, run_id: int | None = None) -> set[Case]:
+    """The cases stored for a machine (measured by ``run_id`` only, when given)."""
+    where, args = ("fingerprint=?", (fp,)) if run_id is None else ("fingerprint=? AND run_id=?", (fp, run_id))
     return {Case(r["op"], r["type"], r["ne0"], r["ne1"], r["n"]) for r in conn.execute(
-        "SELECT op, type, ne0, ne1, n FROM costs WHERE fingerprint=?", (fp,))}
+        f"SELECT op, type, ne0, ne1, n FROM costs WHERE {where}", args)}
 
 
 def machines(conn: sqlite3.Connection) -> list[Machine]:
@@ -495,6 +497,22 @@ def load_table(conn: sqlite3.Connection, fp: str) -> CostTable:
     return CostTable(machine, costs, constants)
 
 
+def for_model(conn: sqlite3.Connection, model: Path | str, *, fingerprint: str | None = None,
+              backend: str = "CPU", threads: int | None = None, n_prompt: int = DEFAULT_BATCH,
+              n_gen: int = DEFAULT_GEN, types_by_tensor: Mapping[str, Iterable[str]] | None = None,
+              working_set_mib: int = DEFAULT_WORKING_SET_MIB, repack: bool = True) -> tuple[ModelCosts, Constant]:
+    """A model's per-tensor, per-type costs and its constant from the runs database, measuring nothing.
+
+    The machine is ``fingerprint`` (e.g. an imported one) or, without it, this machine as
+    :func:`describe` sees it with these backend/threads/working set/repack settings.
+    """
+    if fingerprint is None:
+        fingerprint = describe(backend, threads, working_set_mib, repack).fingerprint
+    table = load_table(conn, fingerprint)
+    ops = tensor_ops(model, n_prompt)
+    return model_costs(ops, table, types_by_tensor), table.constant(ops.signature, n_prompt, n_gen)
+
+
 # ---- measuring -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -513,11 +531,18 @@ def _cost_from_line(rec: Mapping[str, Any]) -> Cost:
 
 def measure(conn: sqlite3.Connection, machine: Machine, cases: Sequence[Case], *,
             repetitions: int = DEFAULT_REPETITIONS, run_id: int | None = None, work_dir: Path | None = None,
-            log_path: Path | None = None, progress=None) -> MeasureStats:
-    """Time every case not yet stored for this machine; each result is committed as llama-costs prints it."""
+            log_path: Path | None = None, progress=None, remeasure: bool = False) -> MeasureStats:
+    """Time every case not yet stored for this machine; each result is committed as llama-costs prints it.
+
+    ``remeasure`` times the cases again (e.g. on a quieter machine), replacing the stored ones, except
+    those this run (``run_id``) already replaced: a resumed remeasuring run still redoes nothing.
+    """
     start = time.monotonic()
     store_machine(conn, machine)
-    done = stored_cases(conn, machine.fingerprint)
+    if not remeasure:
+        done = stored_cases(conn, machine.fingerprint)
+    else:
+        done = stored_cases(conn, machine.fingerprint, run_id) if run_id is not None else set()
     todo = [c for c in cases if c not in done]
     if not todo:
         return MeasureStats(len(cases), 0, len(cases), 0.0)

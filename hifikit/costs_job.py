@@ -35,6 +35,7 @@ class CostsOptions:
     working_set_mib: int = costs.DEFAULT_WORKING_SET_MIB
     refit: bool = False                     # fit the constant again even if one is stored
     repack: bool = True                     # the CPU's extra buffer types (llama-bench --repack)
+    remeasure: bool = False                 # time stored cases again, replacing them
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ def start(opts: CostsOptions, progress: bool | None = None) -> CostsResult:
     steps = [
         jobs.StepSpec("measure", "costs-measure", {
             "model": str(model), "cases": [c.arg() for c in cases], "machine": machine_spec,
-            "repetitions": opts.repetitions}),
+            "repetitions": opts.repetitions, "remeasure": opts.remeasure}),
         jobs.StepSpec("constant", "costs-constant", {
             "reference": str(reference), "n_prompt": opts.n_prompt, "n_gen": opts.n_gen,
             "repetitions": opts.bench_repetitions, "machine": machine_spec, "refit": opts.refit}),
@@ -128,7 +129,8 @@ def measure_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     bar = Progress(f"costs {Path(spec['model']).name}", ctx.progress)
     try:
         stats = costs.measure(ctx.conn, machine, cases, repetitions=spec["repetitions"], run_id=ctx.run_id,
-                              work_dir=ctx.run_dir, log_path=ctx.log_path, progress=bar.update)
+                              work_dir=ctx.run_dir, log_path=ctx.log_path, progress=bar.update,
+                              remeasure=spec.get("remeasure", False))
     finally:
         bar.close()
     log.info("costs: %d cases, %d measured now, %d already stored (%.1f s)", stats.cases, stats.measured,

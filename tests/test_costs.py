@@ -281,6 +281,18 @@ def test_sigkill_then_resume_then_reuse(cli, tiny_model, hifikit_home):
     final = {tuple(r[:5]): r[5] for r in conn.execute("SELECT op, type, ne0, ne1, n, created FROM costs")}
     assert final == after
 
+    # what the planner calls: the same costs and constant from the database, for this machine
+    mc, k = costs.for_model(conn, tiny_model, threads=1, working_set_mib=8, n_prompt=64, n_gen=8)
+    assert mc.machine.fingerprint == out["machine"]["fingerprint"] and k.pp_seconds == out["constant"]["pp_seconds"]
+    assert {t: {ty: [c.pp_seconds, c.tg_seconds] for ty, c in per.items()} for t, per in mc.tensors.items()} == \
+        {t: {ty: [c["pp_seconds"], c["tg_seconds"]] for ty, c in per.items()} for t, per in out["tensors"].items()}
+
+    # --remeasure times every case again and replaces it
+    redo = json.loads(cli("costs", tiny_model, *COSTS_ARGS, "--remeasure", "--json").stdout)
+    assert redo["measure"]["measured"] == n_cases and redo["measure"]["reused"] == 0
+    replaced = {tuple(r[:5]): r[5] for r in conn.execute("SELECT op, type, ne0, ne1, n, created FROM costs")}
+    assert replaced.keys() == after.keys() and all(replaced[k] > after[k] for k in after)
+
     # text output names the machine, the constant and every tensor group
     text = cli("costs", tiny_model, *COSTS_ARGS).stdout
     print(text)

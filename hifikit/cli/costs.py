@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-repack", action="store_true",
                    help="leave out the CPU's extra buffer types (repacked layouts, AMX), as llama-bench --repack 0")
     p.add_argument("--refit", action="store_true", help="run llama-bench for the constant even if one is stored")
+    p.add_argument("--remeasure", action="store_true",
+                   help="time the stored cases again (e.g. on a quieter machine), replacing them")
     p.add_argument("--machine", default=None, metavar="FINGERPRINT",
                    help="show the stored (e.g. imported) costs of that machine instead of measuring")
     p.add_argument("--export", type=Path, default=None, metavar="FILE",
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         opts = costs_job.CostsOptions(args.model, args.backend, args.threads, args.types, args.batch, args.gen,
                                       args.reference, args.repetitions, args.bench_repetitions, args.working_set,
-                                      args.refit, not args.no_repack)
+                                      args.refit, not args.no_repack, args.remeasure)
         res = costs_job.start(opts, progress=progress_mode(args))
     if args.export:
         costs.write_export(args.export, [costs.load_table(conn, res.machine.fingerprint)])
