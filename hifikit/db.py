@@ -4,7 +4,8 @@ Tables: runs (one per CLI job), steps (the units of a long job, committed one
 by one), measurements (model, text, ctx, chunks, metric, value, ±),
 artifacts (path, sha256, size, kind), kld_refs (cached reference logits),
 compositions (calibration mixes), file_hashes (sha256 by path/size/mtime), and
-sweep_tensors + curve_points (per-tensor error curves, see curves.py).
+sweep_tensors + curve_points (per-tensor error curves, see curves.py), and cost_machines + costs +
+cost_constants (the speed cost model, see costs.py).
 """
 from __future__ import annotations
 
@@ -148,6 +149,52 @@ MIGRATIONS: list[tuple[str, str]] = [
             seconds   REAL,                   -- time this point took to measure
             created   REAL NOT NULL,
             PRIMARY KEY (run_id, mode, tensor, type)
+        );
+    """),
+    # the speed cost model of `hifikit costs` (see costs.py): one row per timed weight op, per machine
+    ("0007_costs", """
+        CREATE TABLE cost_machines (
+            fingerprint TEXT PRIMARY KEY,     -- costs.fingerprint(description)
+            backend   TEXT NOT NULL,          -- CPU, CUDA0, ...
+            threads   INTEGER NOT NULL,
+            description TEXT NOT NULL,        -- JSON: device, CPU and its ggml features, buffer types, build
+            created   REAL NOT NULL
+        );
+        CREATE TABLE costs (
+            fingerprint TEXT NOT NULL REFERENCES cost_machines(fingerprint) ON DELETE CASCADE,
+            op        TEXT NOT NULL,          -- mul_mat | get_rows
+            type      TEXT NOT NULL,          -- ggml_type_name spelling
+            ne0       INTEGER NOT NULL,       -- row length
+            ne1       INTEGER NOT NULL,       -- rows
+            n         INTEGER NOT NULL,       -- activation columns (mul_mat) or rows fetched (get_rows)
+            seconds   REAL NOT NULL,          -- median over the repetitions
+            seconds_min REAL,
+            seconds_max REAL,
+            repetitions INTEGER,
+            copies    INTEGER,                -- weight copies per repetition (the working set)
+            buffer_type TEXT,                 -- where llama.cpp keeps the weight: CPU, CPU_REPACK, ...
+            device    TEXT,
+            run_id    INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            created   REAL NOT NULL,
+            PRIMARY KEY (fingerprint, op, type, ne0, ne1, n)
+        );
+        CREATE TABLE cost_constants (
+            fingerprint TEXT NOT NULL REFERENCES cost_machines(fingerprint) ON DELETE CASCADE,
+            signature TEXT NOT NULL,          -- the model's shape (costs.model_signature)
+            n_prompt  INTEGER NOT NULL,
+            n_gen     INTEGER NOT NULL,
+            pp_seconds REAL NOT NULL,         -- per prompt, outside the weight ops
+            tg_seconds REAL NOT NULL,         -- per generated token, outside the weight ops
+            reference TEXT NOT NULL,
+            reference_sha256 TEXT NOT NULL,
+            measured_pp_tps REAL NOT NULL,
+            measured_tg_tps REAL NOT NULL,
+            summed_pp_seconds REAL NOT NULL,
+            summed_tg_seconds REAL NOT NULL,
+            repetitions INTEGER,
+            run_id    INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            created   REAL NOT NULL,
+            PRIMARY KEY (fingerprint, signature, n_prompt, n_gen)
         );
     """),
 ]

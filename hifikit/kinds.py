@@ -8,7 +8,7 @@ being imported.
 """
 from __future__ import annotations
 
-from . import demo, steps
+from . import costs_job, demo, steps
 from .jobs import StepFn
 from .sweep import steps as sweep_steps
 
@@ -26,6 +26,9 @@ STEP_KINDS: dict[str, StepFn] = {
     "sweep-proxy": sweep_steps.sweep_proxy,
     "sweep-measured": sweep_steps.sweep_measured,
     "knees": sweep_steps.knees,
+    # the speed cost model (costs_job.py)
+    "costs-measure": costs_job.measure_step,
+    "costs-constant": costs_job.constant_step,
     # the demo (demo.py)
     "demo-source": demo.source_step,
     "demo-text": demo.text_step,

@@ -17,7 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 BINARIES = (
     "llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench",
-    "llama-tokenize", "llama-sensitivity", "test-quantize-fns", "test-backend-ops",
+    "llama-tokenize", "llama-sensitivity", "llama-costs", "test-quantize-fns", "test-backend-ops",
 )
 
 

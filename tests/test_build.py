@@ -15,7 +15,7 @@ from conftest import REPO, run_hifikit
 # exit status of `--help` as upstream implements it at the pin
 HELP_EXIT = {
     "llama-quantize": 1, "llama-imatrix": 0, "llama-perplexity": 0, "llama-bench": 0,
-    "llama-tokenize": 0, "llama-sensitivity": 0, "test-backend-ops": 1,
+    "llama-tokenize": 0, "llama-sensitivity": 0, "llama-costs": 0, "test-backend-ops": 1,
 }
 
 

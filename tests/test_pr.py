@@ -137,8 +137,10 @@ def test_git_am_of_the_export_reproduces_the_package_tree(exported, pristine, tm
     want = _files(prepared, {upstream.MANIFEST_NAME})
     got = _files(applied, set())
     assert got - want == set(extra)
-    assert want - got == set()
-    for rel in sorted(want):
+    # the template's local native files are built by this project only, never exported
+    local = set(tmpl.load().local)
+    assert want - got == local
+    for rel in sorted(want - local):
         a, b = prepared / rel, applied / rel
         if a.is_symlink() or b.is_symlink():
             assert os.readlink(a) == os.readlink(b), rel
@@ -214,6 +216,22 @@ def _template_copy(tmp_path: Path, edit) -> Path:
     path = tmp_path / "template.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_template_local_native_files_stay_out_of_the_pr(tmp_path):
+    template = tmpl.load()
+    assert "tools/costs/costs.cpp" in template.local
+    assert not any(n in template.local for c in tmpl.plan(template, "all") for n in c.native)
+
+    def unlist(d):  # a local file is still a native file: without the list it must be in a commit
+        d["local"] = []
+    with pytest.raises(HifikitError, match="tools/costs/costs.cpp"):
+        tmpl.plan(tmpl.load(_template_copy(tmp_path, unlist)))
+
+    def missing(d):
+        d["local"].append("tools/nope/nope.cpp")
+    with pytest.raises(HifikitError, match="local native/tools/nope/nope.cpp does not exist"):
+        tmpl.plan(tmpl.load(_template_copy(tmp_path, missing)))
 
 
 def test_template_must_place_every_patch_and_native_file(tmp_path):

@@ -9,7 +9,7 @@ import sys
 from .. import __version__
 from ..errors import HifikitError
 from ..upstream import UpstreamError
-from . import (analyze, bench, calib, compare, degrid, demo, fetch, imatrix, info, inspect, plan, pr, quantize, recipes,
+from . import (analyze, bench, calib, compare, costs, degrid, demo, fetch, imatrix, info, inspect, plan, pr, quantize, recipes,
                report, runs, tool)
 from . import eval as eval_
 
@@ -20,7 +20,7 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (HifikitError, UpstreamError,
 
 # each module registers one noun: add_parser(subparsers) sets args.func
 COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, degrid, analyze, plan, recipes,
-            runs, report, demo, pr)
+            costs, runs, report, demo, pr)
 
 
 def build_parser() -> argparse.ArgumentParser:
