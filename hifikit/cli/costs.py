@@ -9,7 +9,8 @@ from typing import Any
 from .. import costs, costs_job, db
 from ..sweep import proxy
 from ..errors import HifikitError
-from .common import add_json, positive, progress_mode
+from ..jobs import check_positive
+from .common import add_json, progress_mode
 from ..tables import table
 from .output import emit_json, note, say
 
@@ -54,8 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("threads", "batch", "gen", "repetitions", "bench_repetitions", "working_set"):
-        positive(getattr(args, name), name.replace("_", "-"))
+    check_positive(threads=args.threads, batch=args.batch, gen=args.gen, repetitions=args.repetitions,
+                   bench_repetitions=args.bench_repetitions, working_set=args.working_set)
     conn = db.connect()
     out: dict[str, Any] = {}
     if args.import_file:

@@ -79,7 +79,6 @@ class Template:
     topics: dict[str, Topic]          # in stacking order
     local: list[str]                  # native files hifikit builds itself: never exported
     path: Path
-    local: list[str] = dataclasses.field(default_factory=list)  # native files kept out of the PR
 
     def topic(self, name: str) -> Topic:
         if name not in self.topics:
