@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ from synthetic import write_model
 
 from hifikit.planner import allocate, filesize
 from hifikit.sweep import curves
-from hifikit import db, ggml, gguf_io, jobs
+from hifikit import costs, db, ggml, gguf_io, jobs
 from hifikit.errors import HifikitError
 
 # a Gemma-3-270M-like layout, small: hidden 640 (no 256-block type fits most rows), tied embeddings
@@ -441,3 +442,49 @@ def test_a_speed_budget_makes_the_plan_trade_error_for_time(built, gemma_small, 
     assert doc["speed"]["source"] == "test costs"
     with pytest.raises(HifikitError, match="speed budget cannot be met"):
         plan((None, 0.0005))
+
+
+def test_plan_max_slowdown_with_measured_costs(cli, tiny_model, tmp_path):
+    """plan --match FTYPE --max-slowdown R on costs `hifikit costs` measured here: the predicted times are
+    within R x the reference ftype's, and an impossible speed is one error line."""
+    from hifikit.planner import strategy as strat
+
+    run_id = synthetic_sweep(tiny_model, seed=5)
+    cost_args = ["--batch", "32", "--gen", "4", "--threads", "1", "--repetitions", "1", "--bench-repetitions", "1",
+                 "--working-set", "4"]
+    # the sweep's candidates, and Q4_K_M's own types (costs adds the model's; the reference's are added here)
+    cli("costs", tiny_model, "--types", *CANDIDATES, "q6_K", *cost_args, "--json")
+    speed_args = ["--costs-threads", "1", "--costs-batch", "32", "--costs-gen", "4", "--costs-working-set", "4"]
+    out = tmp_path / "fast.yaml"
+    res = cli("plan", tiny_model, "--from-run", run_id, "--match", "Q4_K_M", "--max-slowdown", "1.0", *speed_args,
+              "-o", out, "--json")
+    info = json.loads(res.stdout)
+    sp = info["speed"]
+    ref = sp["reference"]
+    assert ref["ftype"] == "Q4_K_M"
+    assert sp["pp_seconds"] <= ref["pp_seconds"] * (1 + 1e-9) and sp["tg_seconds"] <= ref["tg_seconds"] * (1 + 1e-9)
+    assert sp["limits"] == pytest.approx([ref["pp_seconds"], ref["tg_seconds"]])
+    doc = yaml.safe_load(out.read_text())
+    assert doc["speed"]["tg_seconds"] == pytest.approx(sp["tg_seconds"], rel=1e-5)
+
+    # the same prediction as the cost model gives for the planned types
+    conn = db.connect()
+    mc, k = costs.for_model(conn, tiny_model, threads=1, working_set_mib=4, n_prompt=32, n_gen=4)
+    assert doc["speed_reference"]["ftype"] == "Q4_K_M"
+    types = strat.load(out).types
+    p = costs.predict({n: t for n, t in types.items() if n in mc.tensors}, mc, k)
+    assert p.tg_seconds == pytest.approx(sp["tg_seconds"], rel=1e-6)
+    assert p.pp_seconds == pytest.approx(sp["pp_seconds"], rel=1e-6)
+
+    # text output says the predicted speed next to the reference's
+    text = cli("plan", tiny_model, "--from-run", run_id, "--match", "Q4_K_M", "--max-slowdown", "1.0", *speed_args,
+               "-o", tmp_path / "fast2.yaml").stdout
+    assert "predicted speed pp32" in text and "Q4_K_M predicted" in text
+
+    bad = cli("plan", tiny_model, "--from-run", run_id, "--match", "Q4_K_M", "--min-tg", "1e9", *speed_args,
+              "-o", tmp_path / "never.yaml", check=False)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "speed" in bad.stderr
+    assert not (tmp_path / "never.yaml").exists()
+    none = cli("plan", tiny_model, "--from-run", run_id, "--target-size", "1", "--max-slowdown", "1.0",
+               *speed_args, "-o", tmp_path / "noref.yaml", check=False)
+    assert none.returncode != 0 and "--speed-ref" in none.stderr

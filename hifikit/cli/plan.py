@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import HifikitError
 from ..planner import plan as planner
+from ..planner import speed as speed_lib
 from ..planner import strategy as strat
 from ..sweep import curves
 from ..tables import table
@@ -34,6 +35,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="how per-tensor errors add up: as stored (none) or weighted by the tensor's share of "
                         "the weights (elements)")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write the overview plot (PNG) here")
+    g = p.add_argument_group("speed budget (the cost model of 'hifikit costs MODEL', docs/costs.md)")
+    g.add_argument("--max-slowdown", type=float, metavar="R",
+                   help="predicted prompt and generation time at most R x the reference ftype's "
+                        "(--match Q3_K_M --max-slowdown 1.0: no bigger and no slower than Q3_K_M)")
+    g.add_argument("--speed-ref", metavar="FTYPE", help="the ftype --max-slowdown is relative to (default: --match's)")
+    g.add_argument("--min-tg", type=float, metavar="T", help="predicted generation speed at least T tokens/s")
+    g.add_argument("--min-pp", type=float, metavar="T", help="predicted prompt speed at least T tokens/s")
+    g.add_argument("--costs-machine", metavar="FINGERPRINT",
+                   help="plan for a machine whose costs were imported (default: this machine)")
+    g.add_argument("--costs-threads", type=int, metavar="N", help="this machine's costs at N threads "
+                   "(default: llama-bench's default, as 'hifikit costs')")
+    g.add_argument("--costs-batch", type=int, default=speed_lib.costs.DEFAULT_BATCH, metavar="P",
+                   help=f"prompt length of the costs' constant (default {speed_lib.costs.DEFAULT_BATCH})")
+    g.add_argument("--costs-gen", type=int, default=speed_lib.costs.DEFAULT_GEN, metavar="N",
+                   help=f"generation length of the costs' constant (default {speed_lib.costs.DEFAULT_GEN})")
+    g.add_argument("--costs-working-set", type=int, default=speed_lib.costs.DEFAULT_WORKING_SET_MIB, metavar="MIB",
+                   help="the --working-set the costs were measured with (default "
+                        f"{speed_lib.costs.DEFAULT_WORKING_SET_MIB})")
     p.add_argument("--verify", action="store_true", help="quantize with the strategy and measure KLD")
     p.add_argument("--quant-out", type=Path, help="with --verify: the quantized GGUF (default: next to -o)")
     add_verify_args(p)
@@ -57,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     res = planner.plan(planner.PlanOptions(
         args.model, args.output, planner.make_target(args.target_bpw, args.target_size, args.match), args.from_run,
         args.mode, args.imatrix, args.base_ftype, args.types.split(",") if args.types else None, args.error_scale,
-        args.plots, verify=verify), progress=progress_mode(args))
+        args.plots, verify=verify, speed_limits=speed_lib.SpeedLimits(
+            args.max_slowdown, args.speed_ref, args.min_tg, args.min_pp, args.costs_machine, args.costs_threads,
+            args.costs_batch, args.costs_gen, args.costs_working_set)), progress=progress_mode(args))
     render(res, args.json)
     return 0
 
@@ -77,6 +98,8 @@ def render(res: planner.PlanResult, as_json: bool) -> None:
         f"{info['bpw_file']:.4f} bits per weight over the whole file), {info['slack_bytes']} bytes under budget")
     say(f"predicted error {info['predicted_error']:.6g} ({info['mode']} curves of run {info['run']}, "
         f"scale {info['error_scale']}); lower bound {info['lower_bound']:.6g}")
+    if info.get("speed"):
+        say(speed_line(info["speed"]))
     say(f"{info['n_planned']} tensors planned, {info['n_fixed']} fixed (base ftype {info['base_ftype']})")
     if info["expert_bytes"]:
         say(f"expert tensors: {info['expert_bytes'] / 2**20:.2f} MiB, {100 * info['expert_share']:.1f} % of the file")
@@ -85,6 +108,20 @@ def render(res: planner.PlanResult, as_json: bool) -> None:
     if res.verify is not None:
         say("")
         render_verify(res.verify, False)
+
+
+def speed_line(sp: dict) -> str:
+    """The predicted speed of a plan, its limits and its reference."""
+    n = sp["n_prompt"]
+    pp_lim, tg_lim = sp["limits"]
+    limits = ", ".join(x for x in (f"pp at least {n / pp_lim:.1f} t/s" if pp_lim else "",
+                                   f"tg at least {1 / tg_lim:.2f} t/s" if tg_lim else "") if x)
+    line = f"predicted speed pp{n} {sp['pp_tps']:.1f} t/s, tg {sp['tg_tps']:.2f} t/s (limits: {limits})"
+    ref = sp.get("reference")
+    if ref:
+        line += (f"; {ref['ftype']} predicted pp{n} {n / ref['pp_seconds']:.1f} t/s, tg {1 / ref['tg_seconds']:.2f} t/s"
+                 f" = {ref['pp_seconds'] / sp['pp_seconds']:.3f}x / {ref['tg_seconds'] / sp['tg_seconds']:.3f}x its speed")
+    return line + f"; costs of {sp['source']}"
 
 
 def render_verify(v: planner.PlanVerifyResult, as_json: bool) -> None:

@@ -380,8 +380,9 @@ class PlanOptions:
     types: Sequence[str] | None = None     # the candidate types to allow (default: every type of the sweep)
     error_scale: str = "none"          # none | elements
     plots: Path | None = None          # write the overview (and the curves with the chosen types) here
-    speed: SpeedBudget | None = None   # time limits besides the byte budget
+    speed: SpeedBudget | None = None   # time limits besides the byte budget (made by the caller)
     verify: VerifyOptions | None = None
+    speed_limits: Any = None           # speed.SpeedLimits: the budget made here from the stored cost model
 
 
 @dataclasses.dataclass
@@ -447,8 +448,14 @@ def plan(opts: PlanOptions, *, conn: sqlite3.Connection | None = None, progress:
     ikeys = filesize.ImatrixKeys.from_file(imatrix, str(imatrix)) if imatrix else None
     budget = budget_for(opts.target, layout, lambda f: ftype_file_size(conn, model, layout, f, imatrix, ikeys))
     types = [t.strip() for t in opts.types] if opts.types else None
-    p = make_plan(sweep, model, layout, opts.target, budget, dry_run_types(model, base, imatrix), base, imatrix, ikeys,
-                  opts.error_scale, types, knee.knee_type, speed=opts.speed)
+    base_types = dry_run_types(model, base, imatrix)
+    speed_budget, reference = opts.speed, None
+    if opts.speed_limits is not None and opts.speed_limits.wanted:
+        speed_budget, reference = _speed_budget(conn, model, opts, sweep, layout, base_types, imatrix, types)
+    p = make_plan(sweep, model, layout, opts.target, budget, base_types, base, imatrix, ikeys,
+                  opts.error_scale, types, knee.knee_type, speed=speed_budget)
+    if reference is not None and p.speed is not None:
+        p.speed["reference"] = dataclasses.asdict(reference)
     out = Path(opts.output)
     strategy.write(p, out)
     plot = None
@@ -457,6 +464,28 @@ def plan(opts: PlanOptions, *, conn: sqlite3.Connection | None = None, progress:
         curve_plots.plot_curves(sweep, opts.plots, chosen={t.name: t.type for t in p.tensors})
     verified = _verify(p, layout, out, opts.verify, conn, progress) if opts.verify is not None else None
     return PlanResult(p, str(out.resolve()), summary(p), plot, grid.detect(p.model), verified)
+
+
+def _speed_budget(conn: sqlite3.Connection, model: Path, opts: PlanOptions, sweep: curves.Sweep,
+                  layout: filesize.FileLayout, base_types: dict[str, str], imatrix: Path | None,
+                  types: list[str] | None):
+    """The speed budget from the stored cost model: every candidate of every swept tensor and the
+    fixed tensors' base types are priced; a relative limit is against the --match ftype by default."""
+    from . import speed  # speed.py builds on this module's SpeedBudget
+    limits = opts.speed_limits
+    if limits.reference_ftype is None and opts.target.kind == "match":
+        limits = dataclasses.replace(limits, reference_ftype=opts.target.value)
+    wanted: dict[str, list[str]] = {}
+    swept = {c.tensor: c for c in sweep.curves if c.points}
+    for slot in layout.tensors:
+        if not slot.quantizable:
+            continue
+        curve = swept.get(slot.name)
+        ts = [pt.type for pt in curve.points if types is None or pt.type in types] if curve else []
+        base = base_types.get(slot.name, slot.source_type)
+        wanted[slot.name] = ts + ([base] if base not in ts else [])
+    return speed.budget(conn, model, limits, wanted,
+                        lambda ftype: cached_dry_run(conn, model, resolve_type(ftype), imatrix))
 
 
 def _verify(p: Plan, layout: filesize.FileLayout, strategy_path: Path, v: VerifyOptions, conn: sqlite3.Connection,

@@ -70,6 +70,11 @@ def render(plan: Plan) -> str:
         lines.append(f"speed: {{pp_seconds: {_num(sp['pp_seconds'])}, tg_seconds: {_num(sp['tg_seconds'])}, "
                      f"n_prompt: {sp['n_prompt']}, pp_tps: {sp['pp_tps']:.2f}, tg_tps: {sp['tg_tps']:.2f}, "
                      f"limits: [{limits}], source: {_scalar(sp['source'])}}}")
+        ref = sp.get("reference")
+        if ref:
+            # what a relative limit (--max-slowdown) was measured against: the ftype's predicted times
+            lines.append(f"speed_reference: {{ftype: {ref['ftype']}, pp_seconds: {_num(ref['pp_seconds'])}, "
+                         f"tg_seconds: {_num(ref['tg_seconds'])}}}")
     lines.append("tensors:")
     for t in plan.tensors:
         cands = ", ".join(f"{o.type}: [{o.nbytes}, {_num(o.weighted)}]" for o in sorted(t.options, key=lambda o: o.cost))
