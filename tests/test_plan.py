@@ -374,8 +374,8 @@ def _limited_instances(n: int, seed: int = 3):
 def test_time_limits_are_met_near_the_optimum():
     cases = _limited_instances(150)
     found = near = 0
-    for items, costs, cap, limits, best in cases:
-        a = allocate.allocate_limited(items, cap, costs, limits)
+    for items, item_costs, cap, limits, best in cases:
+        a = allocate.allocate_limited(items, cap, item_costs, limits)
         assert a.bytes <= cap and a.lower_bound <= (best if best is not None else float("inf")) + 1e-9
         if best is None:
             continue

@@ -119,8 +119,9 @@ def speed_line(sp: dict) -> str:
     line = f"predicted speed pp{n} {sp['pp_tps']:.1f} t/s, tg {sp['tg_tps']:.2f} t/s (limits: {limits})"
     ref = sp.get("reference")
     if ref:
-        line += (f"; {ref['ftype']} predicted pp{n} {n / ref['pp_seconds']:.1f} t/s, tg {1 / ref['tg_seconds']:.2f} t/s"
-                 f" = {ref['pp_seconds'] / sp['pp_seconds']:.3f}x / {ref['tg_seconds'] / sp['tg_seconds']:.3f}x its speed")
+        line += (f"; {ref['ftype']} predicted pp{n} {n / ref['pp_seconds']:.1f} t/s, "
+                 f"tg {1 / ref['tg_seconds']:.2f} t/s: the plan at {ref['pp_seconds'] / sp['pp_seconds']:.3f}x / "
+                 f"{ref['tg_seconds'] / sp['tg_seconds']:.3f}x its speed")
     return line + f"; costs of {sp['source']}"
 
 
