@@ -97,6 +97,24 @@ def ratios(f: File, test: str) -> list[float]:
     return [pred / m for m in f.tps[test]]
 
 
+def side_by_side(f: File, base: File, test: str) -> list[float]:
+    """The file's t/s over the first file's, repetition by repetition (both ran in the same one)."""
+    return [a / b for a, b in zip(f.tps[test], base.tps[test])]
+
+
+def fit_in_run(files: list[File], reference: Path, mc: costs.ModelCosts, k: costs.Constant, p: int) -> costs.Constant:
+    """The constant from this run's own repetitions of the reference (its median t/s), not from the
+    separate llama-bench run `hifikit costs` stored: on a machine whose speed drifts between runs the
+    stored one carries that drift into every prediction."""
+    ref = next(f for f in files if f.path == reference)
+    summed = costs.predict_file(ref.path, mc, dataclasses.replace(k, pp_seconds=0.0, tg_seconds=0.0))
+    pp = p / statistics.median(ref.tps["pp"])
+    tg = 1.0 / statistics.median(ref.tps["tg"])
+    return dataclasses.replace(k, pp_seconds=pp - summed.pp_seconds, tg_seconds=tg - summed.tg_seconds,
+                               measured_pp_tps=p / pp, measured_tg_tps=1.0 / tg,
+                               summed_pp_seconds=summed.pp_seconds, summed_tg_seconds=summed.tg_seconds)
+
+
 def format_table(files: list[File], p: int, n: int, busy_before: list[float]) -> str:
     ratio = f"{'pred/meas min / med / max':>26}"
     head = (f"{'file':40} {'ftype':16} {'MiB':>7}  {'pp' + str(p) + ' pred':>9} {'meas':>8} {ratio}  "
@@ -108,6 +126,11 @@ def format_table(files: list[File], p: int, n: int, busy_before: list[float]) ->
             pred = f.predicted.pp_tps if test == "pp" else f.predicted.tg_tps
             cells.append(f"{pred:9.1f} {statistics.median(f.tps[test]):8.1f} {benchmd.fmt_spread(ratios(f, test)):>26}")
         lines.append(f"{f.path.name[:40]:40} {f.ftype[:16]:16} {f.size / 2**20:7.1f}  {cells[0]}  {cells[1]}")
+    lines.append("")
+    lines.append(f"measured t/s over {files[0].path.name}'s in the same repetition (side by side): min / med / max")
+    for f in files[1:]:
+        lines.append(f"  {f.path.name[:40]:40} pp {benchmd.fmt_spread(side_by_side(f, files[0], 'pp'))}   "
+                     f"tg {benchmd.fmt_spread(side_by_side(f, files[0], 'tg'))}")
     lines.append("")
     lines.append("measured t/s spread over the repetitions, (max - min) / median, per file: min / median / max")
     for test in ("pp", "tg"):
@@ -135,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="CPU")
     ap.add_argument("--working-set", type=int, default=costs.DEFAULT_WORKING_SET_MIB)
     ap.add_argument("--refit", action="store_true", help="fit the constant again")
+    ap.add_argument("--fit-in-run", action="store_true",
+                    help="take the constant from this run's repetitions of --reference instead of the stored fit")
     ap.add_argument("--no-repack", action="store_true", help="no extra CPU buffer types (llama-bench --repack 0)")
     ap.add_argument("--quiet-below", type=float, default=None, metavar="F",
                     help="wait before the costs and each repetition until the CPUs are busy less than F (0-1)")
@@ -165,21 +190,28 @@ def main(argv: list[str] | None = None) -> int:
         bench_once(files, args.p, args.n, res.machine)
         print(f"repetition {rep + 1}/{args.reps} done (CPUs {busy_before[-1]:.0%} busy before it)", file=sys.stderr)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    k = res.constant
+    if args.fit_in_run:
+        if reference not in paths:
+            raise SystemExit("--fit-in-run: the --reference file must be one of the benchmarked files")
+        k = fit_in_run(files, reference, res.model_costs, res.constant, args.p)
+        for f in files:
+            f.predicted = costs.predict_file(f.path, res.model_costs, k)
 
     if args.json:
-        print(json.dumps({"machine": res.machine.fingerprint, "constant": dataclasses.asdict(res.constant),
+        print(json.dumps({"machine": res.machine.fingerprint, "constant": dataclasses.asdict(k),
                           "files": [{"path": str(f.path), "ftype": f.ftype, "bytes": f.size,
                                      "predicted_pp_tps": f.predicted.pp_tps, "predicted_tg_tps": f.predicted.tg_tps,
                                      "measured": f.tps} for f in files], "busy_before": busy_before}, indent=2))
         return 0
-    k = res.constant
+    origin = " (from this run's repetitions of it)" if args.fit_in_run else ""
     text = format_table(files, args.p, args.n, busy_before)
     print(text)
     if not args.no_doc:
         body = (f"Costs: `hifikit costs` on machine `{res.machine.fingerprint}` ({res.machine.label}, working set "
                 f"{args.working_set} MiB); constant fitted on `{reference.name}` with llama-bench "
                 f"pp{args.p}/tg{args.n}: {k.pp_seconds * 1e3:.2f} ms per prompt and {k.tg_seconds * 1e3:.3f} ms per "
-                f"token outside the weight ops (its weight ops: {k.summed_pp_seconds * 1e3:.2f} ms and "
+                f"token outside the weight ops{origin} (its weight ops: {k.summed_pp_seconds * 1e3:.2f} ms and "
                 f"{k.summed_tg_seconds * 1e3:.3f} ms). "
                 f"Measured: `llama-bench -p {args.p} -n {args.n} -r 1` over all files, {args.reps} times; "
                 f"1-minute load average {load_start:.2f} at the start, {load_end:.2f} at the end.\n\n"
