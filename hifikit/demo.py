@@ -25,7 +25,9 @@ The job (a resumable run, see jobs.py) is:
    same-top-p against the reference); a planned variant's quantize step first
    plans per-tensor types at an ftype's exact file size (planner/plan.py), a recipe
    variant takes the best simple recipe of that size by the same objective
-   (planner/recipes.py);
+   (planner/recipes.py); before the first variant with a speed budget
+   (``max_slowdown``), ``costs`` measures the speed cost model on this machine
+   (costs.py), whose constant is fitted on the reference ftype's file;
 9. ``bench``: llama-bench prompt and generation t/s of every model.
 
 A demo with the same arguments as an earlier one resumes that run (nothing
@@ -46,12 +48,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import atomic, db, degrid, gguf_io, jobs, kld, report
+from . import atomic, costs, costs_job, db, degrid, gguf_io, jobs, kld, report
 from .steps import quantize as run_quantize
 from .errors import HifikitError
 from .jobs import StepContext, StepOutput, StepSpec
 from .planner import filesize, recipes
 from .planner import plan as planner
+from .planner import speed
 from .planner import strategy as strat
 from .sweep import curves, knee, objective
 
@@ -92,6 +95,7 @@ class Variant:
     plan_match: str | None = None  # a planned model: per-tensor types at the size of this ftype
     recipe_match: str | None = None  # the best simple recipe (by the objective) at the size of this ftype
     imatrix: bool = False          # quantized with the demo's importance matrix
+    max_slowdown: float | None = None  # a planned model: also no slower than this x the plan_match ftype
 
     @property
     def tag(self) -> str:
@@ -105,6 +109,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("Q3_K_HIFI", "hifi", "Q3_K_HIFI"),
     Variant("recipe@Q3_K_M", "recipe", None, recipe_match="Q3_K_M"),
     Variant("plan@Q3_K_M", "plan", None, plan_match="Q3_K_M"),
+    Variant("plan@Q3_K_M, no slower", "plan", None, plan_match="Q3_K_M", max_slowdown=1.0),
     Variant("Q4_K_M", "stock", "Q4_K_M"),
 )
 
@@ -232,8 +237,19 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     sweep = curves.load_sweep(ctx.conn, ctx.run_id)
     layout, budget = _budget(ctx, model, spec["match"])
     base = "Q8_0"  # tensors outside the sweep: what llama-quantize gives them under Q8_0
-    p = planner.make_plan(sweep, model, layout, planner.Target("match", spec["match"]), budget,
-                          planner.cached_dry_run(ctx.conn, model, base), base, None, None, knees=knee.knee_type)
+    base_types = planner.cached_dry_run(ctx.conn, model, base)
+    budget_speed, reference = None, None
+    if spec.get("max_slowdown") is not None:
+        # the cost model the demo's costs step stored: predicted time within max_slowdown x the ftype's
+        limits = speed.SpeedLimits(max_slowdown=spec["max_slowdown"], reference_ftype=spec["match"],
+                                   threads=spec.get("threads"), n_prompt=spec["n_prompt"], n_gen=spec["n_gen"])
+        priced = speed.priced_types(sweep, layout, base_types)
+        budget_speed, reference = speed.budget(ctx.conn, model, limits, priced,
+                                               lambda f: planner.cached_dry_run(ctx.conn, model, f))
+    p = planner.make_plan(sweep, model, layout, planner.Target("match", spec["match"]), budget, base_types, base,
+                          None, None, knees=knee.knee_type, speed=budget_speed)
+    if reference is not None and p.speed is not None:
+        p.speed["reference"] = dataclasses.asdict(reference)
     strategy_path = Path(spec["strategy"])
     strat.write(p, strategy_path)
     step = strat.quantize_step(model, Path(spec["output"]), strat.load(strategy_path), layout, spec.get("threads"),
@@ -243,6 +259,20 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                       plan=planner.summary(p))
     out.artifacts.append(db.Artifact(str(strategy_path), "strategy"))
     return out
+
+
+def costs_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
+    """The speed cost model of the model's tensors in every candidate type on this machine (costs.py),
+    and llama-bench's constant on the reference file; what is stored already is reused."""
+    opts = costs_job.CostsOptions(Path(spec["model"]), threads=spec.get("threads"), n_prompt=spec["n_prompt"],
+                                  n_gen=spec["n_gen"], reference=Path(spec["reference"]))
+    _, _, cases = costs_job.plan_cases(opts)
+    machine = costs.describe("CPU", spec.get("threads"))
+    stats = costs.measure(ctx.conn, machine, cases, run_id=ctx.run_id, work_dir=ctx.run_dir, log_path=ctx.log_path)
+    constant, fitted = costs.fit_constant(ctx.conn, machine, Path(spec["reference"]), spec["n_prompt"],
+                                          spec["n_gen"], run_id=ctx.run_id, log_path=ctx.log_path)
+    return StepOutput(result={**dataclasses.asdict(stats), "fingerprint": machine.fingerprint,
+                              "constant": dataclasses.asdict(constant), "constant_fitted": fitted})
 
 
 def recipe_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
@@ -310,13 +340,24 @@ def plan_steps(opts: DemoOptions, variants: tuple[Variant, ...] = VARIANTS) -> t
     if any(v.imatrix for v in variants):
         steps.append(StepSpec("imatrix", "imatrix", {"model": str(ref), "text": str(calib), "output": str(imatrix),
                                                      "ctx": opts.ctx, "chunks": CALIB_CHUNKS, "threads": threads}))
+    costed = False
     for v in variants:
         model = out / f"{src.stem}-{v.tag}.gguf"
         models.append(str(model))
         common = {"input": str(ref), "output": str(model), "threads": threads}
+        if v.plan_match and v.max_slowdown is not None and not costed:
+            # the constant is fitted on the reference ftype's file when the demo makes it earlier
+            earlier = [w for w in variants[:variants.index(v)] if w.ftype == v.plan_match and not w.imatrix]
+            bench_ref = out / f"{src.stem}-{earlier[0].tag}.gguf" if earlier else ref
+            steps.append(StepSpec("costs", "demo-costs", {"model": str(ref), "reference": str(bench_ref),
+                                                          "threads": threads, "n_prompt": opts.bench["p"],
+                                                          "n_gen": opts.bench["n"]}))
+            costed = True
         if v.plan_match:
+            speed_spec = {"max_slowdown": v.max_slowdown, "n_prompt": opts.bench["p"], "n_gen": opts.bench["n"]} \
+                if v.max_slowdown is not None else {}
             steps.append(StepSpec(f"quantize-{v.tag}", "demo-plan-quantize", {
-                **common, "match": v.plan_match, "strategy": str(out / f"{src.stem}-{v.tag}.yaml")}))
+                **common, "match": v.plan_match, "strategy": str(out / f"{src.stem}-{v.tag}.yaml"), **speed_spec}))
         elif v.recipe_match:
             steps.append(StepSpec(f"quantize-{v.tag}", "demo-recipe-quantize", {**common, "match": v.recipe_match}))
         else:

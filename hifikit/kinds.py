@@ -35,4 +35,5 @@ STEP_KINDS: dict[str, StepFn] = {
     "demo-degrid": demo.degrid_step,
     "demo-plan-quantize": demo.plan_quantize_step,
     "demo-recipe-quantize": demo.recipe_quantize_step,
+    "demo-costs": demo.costs_step,
 }

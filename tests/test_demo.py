@@ -60,6 +60,15 @@ def test_demo_end_to_end_and_rerun_reuses_steps(cli, tiny_model, tiny_text, tmp_
     assert steps["calibrate"]["result"]["measured_pairs"] > 0
     assert steps["quantize-Q3_K_M-imatrix"]["spec"]["imatrix"] == steps["imatrix"]["result"]["path"]
     assert steps["quantize-recipe-Q3_K_M"]["result"]["ftype"].startswith("--pure ")
+    # the speed-budgeted plan: costs measured on this machine, the constant fitted on the Q3_K_M file,
+    # and its predicted times within Q3_K_M's
+    fast = next(v for v in demo.VARIANTS if v.max_slowdown is not None)
+    assert steps["costs"]["result"]["cases"] > 0
+    assert steps["costs"]["result"]["constant"]["reference"] == models["Q3_K_M"]["model"]
+    sp = steps[f"quantize-{fast.tag}"]["result"]["plan"]["speed"]
+    assert sp["reference"]["ftype"] == "Q3_K_M"
+    assert sp["pp_seconds"] <= sp["reference"]["pp_seconds"] * (1 + 1e-9)
+    assert sp["tg_seconds"] <= sp["reference"]["tg_seconds"] * (1 + 1e-9)
 
     # a second demo with the same arguments resumes the same run and redoes nothing
     second = cli.json(*demo_args(tiny_model, tiny_text, out))

@@ -475,16 +475,7 @@ def _speed_budget(conn: sqlite3.Connection, model: Path, opts: PlanOptions, swee
     limits = opts.speed_limits
     if limits.reference_ftype is None and opts.target.kind == "match":
         limits = dataclasses.replace(limits, reference_ftype=opts.target.value)
-    wanted: dict[str, list[str]] = {}
-    swept = {c.tensor: c for c in sweep.curves if c.points}
-    for slot in layout.tensors:
-        if not slot.quantizable:
-            continue
-        curve = swept.get(slot.name)
-        ts = [pt.type for pt in curve.points if types is None or pt.type in types] if curve else []
-        base = base_types.get(slot.name, slot.source_type)
-        wanted[slot.name] = ts + ([base] if base not in ts else [])
-    return speed.budget(conn, model, limits, wanted,
+    return speed.budget(conn, model, limits, speed.priced_types(sweep, layout, base_types, types),
                         lambda ftype: cached_dry_run(conn, model, resolve_type(ftype), imatrix))
 
 

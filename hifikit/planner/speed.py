@@ -15,6 +15,8 @@ from typing import Callable, Mapping, Sequence
 
 from .. import costs, jobs
 from ..errors import HifikitError
+from ..sweep import curves
+from . import filesize
 from .plan import SpeedBudget
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,22 @@ def seconds_of(mc: costs.ModelCosts) -> Callable[[str, str], tuple[float, float]
         c = mc.cost(tensor, type_name)
         return c.pp_seconds, c.tg_seconds
     return seconds
+
+
+def priced_types(sweep: curves.Sweep, layout: filesize.FileLayout, base_types: Mapping[str, str],
+                 types: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """The types a plan may give each quantizable tensor, which the cost model must price: the sweep's
+    candidates (those allowed by ``types``) and the base ftype's type for the tensors the plan fixes."""
+    swept = {c.tensor: c for c in sweep.curves if c.points}
+    wanted: dict[str, list[str]] = {}
+    for slot in layout.tensors:
+        if not slot.quantizable:
+            continue
+        curve = swept.get(slot.name)
+        ts = [pt.type for pt in curve.points if types is None or pt.type in types] if curve else []
+        base = base_types.get(slot.name, slot.source_type)
+        wanted[slot.name] = ts + ([base] if base not in ts else [])
+    return wanted
 
 
 def budget(conn: sqlite3.Connection, model: Path, limits: SpeedLimits,
