@@ -86,3 +86,14 @@ def update(name: str, title: str, body: str, machine_line: str | None = None, co
     finally:
         os.close(lock)
     return doc
+
+
+def ftype_name(path: Path) -> str:
+    """The GGUF's general.file_type as llama.cpp names it (without MOSTLY_), or the raw value."""
+    from hifikit import gguf_io  # the installed package, imported where a benchmark needs it
+
+    info = gguf_io.read_info(path)
+    try:
+        return gguf_io.gguf.LlamaFileType(int(info.file_type)).name.removeprefix("MOSTLY_")
+    except (TypeError, ValueError):
+        return str(info.file_type)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # the installed hifikit, before benchmd puts the checkout on sys.path
-from hifikit import costs, costs_job, gguf_io, parsers, runner  # noqa: E402
+from hifikit import costs, costs_job, parsers, runner  # noqa: E402
 
 import benchmd  # noqa: E402
 
@@ -69,14 +69,6 @@ def wait_quiet(limit: float | None, max_wait: float) -> float:
         time.sleep(10)
         b = busy()
     return b
-
-
-def ftype_name(path: Path) -> str:
-    info = gguf_io.read_info(path)
-    try:
-        return gguf_io.gguf.LlamaFileType(int(info.file_type)).name.removeprefix("MOSTLY_")
-    except (TypeError, ValueError):
-        return str(info.file_type)
 
 
 def bench_once(files: list[File], p: int, n: int, machine: costs.Machine) -> None:
@@ -181,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"costs: run {res.run_id}, machine {res.machine.fingerprint} ({res.machine.label}), "
           f"{res.measure.get('measured')} cases measured now, {res.measure.get('reused')} stored before; "
           f"constant from {reference.name} ({'fitted now' if res.constant_fitted else 'stored'})", file=sys.stderr)
-    files = [File(p, ftype_name(p), p.stat().st_size) for p in paths]
+    files = [File(p, benchmd.ftype_name(p), p.stat().st_size) for p in paths]
     for f in files:
         f.predicted = costs.predict_file(f.path, res.model_costs, res.constant)
     busy_before = []

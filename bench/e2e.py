@@ -36,20 +36,10 @@ class Model:
     tps: dict[str, list[float]] = field(default_factory=dict)   # test -> one t/s per repetition
 
 
-def ftype_name(path: Path) -> str:
-    from hifikit import gguf_io
-
-    info = gguf_io.read_info(path)
-    try:
-        return gguf_io.gguf.LlamaFileType(int(info.file_type)).name.removeprefix("MOSTLY_")
-    except (TypeError, ValueError):
-        return str(info.file_type)
-
-
 def load(paths: list[Path]) -> list[Model]:
     out = []
     for p in paths:
-        name = ftype_name(p)
+        name = benchmd.ftype_name(p)
         out.append(Model(p, name, p.stat().st_size, "HIFI" in name or "plan" in p.name.lower()))
     return out
 
