@@ -23,6 +23,8 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cctype>
 #include <cinttypes>
@@ -127,25 +129,9 @@ static bool costs_iequals(const std::string & a, const char * b) {
     return true;
 }
 
+// a JSON string literal; names read from user files may be invalid UTF-8, which is replaced, not thrown
 static std::string costs_json_string(const std::string & s) {
-    std::string out = "\"";
-    for (const char c : s) {
-        switch (c) {
-            case '"':  out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n";  break;
-            case '\t': out += "\\t";  break;
-            default:
-                if ((unsigned char) c < 0x20) {
-                    char buf[8];
-                    snprintf(buf, sizeof(buf), "\\u%04x", (unsigned char) c);
-                    out += buf;
-                } else {
-                    out += c;
-                }
-        }
-    }
-    return out + "\"";
+    return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 static ggml_type costs_parse_type(const std::string & name) {

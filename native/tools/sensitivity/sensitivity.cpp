@@ -17,6 +17,8 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -142,25 +144,9 @@ static bool sensitivity_storage_supported(ggml_type type) {
     return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
 }
 
+// a JSON string literal; names read from user files may be invalid UTF-8, which is replaced, not thrown
 static std::string sensitivity_json_string(const std::string & s) {
-    std::string out = "\"";
-    for (const char c : s) {
-        switch (c) {
-            case '"':  out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n";  break;
-            case '\t': out += "\\t";  break;
-            default:
-                if ((unsigned char) c < 0x20) {
-                    char buf[8];
-                    snprintf(buf, sizeof(buf), "\\u%04x", c);
-                    out += buf;
-                } else {
-                    out += c;
-                }
-        }
-    }
-    return out + "\"";
+    return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // run fn(i) for i in [0, n) on n_threads threads, in contiguous slices
