@@ -56,6 +56,11 @@ def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("\n...").strip()
 
 
+def _flow_scalar(value: Any) -> str:
+    """One YAML scalar inside a flow mapping ({a: x, b: y}), where a comma must be quoted too."""
+    return yaml.safe_dump([value], default_flow_style=True, width=1 << 16).strip()[1:-1]
+
+
 def render(plan: Plan) -> str:
     lines = [HEADER.rstrip("\n"), f"format: {FORMAT}", f"model: {_scalar(plan.model)}",
              f"target: {{kind: {plan.target.kind}, value: {_scalar(plan.target.value)}}}",
@@ -69,7 +74,7 @@ def render(plan: Plan) -> str:
         limits = ", ".join("null" if v is None else _num(v) for v in sp["limits"])
         lines.append(f"speed: {{pp_seconds: {_num(sp['pp_seconds'])}, tg_seconds: {_num(sp['tg_seconds'])}, "
                      f"n_prompt: {sp['n_prompt']}, pp_tps: {sp['pp_tps']:.2f}, tg_tps: {sp['tg_tps']:.2f}, "
-                     f"limits: [{limits}], source: {_scalar(sp['source'])}}}")
+                     f"limits: [{limits}], source: {_flow_scalar(sp['source'])}}}")
         ref = sp.get("reference")
         if ref:
             # what a relative limit (--max-slowdown) was measured against: the ftype's predicted times
