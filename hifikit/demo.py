@@ -238,18 +238,14 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     layout, budget = _budget(ctx, model, spec["match"])
     base = "Q8_0"  # tensors outside the sweep: what llama-quantize gives them under Q8_0
     base_types = planner.cached_dry_run(ctx.conn, model, base)
-    budget_speed, reference = None, None
+    budget_speed = None
     if spec.get("max_slowdown") is not None:
         # the cost model the demo's costs step stored: predicted time within max_slowdown x the ftype's
-        limits = speed.SpeedLimits(max_slowdown=spec["max_slowdown"], reference_ftype=spec["match"],
-                                   threads=spec.get("threads"), n_prompt=spec["n_prompt"], n_gen=spec["n_gen"])
-        priced = speed.priced_types(sweep, layout, base_types)
-        budget_speed, reference = speed.budget(ctx.conn, model, limits, priced,
-                                               lambda f: planner.cached_dry_run(ctx.conn, model, f))
+        limits = speed.SpeedLimits(max_slowdown=spec["max_slowdown"], threads=spec.get("threads"),
+                                   n_prompt=spec["n_prompt"], n_gen=spec["n_gen"])
+        budget_speed = speed.plan_budget(ctx.conn, model, limits, sweep, layout, base_types, match=spec["match"])
     p = planner.make_plan(sweep, model, layout, planner.Target("match", spec["match"]), budget, base_types, base,
                           None, None, knees=knee.knee_type, speed=budget_speed)
-    if reference is not None and p.speed is not None:
-        p.speed["reference"] = dataclasses.asdict(reference)
     strategy_path = Path(spec["strategy"])
     strat.write(p, strategy_path)
     step = strat.quantize_step(model, Path(spec["output"]), strat.load(strategy_path), layout, spec.get("threads"),

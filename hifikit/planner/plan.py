@@ -78,6 +78,7 @@ class SpeedBudget:
     limits: tuple[float | None, float | None]            # at most these totals (None: no limit)
     source: str                         # where the costs came from (machine, build, threads)
     n_prompt: int                       # the prompt length the prompt time is for
+    reference: dict | None = None       # a relative limit's ftype and its predicted pp/tg seconds
 
     def total(self, types: dict[str, str]) -> tuple[float, float]:
         """Predicted seconds per prompt and per token of a file with these types (every weight priced)."""
@@ -296,7 +297,7 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
             speed_info = {"pp_seconds": times[0], "tg_seconds": times[1], "n_prompt": speed.n_prompt,
                           "pp_tps": speed.n_prompt / times[0], "tg_tps": 1.0 / times[1],
                           "limits": list(speed.limits), "multipliers": list(alloc.multipliers),
-                          "source": speed.source}
+                          "source": speed.source, **({"reference": speed.reference} if speed.reference else {})}
     except HifikitError as exc:
         raise HifikitError(f"target {target.describe()} ({budget} bytes) cannot be met: metadata {meta} + "
                            f"fixed tensors {fixed_bytes} bytes leave {capacity}; {exc}") from exc
@@ -449,13 +450,14 @@ def plan(opts: PlanOptions, *, conn: sqlite3.Connection | None = None, progress:
     budget = budget_for(opts.target, layout, lambda f: ftype_file_size(conn, model, layout, f, imatrix, ikeys))
     types = [t.strip() for t in opts.types] if opts.types else None
     base_types = dry_run_types(model, base, imatrix)
-    speed_budget, reference = opts.speed, None
+    speed_budget = opts.speed
     if opts.speed_limits is not None and opts.speed_limits.wanted:
-        speed_budget, reference = _speed_budget(conn, model, opts, sweep, layout, base_types, imatrix, types)
+        from . import speed  # speed.py builds on this module's SpeedBudget
+        speed_budget = speed.plan_budget(conn, model, opts.speed_limits, sweep, layout, base_types,
+                                         match=opts.target.value if opts.target.kind == "match" else None,
+                                         types=types, imatrix=imatrix)
     p = make_plan(sweep, model, layout, opts.target, budget, base_types, base, imatrix, ikeys,
                   opts.error_scale, types, knee.knee_type, speed=speed_budget)
-    if reference is not None and p.speed is not None:
-        p.speed["reference"] = dataclasses.asdict(reference)
     out = Path(opts.output)
     strategy.write(p, out)
     plot = None
@@ -464,19 +466,6 @@ def plan(opts: PlanOptions, *, conn: sqlite3.Connection | None = None, progress:
         curve_plots.plot_curves(sweep, opts.plots, chosen={t.name: t.type for t in p.tensors})
     verified = _verify(p, layout, out, opts.verify, conn, progress) if opts.verify is not None else None
     return PlanResult(p, str(out.resolve()), summary(p), plot, grid.detect(p.model), verified)
-
-
-def _speed_budget(conn: sqlite3.Connection, model: Path, opts: PlanOptions, sweep: curves.Sweep,
-                  layout: filesize.FileLayout, base_types: dict[str, str], imatrix: Path | None,
-                  types: list[str] | None):
-    """The speed budget from the stored cost model: every candidate of every swept tensor and the
-    fixed tensors' base types are priced; a relative limit is against the --match ftype by default."""
-    from . import speed  # speed.py builds on this module's SpeedBudget
-    limits = opts.speed_limits
-    if limits.reference_ftype is None and opts.target.kind == "match":
-        limits = dataclasses.replace(limits, reference_ftype=opts.target.value)
-    return speed.budget(conn, model, limits, speed.priced_types(sweep, layout, base_types, types),
-                        lambda ftype: cached_dry_run(conn, model, resolve_type(ftype), imatrix))
 
 
 def _verify(p: Plan, layout: filesize.FileLayout, strategy_path: Path, v: VerifyOptions, conn: sqlite3.Connection,

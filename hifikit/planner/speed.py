@@ -15,9 +15,10 @@ from typing import Callable, Mapping, Sequence
 
 from .. import costs, jobs
 from ..errors import HifikitError
+from ..quant_rules import resolve_type
 from ..sweep import curves
 from . import filesize
-from .plan import SpeedBudget
+from .plan import SpeedBudget, cached_dry_run
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,6 @@ class SpeedLimits:
     @property
     def wanted(self) -> bool:
         return any(v is not None for v in (self.max_slowdown, self.min_tg, self.min_pp))
-
-
-@dataclasses.dataclass
-class Reference:
-    """The reference file's predicted speed (the ftype a relative limit is measured against)."""
-    ftype: str
-    pp_seconds: float
-    tg_seconds: float
 
 
 def seconds_of(mc: costs.ModelCosts) -> Callable[[str, str], tuple[float, float]]:
@@ -77,7 +70,7 @@ def priced_types(sweep: curves.Sweep, layout: filesize.FileLayout, base_types: M
 
 def budget(conn: sqlite3.Connection, model: Path, limits: SpeedLimits,
            types_by_tensor: Mapping[str, Sequence[str]],
-           reference_types: Callable[[str], dict[str, str]] | None = None) -> tuple[SpeedBudget, Reference | None]:
+           reference_types: Callable[[str], dict[str, str]] | None = None) -> SpeedBudget:
     """The SpeedBudget for make_plan: the costs of every candidate type of every tensor, and the limits.
 
     ``reference_types(ftype)`` gives the tensor -> type map of a reference ftype (the planner's cached
@@ -115,11 +108,22 @@ def budget(conn: sqlite3.Connection, model: Path, limits: SpeedLimits,
     ref = None
     if ref_types:
         pp, tg = partial.total(ref_types)
-        ref = Reference(limits.reference_ftype, pp, tg)
+        ref = {"ftype": limits.reference_ftype, "pp_seconds": pp, "tg_seconds": tg}
         pp_limit, tg_limit = limits.max_slowdown * pp, limits.max_slowdown * tg
-        log.info("speed reference %s: predicted %.4g s per prompt, %.4g s per token", ref.ftype, pp, tg)
+        log.info("speed reference %s: predicted %.4g s per prompt, %.4g s per token", limits.reference_ftype, pp, tg)
     if limits.min_pp is not None:
         pp_limit = min(x for x in (pp_limit, limits.n_prompt / limits.min_pp) if x is not None)
     if limits.min_tg is not None:
         tg_limit = min(x for x in (tg_limit, 1.0 / limits.min_tg) if x is not None)
-    return dataclasses.replace(partial, limits=(pp_limit, tg_limit)), ref
+    return dataclasses.replace(partial, limits=(pp_limit, tg_limit), reference=ref)
+
+
+def plan_budget(conn: sqlite3.Connection, model: Path, limits: SpeedLimits, sweep: curves.Sweep,
+                layout: filesize.FileLayout, base_types: Mapping[str, str], *, match: str | None = None,
+                types: Sequence[str] | None = None, imatrix: Path | None = None) -> SpeedBudget:
+    """budget() for a plan: every type the plan may choose priced, a relative limit against ``match``
+    (the ftype whose size the plan matches) unless the limits name their own reference."""
+    if limits.reference_ftype is None and match is not None:
+        limits = dataclasses.replace(limits, reference_ftype=match)
+    return budget(conn, model, limits, priced_types(sweep, layout, base_types, types),
+                  lambda ftype: cached_dry_run(conn, model, resolve_type(ftype), imatrix))
