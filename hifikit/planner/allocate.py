@@ -26,11 +26,19 @@ so it is tested against brute force. Each item is a list of options
 The Lagrangian dual ``max_l sum_i min_j (e_ij + l b_ij) - l C`` is a lower
 bound on the optimum, so ``error - bound`` bounds how far a result can be from
 the optimum; it is returned with the result.
+
+The implementation works on padded (items x options) arrays made once per call
+(``_Tables``), so a thousand items re-plan in well under 200 ms (bench/replan.py):
+the greedy walk of step 3 takes the hull steps in the order a heap of each item's
+next step pops them, all of them up to the first that does not fit at once; the
+exchange of step 5 finds the pair matrix's first least entry without the matrix
+(``_best_pair``); the dual bound is found by bisection over its breaks (it is
+concave) and evaluated exactly at the breaks around its maximum. Each gives the
+same choice as the plain loops it replaced, ties broken in the same order.
 """
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import math
 from typing import Sequence
@@ -47,6 +55,7 @@ MAX_PAIRS = 4_000_000     # above this many (up, down) pairs, exchanges go one s
 BRANCH_SHARE = 0.05
 BRANCH_ITEMS = 3
 MAX_BRANCHES = 256
+SMALL_PAIRS = 20_000      # up to this many pairs, an exchange scores the pair matrix; above, _best_pair
 
 
 @dataclasses.dataclass
@@ -81,168 +90,284 @@ def _hull(options: Sequence[tuple[int, float]], front: list[int]) -> list[int]:
 
 def dual_bound(items: Sequence[Sequence[tuple[int, float]]], capacity: int) -> float:
     """max over l >= 0 of sum_i min_j (e_ij + l b_ij) - l C (a lower bound on the optimum)."""
+    return _dual_bound(_Tables(items, 0.0), capacity)
+
+
+def _dual_bound(t: "_Tables", capacity: int) -> float:
+    """dual_bound on prepared tables. The dual is concave in l and piecewise linear with its breaks at the
+    hulls' slopes, so its maximum over them is found by bisection; the dual is then evaluated exactly as
+    the sum over items, in their order, at the breaks around it."""
     slopes = {0.0}
-    for opts in items:
-        front = _pareto(opts)
-        hull = _hull(opts, front)
+    for opts, hull in zip(t.items, t.full_hulls):
         for a, b in zip(hull, hull[1:]):
             db = opts[b][0] - opts[a][0]
             if db > 0:
                 slopes.add((opts[a][1] - opts[b][1]) / db)
     lam = np.array(sorted(slopes))
-    total = -lam * capacity
-    for opts in items:
-        b = np.array([o[0] for o in opts], dtype=np.float64)
-        e = np.array([o[1] for o in opts], dtype=np.float64)
-        total += np.min(e[None, :] + lam[:, None] * b[None, :], axis=1)
-    return float(total.max())
+    cache: dict[int, float] = {}
+
+    def value(k: int) -> float:
+        if k not in cache:
+            per_item = np.min(t.err + lam[k] * t.nbytes_f, axis=1)
+            total = -lam[k] * capacity
+            for v in per_item:
+                total += v
+            cache[k] = float(total)
+        return cache[k]
+
+    lo, hi = 0, len(lam) - 1
+    while hi - lo > 2:
+        mid = (lo + hi) // 2
+        if value(mid) < value(mid + 1):
+            lo = mid + 1
+        else:
+            hi = mid + 1
+    window = range(max(0, lo - 3), min(len(lam), hi + 4))
+    return max(value(0), *(value(k) for k in window))
+
+
+class _Tables:
+    """The items as padded arrays (by option index) and their fronts and hulls, made once per allocate."""
+
+    def __init__(self, items: Sequence[Sequence[tuple[int, float]]], tie: float) -> None:
+        self.items = items
+        n, m = len(items), max((len(o) for o in items), default=0)
+        self.nbytes = np.zeros((n, m), dtype=np.int64)
+        self.err = np.full((n, m), np.inf)
+        for i, opts in enumerate(items):
+            self.nbytes[i, :len(opts)] = [o[0] for o in opts]
+            self.err[i, :len(opts)] = [o[1] for o in opts]
+        self.nbytes_f = self.nbytes.astype(np.float64)
+        self.fronts = [_pareto(opts, tie) for opts in items]
+        self.full = self.fronts if tie == 0 else [_pareto(opts) for opts in items]
+        self.full_hulls = [_hull(opts, front) for opts, front in zip(items, self.full)]
+        self.hulls = self.full_hulls if tie == 0 else [_hull(opts, front) for opts, front in zip(items, self.fronts)]
+        self.front_table = _FrontTable(self.fronts, n)
+        self.full_table = self.front_table if tie == 0 else _FrontTable(self.full, n)
+        # the hull walk's steps in the order the greedy takes them: by error decrease per byte, the item's
+        # index breaking ties, an item's steps in their order (the heap of step 3, see _walk)
+        seg_item, seg_k, seg_db, key = [], [], [], []
+        for i, h in enumerate(self.hulls):
+            last = -math.inf
+            for k in range(len(h) - 1):
+                a, b = items[i][h[k]], items[i][h[k + 1]]
+                last = max(last, -(a[1] - b[1]) / max(b[0] - a[0], 1))
+                seg_item.append(i)
+                seg_k.append(k)
+                seg_db.append(b[0] - a[0])
+                key.append(last)
+        order = np.lexsort((np.array(seg_k, dtype=np.int64), np.array(seg_item, dtype=np.int64),
+                            np.array(key, dtype=np.float64))) if seg_item else np.zeros(0, dtype=np.int64)
+        self.seg_item = np.array(seg_item, dtype=np.int64)[order]
+        self.seg_k = np.array(seg_k, dtype=np.int64)[order]
+        self.seg_db = np.array(seg_db, dtype=np.int64)[order]
+
+
+class _FrontTable:
+    """Per item its front's option indices by increasing bytes (-1: padding)."""
+
+    def __init__(self, fronts: list[list[int]], n: int) -> None:
+        width = max((len(f) for f in fronts), default=0)
+        self.opt = np.full((n, width), -1, dtype=np.int64)
+        for i, f in enumerate(fronts):
+            self.opt[i, :len(f)] = f
+        self.present = self.opt >= 0
+        self.safe = np.where(self.present, self.opt, 0)
+        self.rows = np.arange(n)[:, None]
 
 
 def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_rounds: int = 10000,
-             tie: float = 0.0, branch: bool = True) -> Allocation:
+             tie: float = 0.0, branch: bool = True, bound: bool = True) -> Allocation:
     """Choose one option per item; options within tie of a cheaper one's error are never bought.
 
     Large items (an option span of at least BRANCH_SHARE of the capacity, at most BRANCH_ITEMS of
     them) are branched on: the procedure runs again once per combination of their options, fixed,
     and a result better than the plain run's is kept. The greedy walk alone cannot trade one large
     step (a tied embedding that is three quarters of the file) against many small ones.
+    Without bound the lower bound is not computed (nan).
     """
     if not items:
         return Allocation([], 0, 0.0, 0.0, [])
     for i, opts in enumerate(items):
         if not opts:
             raise HifikitError(f"item {i} has no option")
-    fronts = [_pareto(opts, tie) for opts in items]
+    t = _Tables(items, tie)
+    fronts = t.fronts
     floor = sum(items[i][front[0]][0] for i, front in enumerate(fronts))
     if floor > capacity:
         raise HifikitError(f"the budget ({capacity} bytes) is below the smallest possible size ({floor} bytes)")
     spans = sorted(((items[i][front[-1]][0] - items[i][front[0]][0], i) for i, front in enumerate(fronts)
                     if len(front) > 1), reverse=True)
     large = [i for span, i in spans[:BRANCH_ITEMS] if span >= BRANCH_SHARE * capacity] if branch else []
-    best = _solve(items, fronts, capacity, tie, {}, max_rounds)
+    best = _solve(t, capacity, tie, {}, max_rounds)
     combos = list(itertools.product(*(fronts[i] for i in large))) if large else []
     for combo in combos[:MAX_BRANCHES]:
         fixed = dict(zip(large, combo))
         if floor + sum(items[i][j][0] - items[i][fronts[i][0]][0] for i, j in fixed.items()) > capacity:
             continue
-        choice, stage, used = _solve(items, fronts, capacity, tie, fixed, max_rounds)
+        choice, stage, used = _solve(t, capacity, tie, fixed, max_rounds)
         if _total(items, choice) < _total(items, best[0]) - EPS * max(1.0, abs(_total(items, best[0]))):
             for i in large:
                 stage[i] = "branch"
             best = (choice, stage, used)
     choice, stage, used = best
-    return Allocation(choice, used, _total(items, choice), dual_bound(items, capacity), stage)
+    return Allocation(choice, used, _total(items, choice), _dual_bound(t, capacity) if bound else math.nan, stage)
 
 
 def _total(items, choice: list[int]) -> float:
     return sum(items[i][c][1] for i, c in enumerate(choice))
 
 
-def _solve(items, fronts, capacity: int, tie: float, fixed: dict[int, int], max_rounds: int
+def _solve(t: _Tables, capacity: int, tie: float, fixed: dict[int, int], max_rounds: int
            ) -> tuple[list[int], list[str], int]:
     """Steps 2-6 with the items in `fixed` held at their given option."""
-    free = [front if i not in fixed else [fixed[i]] for i, front in enumerate(fronts)]
-    hulls = [_hull(opts, front) for opts, front in zip(items, free)]
-    choice = [front[0] for front in free]
+    items = t.items
+    held = np.zeros(len(items), dtype=bool)
+    held[list(fixed)] = True
+    choice = [fixed[i] if i in fixed else front[0] for i, front in enumerate(t.fronts)]
     stage = ["minimum"] * len(items)
     used = sum(items[i][c][0] for i, c in enumerate(choice))
-
-    # 3. greedy along the hulls
-    pos = [0] * len(items)
-    heap: list[tuple[float, int]] = []
-
-    def push(i: int) -> None:
-        h = hulls[i]
-        if pos[i] + 1 < len(h):
-            a, b = items[i][h[pos[i]]], items[i][h[pos[i] + 1]]
-            heapq.heappush(heap, (-(a[1] - b[1]) / max(b[0] - a[0], 1), i))
-
-    for i in range(len(items)):
-        push(i)
-    while heap:
-        _, i = heapq.heappop(heap)
-        h = hulls[i]
-        nxt = h[pos[i] + 1]
-        delta = items[i][nxt][0] - items[i][choice[i]][0]
-        if used + delta <= capacity:
-            used += delta
-            choice[i] = nxt
-            pos[i] += 1
-            stage[i] = "hull"
-            push(i)
-        # a step that does not fit ends this item's hull walk; the fill below may still move it
+    used = _walk(t, held, choice, stage, used, capacity)
 
     # 4./5. exact fill and pair exchanges over all non-dominated options
+    ch = np.array(choice, dtype=np.int64)
     for _ in range(max_rounds):
-        if _fill(items, free, choice, stage, capacity - used):
-            used = sum(items[i][c][0] for i, c in enumerate(choice))
+        if _fill(t, t.front_table, held, ch, stage, capacity - used):
+            used = int(t.nbytes[np.arange(len(ch)), ch].sum())
             continue
-        if _exchange(items, free, choice, stage, capacity - used):
-            used = sum(items[i][c][0] for i, c in enumerate(choice))
+        if _exchange(t, t.front_table, held, ch, stage, capacity - used):
+            used = int(t.nbytes[np.arange(len(ch)), ch].sum())
             continue
         break
     if tie > 0:
         # the decisions above ignore noise-level gains; bytes left over once nothing else
         # pays are still the caller's budget: spend them on the smallest errors, ties included
-        full = [_pareto(opts) if i not in fixed else [fixed[i]] for i, opts in enumerate(items)]
-        while _fill(items, full, choice, stage, capacity - used, label="spare"):
-            used = sum(items[i][c][0] for i, c in enumerate(choice))
-    return choice, stage, used
+        while _fill(t, t.full_table, held, ch, stage, capacity - used, label="spare"):
+            used = int(t.nbytes[np.arange(len(ch)), ch].sum())
+    return [int(c) for c in ch], stage, used
 
 
-def _moves(items, fronts, choice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every (item, option) move from the current choice: item index, option index, delta bytes, delta error."""
-    it, op, db, de = [], [], [], []
-    for i, front in enumerate(fronts):
-        b0, e0 = items[i][choice[i]]
-        for j in front:
-            if j != choice[i]:
-                it.append(i)
-                op.append(j)
-                db.append(items[i][j][0] - b0)
-                de.append(items[i][j][1] - e0)
-    return np.array(it, dtype=np.int64), np.array(op, dtype=np.int64), np.array(db, dtype=np.int64), \
-        np.array(de, dtype=np.float64)
+def _walk(t: _Tables, held: np.ndarray, choice: list[int], stage: list[str], used: int, capacity: int) -> int:
+    """3. The greedy walk along the hulls, best error decrease per byte first; a step that does not fit ends
+    its item's walk. The steps come in the order a heap of each item's next step would pop them: by key
+    (the item's running maximum of -decrease per byte), then item, then step. All steps up to the first
+    that does not fit are taken at once; after it only steps no larger than the bytes then left can fit."""
+    keep = ~held[t.seg_item]
+    seg_item, seg_k, seg_db = t.seg_item[keep], t.seg_k[keep], t.seg_db[keep]
+    pos = np.zeros(len(t.items), dtype=np.int64)
+    cum = used + np.cumsum(seg_db)
+    over = np.nonzero(cum > capacity)[0]
+    first = int(over[0]) if len(over) else len(seg_db)
+    if first:
+        np.add.at(pos, seg_item[:first], 1)
+        used = int(cum[first - 1])
+    if first < len(seg_db):
+        slack = capacity - used
+        rest = np.nonzero(seg_db[first + 1:] <= slack)[0] + first + 1
+        pos_l = pos.tolist()
+        for s_i, s_k, s_db in zip(seg_item[rest].tolist(), seg_k[rest].tolist(), seg_db[rest].tolist()):
+            if pos_l[s_i] == s_k and s_db <= slack:
+                pos_l[s_i] += 1
+                slack -= s_db
+        pos = np.array(pos_l, dtype=np.int64)
+        used = capacity - slack
+    for i in np.nonzero(pos)[0].tolist():
+        choice[i] = t.hulls[i][int(pos[i])]
+        stage[i] = "hull"
+    return used
 
 
-def _fill(items, fronts, choice, stage, slack: int, label: str = "fill") -> bool:
-    it, op, db, de = _moves(items, fronts, choice)
-    if not len(it):
-        return False
-    ok = (db <= slack) & (de < 0)
+def _moves(t: _Tables, table: _FrontTable, held: np.ndarray, choice: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (item, option) move from the current choice, as (items x front) arrays: whether it is a move,
+    the option, delta bytes, delta error and the step along the front."""
+    rows = np.arange(len(choice))
+    b0, e0 = t.nbytes[rows, choice], t.err[rows, choice]
+    db = t.nbytes[table.rows, table.safe] - b0[:, None]
+    de = t.err[table.rows, table.safe] - e0[:, None]
+    valid = table.present & (table.opt != choice[:, None]) & ~held[:, None]
+    return valid, table.opt, db, de, table.opt == choice[:, None]
+
+
+def _fill(t: _Tables, table: _FrontTable, held: np.ndarray, choice: np.ndarray, stage: list[str], slack: int,
+          label: str = "fill") -> bool:
+    valid, opt, db, de, _ = _moves(t, table, held, choice)
+    ok = valid & (db <= slack) & (de < 0)
     if not ok.any():
         return False
     k = int(np.argmin(np.where(ok, de, np.inf)))
-    choice[it[k]] = int(op[k])
-    stage[it[k]] = label
+    i, c = divmod(k, opt.shape[1])
+    choice[i] = int(opt[i, c])
+    stage[i] = label
     return True
 
 
-def _exchange(items, fronts, choice, stage, slack: int) -> bool:
-    it, op, db, de = _moves(items, fronts, choice)
-    up = np.nonzero((db > 0) & (de < 0))[0]
-    down = np.nonzero(db < 0)[0]
-    if len(up) * len(down) > MAX_PAIRS:
+def _exchange(t: _Tables, table: _FrontTable, held: np.ndarray, choice: np.ndarray, stage: list[str],
+              slack: int) -> bool:
+    valid, opt, db, de, here = _moves(t, table, held, choice)
+    up_m = valid & (db > 0) & (de < 0)
+    down_m = valid & (db < 0)
+    if int(up_m.sum()) * int(down_m.sum()) > MAX_PAIRS:
         # large models: only one step along each item's front, up or down
-        rank = {(i, j): r for i, front in enumerate(fronts) for r, j in enumerate(front)}
-        step = np.array([rank[(int(i), int(j))] - rank[(int(i), choice[int(i)])] for i, j in zip(it, op)])
-        up = up[step[up] == 1]
-        down = down[step[down] == -1]
+        col = np.arange(opt.shape[1])[None, :]
+        cur = np.argmax(here, axis=1)[:, None]
+        up_m &= col == cur + 1
+        down_m &= col == cur - 1
+    up, down = np.nonzero(up_m.ravel())[0], np.nonzero(down_m.ravel())[0]
     if not len(up) or not len(down):
         return False
-    total_b = db[up][:, None] + db[down][None, :]
-    total_e = de[up][:, None] + de[down][None, :]
-    ok = (total_b <= slack) & (it[up][:, None] != it[down][None, :])
-    score = np.where(ok, total_e, np.inf)
-    k = int(np.argmin(score))
-    u, d = divmod(k, len(down))
-    best = score[u, d]
-    if not np.isfinite(best) or best >= -EPS * max(1.0, abs(float(de[up].min()))):
+    width = opt.shape[1]
+    it_u, it_d = up // width, down // width
+    db_u, db_d = db.ravel()[up], db.ravel()[down]
+    de_u, de_d = de.ravel()[up], de.ravel()[down]
+    if len(up) * len(down) <= SMALL_PAIRS:
+        total_b = db_u[:, None] + db_d[None, :]
+        total_e = de_u[:, None] + de_d[None, :]
+        score = np.where((total_b <= slack) & (it_u[:, None] != it_d[None, :]), total_e, np.inf)
+        k = int(np.argmin(score))
+        u, d = divmod(k, len(down))
+        best = score[u, d]
+    else:
+        u, d, best = _best_pair(it_u, db_u, de_u, it_d, db_d, de_d, slack)
+    if not np.isfinite(best) or best >= -EPS * max(1.0, abs(float(de_u.min()))):
         return False
     for idx in (up[u], down[d]):
-        choice[it[idx]] = int(op[idx])
-        stage[it[idx]] = "exchange"
+        i, c = divmod(int(idx), width)
+        choice[i] = int(opt[i, c])
+        stage[i] = "exchange"
     return True
+
+
+def _best_pair(it_u, db_u, de_u, it_d, db_d, de_d, slack: int) -> tuple[int, int, float]:
+    """The first (u, d), in row-major order, of least de_u + de_d with db_u + db_d <= slack and different items:
+    what the argmin over the pair matrix gives, without the matrix. Rounded addition is monotone, so a row's
+    least sum is de_u plus the least de_d it may pair with (over the downs sorted by bytes: the best two of
+    different items of each prefix); the first row reaching the least sum is then searched alone."""
+    order = np.argsort(db_d, kind="stable")
+    sorted_db = db_d[order]
+    best1 = np.empty(len(order))
+    item1 = np.empty(len(order), dtype=np.int64)
+    best2 = np.empty(len(order))
+    v1, i1, v2 = math.inf, -1, math.inf
+    for k, (v, item) in enumerate(zip(de_d[order].tolist(), it_d[order].tolist())):
+        if item == i1:
+            v1 = min(v1, v)
+        elif v < v1:
+            v1, i1, v2 = v, item, v1
+        elif v < v2:
+            v2 = v
+        best1[k], item1[k], best2[k] = v1, i1, v2
+    last = np.searchsorted(sorted_db, slack - db_u, side="right") - 1
+    at = np.maximum(last, 0)
+    partner = np.where(item1[at] != it_u, best1[at], best2[at])
+    rows = np.where(last >= 0, de_u + partner, np.inf)
+    u = int(np.argmin(rows))
+    best = float(rows[u])
+    if not np.isfinite(best):
+        return u, 0, best
+    cand = np.where((db_u[u] + db_d <= slack) & (it_d != it_u[u]), de_u[u] + de_d, np.inf)
+    d = int(np.argmin(cand))
+    return u, d, float(cand[d])
 
 
 # --- more budgets than bytes: time limits through Lagrange multipliers ---------------------------------
@@ -284,7 +409,7 @@ def allocate_limited(items: Sequence[Sequence[tuple[int, float]]], capacity: int
     def solve(mu: np.ndarray, branch: bool = False) -> Allocation:
         # the search runs the plain walk; the final solve branches on the large items too
         shifted = [[(b, e + float(cost[i][j] @ mu)) for j, (b, e) in enumerate(opts)] for i, opts in enumerate(items)]
-        return allocate(shifted, capacity, tie=tie, branch=branch)
+        return allocate(shifted, capacity, tie=tie, branch=branch, bound=False)   # the bounds come from bound()
 
     def ok(a: Allocation) -> bool:
         return bool(np.all(totals(a.choice) <= np.asarray(limits) * (1 + 1e-12)))

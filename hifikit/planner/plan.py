@@ -33,7 +33,7 @@ import logging
 import sqlite3
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import allocate, filesize, plots, strategy
 from .. import atomic, db, evaluate, ggml, gguf_io, grid, jobs, kld, parsers, report, runner
@@ -240,23 +240,42 @@ def candidates(curve: curves.TensorCurve, slot: filesize.TensorSlot, scale: floa
     return out
 
 
-def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, target: Target, budget: int,
-              base_types: dict[str, str], base_ftype: str, imatrix: Path | None,
-              imatrix_keys: filesize.ImatrixKeys | None, error_scale: str = "none",
-              types: list[str] | None = None, knees: Callable[[curves.TensorCurve], str | None] | None = None,
-              speed: SpeedBudget | None = None) -> Plan:
-    """Choose the types; base_types (llama-quantize's choice under base_ftype) fills the unswept tensors.
+@dataclasses.dataclass
+class PlanInputs:
+    """What a plan is made of before any budget: the planned tensors' candidates, the fixed tensors and the
+    metadata's bytes. ``prepare`` derives it from a sweep and a model once; ``plan_from`` plans on it for
+    any budget and pins (a PlanSession keeps one and re-plans on it after each edit)."""
+    model: str
+    run_id: int
+    mode: str
+    base_ftype: str
+    imatrix: str | None
+    error_scale: str
+    slots: dict[str, filesize.TensorSlot]
+    planned: list[tuple[str, list[Option]]]     # tensor -> its candidates, in the model's order
+    fixed: dict[str, str]                       # tensor -> type, not chosen by the planner
+    meta_bytes: int
+    fixed_bytes: int                            # padded data of the fixed tensors
+    n_weights: int
+    knees: dict[str, str | None]
+    tie: float                                  # errors closer than this are noise (TIE_SHARE of the largest)
 
-    With a speed budget the plan also keeps the predicted time per prompt and per generated token
-    within its limits (allocate.allocate_limited); fixed tensors' times count against them."""
+
+def prepare(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, base_types: dict[str, str],
+            base_ftype: str, imatrix: Path | None, imatrix_keys: filesize.ImatrixKeys | None,
+            error_scale: str = "none", types: list[str] | None = None,
+            knees: Callable[[curves.TensorCurve], str | None] | None = None) -> PlanInputs:
+    """The candidates of every planned tensor and the fixed part of the file; base_types (llama-quantize's
+    choice under base_ftype) fills the unswept tensors."""
     slots = {t.name: t for t in layout.tensors}
     unknown = [c.tensor for c in sweep.curves if c.tensor not in slots]
     if unknown:
         raise HifikitError(f"sweep run {sweep.run_id} has tensors this model lacks: {', '.join(unknown[:5])} "
                            "(a sweep of another model?)")
     total = sum(t.n_elements for t in layout.tensors)
-    chosen: list[tuple[curves.TensorCurve, list[Option]]] = []
+    planned: list[tuple[str, list[Option]]] = []
     fixed: dict[str, str] = {}
+    knee_of: dict[str, str | None] = {}
     swept = {c.tensor: c for c in sweep.curves if c.points}
     for slot in layout.tensors:
         curve = swept.get(slot.name)
@@ -267,28 +286,85 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
         if not opts:
             raise HifikitError(f"{slot.name}: no candidate type fits its rows of {slot.row_length} "
                                f"(sweep types: {', '.join(p.type for p in curve.points)})")
-        chosen.append((curve, opts))
+        planned.append((slot.name, opts))
+        knee_of[slot.name] = knees(curve) if knees else None
     meta = layout.meta_bytes(imatrix_keys)
     fixed_bytes = sum(filesize.padded_bytes(slots[n], t) for n, t in fixed.items())
+    largest = max((o.weighted for _, opts in planned for o in opts), default=0.0)
+    return PlanInputs(str(model), sweep.run_id, sweep.mode, base_ftype, str(imatrix) if imatrix else None,
+                      error_scale, slots, planned, fixed, meta, fixed_bytes, total, knee_of, TIE_SHARE * largest)
+
+
+PINNED = "pinned by the user"
+
+
+def _pinned_index(inputs: PlanInputs, pins: Mapping[str, str]) -> dict[str, int]:
+    """Planned tensor -> the index of its pinned option; one error line for the first bad pin."""
+    lib = ggml.load()
+    options = dict(inputs.planned)
+    out: dict[str, int] = {}
+    for name, type_name in pins.items():
+        opts = options.get(name)
+        if opts is None:
+            if name in inputs.fixed:
+                why = ("llama-quantize does not quantize it" if not inputs.slots[name].quantizable
+                       else "the sweep has no curve for it")
+                raise HifikitError(f"pin {name}={type_name}: the tensor is not planned ({why}); "
+                                   f"it keeps {inputs.fixed[name]}")
+            raise HifikitError(f"pin {name}={type_name}: no such tensor in {inputs.model}")
+        found = [k for k, o in enumerate(opts) if o.type.lower() == str(type_name).lower()]
+        if not found:
+            try:
+                block: int | None = lib.type_by_name(str(type_name)).block_size
+            except HifikitError:
+                block = None
+            row = inputs.slots[name].row_length
+            why = (f"unknown type '{type_name}'" if block is None else
+                   f"{type_name} does not fit its rows: {row} is not a multiple of the block size {block}"
+                   if row % block else f"{type_name} is not one of its candidates")
+            raise HifikitError(f"pin {name}={type_name}: {why} (candidates: {', '.join(o.type for o in opts)})")
+        out[name] = found[0]
+    return out
+
+
+def plan_from(inputs: PlanInputs, target: Target, budget: int, pins: Mapping[str, str] | None = None,
+              speed: SpeedBudget | None = None) -> Plan:
+    """Choose the types of the planned tensors of ``inputs`` within the budget (bytes of the whole file).
+
+    A pinned tensor (pins: tensor -> type, one of its candidates) takes exactly that type, its reason
+    "pinned by the user"; the others are planned in the bytes (and times) the pins leave. With a speed
+    budget the plan also keeps the predicted time per prompt and per generated token within its limits
+    (allocate.allocate_limited); fixed tensors' times count against them."""
+    pinned = _pinned_index(inputs, pins or {})
+    meta, fixed_bytes, fixed = inputs.meta_bytes, inputs.fixed_bytes, inputs.fixed
     capacity = budget - meta - fixed_bytes
-    items = [[(o.cost, o.weighted) for o in opts] for _, opts in chosen]
-    largest = max((o.weighted for _, opts in chosen for o in opts), default=0.0)
+    planned = inputs.planned
+    if speed is not None:
+        planned = [(name, [dataclasses.replace(o, seconds=speed.seconds(name, o.type)) for o in opts])
+                   for name, opts in planned]
+    # a pinned tensor is an item of one option
+    offered = [[opts[pinned[name]]] if name in pinned else opts for name, opts in planned]
+    if pinned:
+        floor = meta + fixed_bytes + sum(min(o.cost for o in opts) for opts in offered)
+        if floor > budget:
+            taken = sum(opts[0].cost for (name, _), opts in zip(planned, offered) if name in pinned)
+            raise HifikitError(f"the pins do not fit the target {target.describe()} ({budget} bytes): the "
+                               f"{len(pinned)} pinned tensor(s) take {taken} bytes, and with every other tensor "
+                               f"at its smallest candidate the file would be {floor} bytes, {floor - budget} over")
+    items = [[(o.cost, o.weighted) for o in opts] for opts in offered]
     speed_info = None
     try:
         if speed is None:
-            alloc = allocate.allocate(items, capacity, tie=TIE_SHARE * largest)
+            alloc = allocate.allocate(items, capacity, tie=inputs.tie)
         else:
-            for curve, opts in chosen:
-                for o in opts:
-                    o.seconds = speed.seconds(curve.tensor, o.type)
             fixed_time = speed.total(fixed)
             limits = [(lim - f) if lim is not None else math.inf for lim, f in zip(speed.limits, fixed_time)]
             if any(lim <= 0 for lim in limits):
                 raise HifikitError(f"the speed budget cannot be met: the tensors the planner does not choose and "
                                    f"the rest of the graph already take {fixed_time[0]:.4g} s per prompt and "
                                    f"{fixed_time[1]:.4g} s per token")
-            alloc = allocate.allocate_limited(items, capacity, [[o.seconds for o in opts] for _, opts in chosen],
-                                              limits, tie=TIE_SHARE * largest)
+            alloc = allocate.allocate_limited(items, capacity, [[o.seconds for o in opts] for opts in offered],
+                                              limits, tie=inputs.tie)
             if not alloc.feasible:
                 raise HifikitError("no choice of types meets both the size and the speed budget (the fastest "
                                    f"choice found takes {alloc.totals[0] + fixed_time[0]:.4g} s per prompt, "
@@ -302,14 +378,31 @@ def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, tar
         raise HifikitError(f"target {target.describe()} ({budget} bytes) cannot be met: metadata {meta} + "
                            f"fixed tensors {fixed_bytes} bytes leave {capacity}; {exc}") from exc
     plans = []
-    for (curve, opts), j, stage in zip(chosen, alloc.choice, alloc.stage):
-        knee = knees(curve) if knees else None
-        plans.append(TensorPlan(curve.tensor, slots[curve.tensor].shape, slots[curve.tensor].n_elements,
-                                opts[j].type, _reason(stage, opts, j, knee), opts, knee))
+    for (name, opts), j, stage in zip(planned, alloc.choice, alloc.stage):
+        slot, knee = inputs.slots[name], inputs.knees.get(name)
+        if name in pinned:
+            j = pinned[name]
+            reason = _with_knee(PINNED, opts, j, knee)
+        else:
+            reason = _reason(stage, opts, j, knee)
+        plans.append(TensorPlan(name, slot.shape, slot.n_elements, opts[j].type, reason, opts, knee))
     predicted = meta + fixed_bytes + alloc.bytes
-    return Plan(str(model), target, budget, base_ftype, str(imatrix) if imatrix else None, sweep.run_id,
-                sweep.mode, error_scale, plans, fixed, meta, fixed_bytes, predicted, alloc.error,
-                alloc.lower_bound, total, speed_info)
+    return Plan(inputs.model, target, budget, inputs.base_ftype, inputs.imatrix, inputs.run_id, inputs.mode,
+                inputs.error_scale, plans, dict(fixed), meta, fixed_bytes, predicted, alloc.error,
+                alloc.lower_bound, inputs.n_weights, speed_info)
+
+
+def make_plan(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, target: Target, budget: int,
+              base_types: dict[str, str], base_ftype: str, imatrix: Path | None,
+              imatrix_keys: filesize.ImatrixKeys | None, error_scale: str = "none",
+              types: list[str] | None = None, knees: Callable[[curves.TensorCurve], str | None] | None = None,
+              speed: SpeedBudget | None = None, pins: Mapping[str, str] | None = None) -> Plan:
+    """Choose the types; base_types (llama-quantize's choice under base_ftype) fills the unswept tensors.
+
+    prepare + plan_from: pins (tensor -> type) hold tensors at a type of their own candidates; with a
+    speed budget the plan also keeps the predicted times within its limits."""
+    inputs = prepare(sweep, model, layout, base_types, base_ftype, imatrix, imatrix_keys, error_scale, types, knees)
+    return plan_from(inputs, target, budget, pins, speed)
 
 
 def _reason(stage: str, opts: list[Option], j: int, knee: str | None) -> str:
@@ -326,6 +419,10 @@ def _reason(stage: str, opts: list[Option], j: int, knee: str | None) -> str:
         words = "lowest error of its candidates"
     elif j == cheapest and stage == "minimum":
         words = "smallest candidate: no upgrade paid for its bytes"
+    return _with_knee(words, opts, j, knee)
+
+
+def _with_knee(words: str, opts: list[Option], j: int, knee: str | None) -> str:
     if knee:
         rel = ("at" if knee == opts[j].type else
                "above" if opts[j].cost > _cost_of(opts, knee) else "below")

@@ -112,9 +112,16 @@ class Strategy:
 def load(path: Path | str) -> Strategy:
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise HifikitError(f"{path}: cannot read ({exc.strerror})") from exc
+    return loads(text, path)
+
+
+def loads(text: str, path: Path | str = "<strategy>") -> Strategy:
+    """A strategy from its YAML text; path names it in errors (and is its Strategy.path)."""
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise HifikitError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
