@@ -232,12 +232,12 @@ def resume(run_id: int, progress: bool | None = None, conn: sqlite3.Connection |
     if run["status"] == "done" and all(s["status"] == "done" for s in run["steps"]):
         return run
     if run["status"] == "running" and run["pid"] and run["pid"] != os.getpid() and atomic.pid_alive(run["pid"]) \
-            and _same_command(run["pid"]):
+            and same_command(run["pid"]):
         raise HifikitError(f"run {run_id} is still running (pid {run['pid']}); wait for it or stop it first")
     return execute(conn, run_id, progress, on_step)
 
 
-def _same_command(pid: int) -> bool:
+def same_command(pid: int) -> bool:
     """Whether pid still looks like a hifikit process (pids are reused)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
