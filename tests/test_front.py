@@ -10,6 +10,7 @@ import json
 import pytest
 
 from hifikit import db
+from hifikit.frontier import pareto_front
 from hifikit.planner import filesize
 from hifikit.planner import front as front_lib
 from hifikit.planner import plan as planner
@@ -35,7 +36,7 @@ def test_front_without_costs_is_bytes_by_error(cli, tiny_model, tmp_path):
     assert info["dimensions"] == ["bytes", "error"] and info["n_prompt"] is None
     assert "cost model" in info["note"] and "(bytes, error) only" in info["note"]
     pts = info["points"]
-    assert len(pts) >= 2 and info["tried"] == 6
+    assert len(pts) >= 2 and info["tried"] == len(info["budgets"]) == 6
     # a 2-D front: by increasing bytes, strictly decreasing error
     assert [p["predicted_bytes"] for p in pts] == sorted(p["predicted_bytes"] for p in pts)
     assert all(a["predicted_error"] > b["predicted_error"] for a, b in zip(pts, pts[1:]))
@@ -47,6 +48,9 @@ def test_front_without_costs_is_bytes_by_error(cli, tiny_model, tmp_path):
     direct = cli.json("plan", tiny_model, "--from-run", run_id, *last["plan_args"], "-o", tmp_path / "d.yaml")
     assert direct["budget_bytes"] == last["budget_bytes"]
     assert last["predicted_error"] <= direct["predicted_error"] * (1 + 1e-12)
+    largest = cli.json("plan", tiny_model, "--from-run", run_id, "--target-size", repr(max(info["budgets"]) / 2**20),
+                       "-o", tmp_path / "l.yaml")
+    assert last["predicted_error"] <= largest["predicted_error"] * (1 + 1e-12)
     png = plots / f"{tiny_model.stem}-front.png"
     assert info["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the text output says the front is 2-D
@@ -81,13 +85,13 @@ def test_front_with_stored_costs(cli, tiny_model, tmp_path):
         assert p.pp_tps == pytest.approx(32 / p.pp_seconds) and p.tg_tps == pytest.approx(1 / p.tg_seconds)
         doc = planner.strategy.load(p.strategy)
         assert doc.types == types and doc.budget == p.budget_bytes
-    assert any(p.tg_limit is not None for p in pts)   # the speed limits shaped part of the front
-    # the plan at the largest budget without a limit is no worse than any other point, and than planning it alone
+    # the front is more than bytes x error: some points are kept only for their speed
+    assert len(pts) > len(pareto_front([p.predicted_bytes for p in pts], [p.predicted_error for p in pts]))
+    # the plan at the largest budget without a limit is no worse than any other point, nor than planning it alone
     best = res.best
-    assert best.pp_limit is None and best.budget_bytes == max(p.budget_bytes for p in pts)
     assert all(best.predicted_error <= p.predicted_error for p in pts)
     alone = planner.plan(planner.PlanOptions(tiny_model, tmp_path / "alone.yaml", planner.make_target(
-        size=repr(best.budget_bytes / 2**20)), from_run=run_id))
+        size=repr(max(res.budgets) / 2**20)), from_run=run_id))
     assert best.predicted_error <= alone.plan.predicted_error * (1 + 1e-12)
     ref = res.reference
     assert ref["ftype"] == "Q4_K_M" and ref["bytes"] > 0 and ref["tg_tps"] == pytest.approx(1 / ref["tg_seconds"])

@@ -108,21 +108,24 @@ class FrontResult:
     source: str | None                 # where the costs came from
     note: str | None                   # why the front is 2-D, when it is
     reference: dict[str, Any] | None   # ftype, bytes, pp_seconds, tg_seconds, pp_tps, tg_tps (speeds with costs)
+    budgets: list[int]                 # the grid's byte budgets
     tried: int                         # grid cells planned
     infeasible: int                    # cells whose budgets no plan met
     plot: str | None
 
     @property
     def best(self) -> FrontPoint:
-        """The point of least predicted error (the plan at the largest budget without a speed limit)."""
+        """The point of least predicted error: the plan the largest budget without a speed limit gets
+        (reported with the tightest budgets of the grid that it meets)."""
         return min(self.points, key=lambda p: (p.predicted_error, p.predicted_bytes))
 
     def to_json(self) -> dict[str, Any]:
         """What `hifikit plan --front --json` prints."""
         return {"model": self.model, "run": self.run_id, "mode": self.mode, "error_scale": self.error_scale,
                 "dimensions": self.dimensions, "n_prompt": self.n_prompt, "source": self.source, "note": self.note,
-                "reference": self.reference, "tried": self.tried, "infeasible": self.infeasible,
-                "plot": self.plot, "points": [p.to_json(self.n_prompt) for p in self.points]}
+                "reference": self.reference, "budgets": self.budgets, "tried": self.tried,
+                "infeasible": self.infeasible, "plot": self.plot,
+                "points": [p.to_json(self.n_prompt) for p in self.points]}
 
 
 @dataclasses.dataclass
@@ -226,9 +229,12 @@ def front(opts: FrontOptions, *, conn: sqlite3.Connection | None = None) -> Fron
         if id(best) in seen:
             continue
         pp, tg = (best.speed["pp_seconds"], best.speed["tg_seconds"]) if best.speed else (None, None)
+        # the point's plan carries the budgets it is reported with (it meets them), so its strategy says so
+        shown = dataclasses.replace(best, budget=cell.budget, target=Target("size", repr(cell.budget / 2**20)),
+                                    speed={**best.speed, "limits": list(cell.limits)} if best.speed else None)
         seen[id(best)] = FrontPoint(cell.budget, *cell.limits, best.predicted_bytes, best.predicted_error,
                                     cell.plan.lower_bound, best.bpw, pp, tg,
-                                    sp.n_prompt / pp if pp else None, 1.0 / tg if tg else None, best)
+                                    sp.n_prompt / pp if pp else None, 1.0 / tg if tg else None, shown)
     candidates = list(seen.values())
     if sp is not None:
         keep = nondominated([(p.predicted_bytes, p.pp_seconds, p.tg_seconds, p.predicted_error) for p in candidates],
@@ -254,7 +260,7 @@ def front(opts: FrontOptions, *, conn: sqlite3.Connection | None = None) -> Fron
             strategy.write(p.plan, path)
             p.strategy = str(path.resolve())
     res = FrontResult(str(model), sweep.run_id, sweep.mode, opts.error_scale, points, dims,
-                      sp.n_prompt if sp else None, sp.source if sp else None, note, reference, len(cells),
+                      sp.n_prompt if sp else None, sp.source if sp else None, note, reference, budgets, len(cells),
                       sum(c.plan is None for c in cells), None)
     if opts.plots:
         res.plot = str(plots.front_plot(res, Path(opts.plots) / f"{model.stem}-front.png"))
