@@ -56,3 +56,29 @@ def lower_hull(costs: Sequence[float], errors: Sequence[float], indices: Sequenc
                 break
         hull.append(i)
     return hull
+
+
+def nondominated(points: Sequence[Sequence[float]], rel_tol: float = 0.0) -> list[int]:
+    """Indices of the points (any number of coordinates, less is better on each) that no other point
+    dominates, in the given order. q dominates p when q is at most p on every coordinate and below it on
+    one; coordinates within ``rel_tol`` of each other (relative to the larger magnitude) count as equal.
+    Of equal points the first given is kept."""
+    def le(a: float, b: float) -> bool:
+        return a <= b + rel_tol * max(abs(a), abs(b))
+
+    def lt(a: float, b: float) -> bool:
+        return not le(b, a)
+
+    keep: list[int] = []
+    for i, p in enumerate(points):
+        dominated = False
+        for j, q in enumerate(points):
+            if j == i or not all(le(a, b) for a, b in zip(q, p)):
+                continue
+            # q is at most p everywhere: it dominates p if better somewhere, or if it is an equal point given first
+            if any(lt(a, b) for a, b in zip(q, p)) or j < i:
+                dominated = True
+                break
+        if not dominated:
+            keep.append(i)
+    return keep

@@ -5,7 +5,7 @@ import itertools
 import math
 import random
 
-from hifikit.frontier import lower_hull, on_front, pareto_front
+from hifikit.frontier import lower_hull, nondominated, on_front, pareto_front
 
 
 def test_front_by_increasing_cost():
@@ -55,3 +55,19 @@ def test_hull_is_convex_and_under_every_point():
                 if xs[a] <= xs[i] <= xs[b]:
                     chord = ys[a] + (ys[b] - ys[a]) * (xs[i] - xs[a]) / (xs[b] - xs[a])
                     assert ys[i] >= chord - 1e-12
+
+
+def test_nondominated_in_four_dimensions_against_brute_force():
+    rng = random.Random(11)
+    for _ in range(200):
+        pts = [tuple(rng.randint(0, 3) for _ in range(4)) for _ in range(rng.randint(1, 9))]
+        keep = nondominated(pts)
+        brute = [i for i, p in enumerate(pts)
+                 if not any(all(a <= b for a, b in zip(q, p)) and q != p for q in pts) and p not in pts[:i]]
+        assert keep == brute, pts
+    # in two dimensions it keeps what pareto_front keeps
+    pts = [(10.0, 0.3), (12.0, 0.1), (11.0, 0.35), (9.0, 0.5), (13.0, 0.1), (14.0, 0.05)]
+    assert sorted(nondominated(pts)) == sorted(pareto_front(*zip(*pts)))
+    # within the relative tolerance two points are equal: the first is kept
+    assert nondominated([(1.0, 2.0), (1.0 + 1e-12, 2.0)], rel_tol=1e-9) == [0]
+    assert nondominated([(1.0, 2.0), (1.0 + 1e-6, 1.0)], rel_tol=1e-9) == [0, 1]

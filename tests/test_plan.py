@@ -272,6 +272,23 @@ def test_strategy_mismatch_is_an_error(built, gemma_small, tmp_path):
     assert not (tmp_path / "mm.gguf").exists()
 
 
+def test_check_refuses_a_strategy_sized_for_another_shape(cli, tiny, tmp_path):
+    # same tensor names, other shapes (a strategy of another model of the architecture): the candidates' bytes
+    # are what the shape gives, so the check finds it even where every name and type would be accepted
+    from hifikit.planner import strategy as strat
+    run_id = synthetic_sweep(tiny, seed=6)
+    path = tmp_path / "s.yaml"
+    cli("plan", tiny, "--from-run", run_id, "--target-bpw", "6", "-o", path)
+    assert strat.check_file(path).ok
+    doc = yaml.safe_load(path.read_text())
+    name, entry = next(iter(doc["tensors"].items()))
+    entry["candidates"] = {t: [2 * b, e] for t, (b, e) in entry["candidates"].items()}
+    path.write_text(yaml.safe_dump(doc))
+    res = strat.check_file(path).result
+    assert [e for e in res.errors if e.startswith(f"{name}: ") and "a strategy of another model?" in e] == res.errors
+    assert len(res.errors) == 1
+
+
 def test_regex_is_anchored_and_escaped():
     import re
     pattern = __import__("hifikit.planner.strategy", fromlist=["regex_for"]).regex_for("blk.1.attn_q.weight")

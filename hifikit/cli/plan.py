@@ -1,5 +1,5 @@
-"""``hifikit plan MODEL --from-run ID (--target-bpw X | --target-size MiB | --match FTYPE) -o FILE``
-and ``hifikit plan --check FILE [MODEL]``."""
+"""``hifikit plan MODEL --from-run ID (--target-bpw X | --target-size MiB | --match FTYPE) -o FILE``,
+``hifikit plan MODEL --front`` and ``hifikit plan --check FILE [MODEL]``."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import HifikitError
+from ..planner import front as front_lib
 from ..planner import plan as planner
 from ..planner import speed as speed_lib
 from ..planner import strategy as strat
@@ -53,6 +54,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--costs-working-set", type=int, default=speed_lib.costs.DEFAULT_WORKING_SET_MIB, metavar="MIB",
                    help="the --working-set the costs were measured with (default "
                         f"{speed_lib.costs.DEFAULT_WORKING_SET_MIB})")
+    f = p.add_argument_group("the Pareto front (bytes, predicted pp and tg time, predicted error)")
+    f.add_argument("--front", action="store_true",
+                   help="plan over a grid of byte budgets x speed limits and print (and with --plots, plot) the "
+                        "plans no other beats; without stored costs the front is bytes x error")
+    f.add_argument("--front-sizes", type=int, default=10, metavar="N", help="byte budgets of the grid (default 10)")
+    f.add_argument("--front-speeds", type=int, default=5, metavar="N",
+                   help="speed levels per budget: no limit and N-1 limits (default 5)")
+    f.add_argument("--front-out", type=Path, metavar="DIR", help="write each point's strategy here (front-NN.yaml)")
+    f.add_argument("--no-speed", action="store_true", help="a front over bytes and error only, ignoring stored costs")
     p.add_argument("--verify", action="store_true", help="quantize with the strategy and measure KLD")
     p.add_argument("--quant-out", type=Path, help="with --verify: the quantized GGUF (default: next to -o)")
     add_verify_args(p)
@@ -67,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return 0 if check.ok else 1
     if args.model is None:
         raise HifikitError("give the model (or --check FILE)")
+    if args.front:
+        return run_front(args)
     if args.output is None:
         raise HifikitError("give -o FILE: where to write the strategy")
     if args.verify and args.text is None:
@@ -81,6 +93,71 @@ def run(args: argparse.Namespace) -> int:
             args.costs_batch, args.costs_gen, args.costs_working_set)), progress=progress_mode(args))
     render(res, args.json)
     return 0
+
+
+def run_front(args: argparse.Namespace) -> int:
+    if args.target_bpw is not None or args.target_size is not None:
+        raise HifikitError("--front sweeps the byte budget itself: give no --target-bpw/--target-size "
+                           "(--match FTYPE or --speed-ref FTYPE names a reference shown beside the front)")
+    given = [o for o, v in (("--max-slowdown", args.max_slowdown), ("--min-tg", args.min_tg),
+                            ("--min-pp", args.min_pp), ("--verify", args.verify or None),
+                            ("-o", args.output)) if v is not None]
+    if given:
+        raise HifikitError(f"--front plans a grid of budgets and writes no single strategy: drop {', '.join(given)} "
+                           "(--front-out DIR writes each point's strategy)")
+    costs = speed_lib.SpeedLimits(fingerprint=args.costs_machine, threads=args.costs_threads,
+                                  n_prompt=args.costs_batch, n_gen=args.costs_gen,
+                                  working_set_mib=args.costs_working_set)
+    use_speed = False if args.no_speed else (True if args.costs_machine else None)
+    res = front_lib.front(front_lib.FrontOptions(
+        args.model, args.from_run, args.mode, args.imatrix, args.base_ftype,
+        args.types.split(",") if args.types else None, args.error_scale, args.front_sizes, args.front_speeds,
+        costs, use_speed, args.speed_ref or args.match, args.plots, args.front_out))
+    render_front(res, args.json)
+    return 0
+
+
+def render_front(res: front_lib.FrontResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(res.to_json())
+        return
+    if res.note:
+        note(f"note: {res.note}")
+    ref = res.reference or {}
+    speed = res.n_prompt is not None
+    n = res.n_prompt
+    headers = ["#", "budget MiB", "MiB", "BPW", "pred. error", "lower bound"]
+    if speed:
+        headers += [f"pp{n} t/s", "tg t/s", "limits (pp / tg t/s)"]
+        if "pp_seconds" in ref:
+            headers += [f"× {ref['ftype']} pp / tg"]
+    rows = []
+    for i, p in enumerate(res.points):
+        row = [i, f"{p.budget_bytes / 2**20:.3f}", f"{p.predicted_bytes / 2**20:.3f}", f"{p.bpw:.3f}",
+               f"{p.predicted_error:.6g}", f"{p.lower_bound:.6g}"]
+        if speed:
+            lim = "none" if p.pp_limit is None else f"{n / p.pp_limit:.1f} / {1 / p.tg_limit:.2f}"
+            row += [f"{p.pp_tps:.1f}", f"{p.tg_tps:.2f}", lim]
+            if "pp_seconds" in ref:
+                row += [f"{ref['pp_seconds'] / p.pp_seconds:.3f} / {ref['tg_seconds'] / p.tg_seconds:.3f}"]
+        rows.append(row)
+    say(table(headers, rows, right=[True] * len(headers)))
+    dims = ", ".join(res.dimensions)
+    say(f"\n{len(res.points)} non-dominated plans over ({dims}) of {res.tried} planned "
+        f"({res.infeasible} budgets unmet); {res.mode} curves of run {res.run_id}"
+        + (f"; costs of {res.source}" if res.source else ""))
+    if ref:
+        say(f"reference {ref['ftype']}: {ref['bytes'] / 2**20:.3f} MiB"
+            + (f", predicted pp{n} {ref['pp_tps']:.1f} t/s, tg {ref['tg_tps']:.2f} t/s" if "pp_tps" in ref else ""))
+    if res.points and res.points[0].strategy:
+        say(f"strategies: {Path(res.points[0].strategy).parent}/front-NN.yaml "
+            "('hifikit quantize IN OUT --strategy FILE' applies one)")
+    elif res.points:
+        p = res.points[-1]
+        say(f"to write point {len(res.points) - 1}'s strategy: hifikit plan {res.model} --from-run {res.run_id} "
+            + " ".join(p.plan_args(n)) + " -o FILE" + (" --costs-... as here" if p.pp_limit is not None else ""))
+    if res.plot:
+        say(f"plot: {res.plot}")
 
 
 def render(res: planner.PlanResult, as_json: bool) -> None:

@@ -18,6 +18,7 @@ RENDERERS: dict[str, Callable[[dict, bool], None]] = {
     "quantize": quantize.show, "imatrix": imatrix.show, "eval": eval_.show, "compare": compare.show,
     "bench": bench.show, "calib": calib.show, "fetch": fetch.show, "analyze": analyze.show, "demo": demo.show,
     "plan-verify": plan.show, "recipes-verify": recipes.show, "costs": costs.show,
+    "quantize-verify": quantize.show_verify,
 }
 
 

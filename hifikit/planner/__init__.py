@@ -12,5 +12,7 @@ filesize.py computes the size of the file ``llama-quantize`` writes,
 allocate.py solves the multiple-choice knapsack, plan.py turns a sweep and a
 target into a plan, strategy.py reads, writes and checks strategy files,
 recipes.py and baselines.py price the simple recipes and stock files a plan
-is compared with, plots.py draws a plan.
+is compared with, speed.py makes the speed budget from the stored cost model,
+front.py plans a grid of byte budgets x speed limits and keeps the Pareto
+front, plots.py draws a plan and a front.
 """

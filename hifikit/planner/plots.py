@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from .. import ggml
 from ..plots import figure, save_png, split_layer
 
-if TYPE_CHECKING:  # plan.py draws its plans with this module
+if TYPE_CHECKING:  # plan.py and front.py draw with this module
+    from .front import FrontResult
     from .plan import Plan
 
 
@@ -51,5 +52,35 @@ def strategy_overview(plan: Plan, path: Path) -> Path:
     fig.colorbar(im, ax=ax, label="bits per weight of the type")
     ax.set_title(f"{Path(plan.model).name}: target {plan.target.kind} {plan.target.value}, "
                  f"{plan.predicted_bytes / 2**20:.2f} MiB, predicted error {plan.predicted_error:.4g}", fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)
+
+
+def front_plot(res: FrontResult, path: Path) -> Path:
+    """Predicted error against file size of the front's points, coloured by predicted generation speed
+    (with the cost model); the reference ftype's size (and speed) as a dashed line."""
+    fig = figure(figsize=(7.0, 4.6))
+    ax = fig.subplots()
+    mib = [p.predicted_bytes / 2**20 for p in res.points]
+    err = [p.predicted_error for p in res.points]
+    if res.n_prompt is not None:
+        sc = ax.scatter(mib, err, c=[p.tg_tps for p in res.points], cmap="viridis", s=36, edgecolors="black",
+                        linewidths=0.4, zorder=3)
+        fig.colorbar(sc, ax=ax, label="predicted tg t/s")
+        title = f"{Path(res.model).name}: front over bytes, pp{res.n_prompt} and tg time, error"
+    else:
+        ax.plot(mib, err, "o-", ms=5, zorder=3)
+        title = f"{Path(res.model).name}: front over bytes and error (no cost model)"
+    ref = res.reference
+    if ref:
+        label = ref["ftype"] + (f" (pred. tg {ref['tg_tps']:.1f} t/s)" if "tg_tps" in ref else "")
+        ax.axvline(ref["bytes"] / 2**20, color="grey", ls="--", lw=1, label=label)
+        ax.legend(fontsize=8)
+    if all(e > 0 for e in err):
+        ax.set_yscale("log")
+    ax.set_xlabel("predicted file size (MiB)")
+    ax.set_ylabel(f"predicted error ({res.mode} curves)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_png(fig, path, dpi=110)

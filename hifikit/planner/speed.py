@@ -68,6 +68,30 @@ def priced_types(sweep: curves.Sweep, layout: filesize.FileLayout, base_types: M
     return wanted
 
 
+def unlimited(conn: sqlite3.Connection, model: Path, limits: SpeedLimits,
+              types_by_tensor: Mapping[str, Sequence[str]], extra: Mapping[str, str] | None = None) -> SpeedBudget:
+    """A SpeedBudget without limits: the stored costs of every type in types_by_tensor (and of ``extra``,
+    tensor -> type, e.g. a reference ftype's) and the constant, for predicting times. The limit fields of
+    ``limits`` are not read; a missing machine, case or constant is a HifikitError naming it."""
+    wanted = {name: list(ts) for name, ts in types_by_tensor.items()}
+    for name, t in (extra or {}).items():
+        # the reference's own types are costed too (hifikit costs measures a model's own types; --types adds more)
+        if name in wanted and t not in wanted[name]:
+            wanted[name].append(t)
+    mc, constant = costs.for_model(conn, model, fingerprint=limits.fingerprint, threads=limits.threads,
+                                   n_prompt=limits.n_prompt, n_gen=limits.n_gen, types_by_tensor=wanted,
+                                   working_set_mib=limits.working_set_mib)
+    if constant.pp_seconds < 0 or constant.tg_seconds < 0:
+        # llama-bench ran the reference faster than its summed op costs: the costs overestimate this
+        # model's ops (a tiny model, or a noisy machine); a negative rest would make any limit look reachable
+        log.warning("the cost model's constant is negative (%.4g s per prompt, %.4g s per token): the op "
+                    "costs exceed llama-bench's time on %s; taken as 0", constant.pp_seconds, constant.tg_seconds,
+                    Path(constant.reference).name)
+    rest = (max(constant.pp_seconds, 0.0), max(constant.tg_seconds, 0.0))
+    return SpeedBudget(seconds_of(mc), rest, (None, None), f"{mc.machine.fingerprint} ({mc.machine.label})",
+                       limits.n_prompt)
+
+
 def budget(conn: sqlite3.Connection, model: Path, limits: SpeedLimits,
            types_by_tensor: Mapping[str, Sequence[str]],
            reference_types: Callable[[str], dict[str, str]] | None = None) -> SpeedBudget:
@@ -85,24 +109,7 @@ def budget(conn: sqlite3.Connection, model: Path, limits: SpeedLimits,
         if reference_types is None:
             raise HifikitError("--max-slowdown: no way to find the reference ftype's types")
         ref_types = reference_types(limits.reference_ftype)
-    wanted = {name: list(ts) for name, ts in types_by_tensor.items()}
-    for name, t in ref_types.items():
-        # the reference's own types are costed too (hifikit costs measures a model's own types; --types adds more)
-        if name in wanted and t not in wanted[name]:
-            wanted[name].append(t)
-    mc, constant = costs.for_model(conn, model, fingerprint=limits.fingerprint, threads=limits.threads,
-                                   n_prompt=limits.n_prompt, n_gen=limits.n_gen, types_by_tensor=wanted,
-                                   working_set_mib=limits.working_set_mib)
-    seconds = seconds_of(mc)
-    if constant.pp_seconds < 0 or constant.tg_seconds < 0:
-        # llama-bench ran the reference faster than its summed op costs: the costs overestimate this
-        # model's ops (a tiny model, or a noisy machine); a negative rest would make any limit look reachable
-        log.warning("the cost model's constant is negative (%.4g s per prompt, %.4g s per token): the op "
-                    "costs exceed llama-bench's time on %s; taken as 0", constant.pp_seconds, constant.tg_seconds,
-                    Path(constant.reference).name)
-    rest = (max(constant.pp_seconds, 0.0), max(constant.tg_seconds, 0.0))
-    partial = SpeedBudget(seconds, rest, (None, None),
-                          f"{mc.machine.fingerprint} ({mc.machine.label})", limits.n_prompt)
+    partial = unlimited(conn, model, limits, types_by_tensor, ref_types)
     pp_limit: float | None = None
     tg_limit: float | None = None
     ref = None

@@ -196,6 +196,10 @@ def check(strategy: Strategy, layout: filesize.FileLayout, imatrix_keys: filesiz
             continue
         if requires_imatrix(name, canonical, strategy.base_ftype) and not strategy.imatrix:
             errors.append(f"{name}: {canonical} needs an importance matrix and the strategy has no 'imatrix:'")
+        mismatch = _shape_mismatch(slot, strategy.candidates.get(name, {}), known)
+        if mismatch:
+            errors.append(f"{name}: the strategy's candidates are sized for another shape ({mismatch}; this model's "
+                          f"tensor is {'x'.join(map(str, slot.shape))}): a strategy of another model?")
         resolved[name] = canonical
     missing = [t.name for t in layout.tensors if t.quantizable and t.name not in strategy.types]
     for name in missing:
@@ -222,6 +226,22 @@ def check(strategy: Strategy, layout: filesize.FileLayout, imatrix_keys: filesiz
         if math.isnan(predicted_error):
             predicted_error = None
     return CheckResult(errors, warnings, size, strategy.budget, predicted_error)
+
+
+def _shape_mismatch(slot: filesize.TensorSlot, candidates: dict[str, tuple[int, float]], known: dict[str, str]
+                    ) -> str | None:
+    """The first candidate whose bytes this tensor's shape does not give (a strategy planned for another model)."""
+    lib = ggml.load()
+    for type_name, (nbytes, _) in candidates.items():
+        canonical = known.get(type_name.lower())
+        if canonical is None:
+            continue
+        t = lib.type_by_name(canonical)
+        actual = t.row_size(slot.row_length) * slot.n_rows if slot.row_length % t.block_size == 0 else None
+        if actual != nbytes:
+            return (f"{canonical}: {nbytes} bytes in the strategy, " +
+                    (f"{actual} here" if actual is not None else f"its blocks do not fit rows of {slot.row_length}"))
+    return None
 
 
 def overrides(strategy: Strategy, layout: filesize.FileLayout) -> list[tuple[str, str]]:
