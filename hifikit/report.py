@@ -84,7 +84,7 @@ def _role(run: dict[str, Any], step: dict[str, Any], result: dict[str, Any]) -> 
         return spec["role"]
     if step["kind"] == "kld-base":
         return "reference"
-    if run["command"] in ("plan", "plan-verify"):
+    if run["command"] in ("plan", "plan-verify", "quantize-verify"):
         return "plan"
     return "hifi" if _is_hifi(result) else "stock"
 
