@@ -101,6 +101,16 @@ def test_the_library_never_imports_the_cli():
     assert {m: d for m, d in offenders.items() if d} == {}
 
 
+def test_the_web_ui_is_a_front_end_like_the_cli():
+    """hifikit.ui calls the library and nothing imports it but the CLI's `ui` command (which launches it)."""
+    front = {m: sorted(d for d in imports(m, module_level=False) if d.startswith("hifikit.ui"))
+             for m in MODULES if not m.startswith(("hifikit.ui", "hifikit.cli.ui"))}
+    assert {m: d for m, d in front.items() if d} == {}
+    into_cli = {m: sorted(d for d in imports(m, module_level=False) if d.startswith("hifikit.cli"))
+                for m in MODULES if m.startswith("hifikit.ui")}
+    assert {m: d for m, d in into_cli.items() if d} == {}
+
+
 def test_cli_commands_import_only_the_library_and_the_shared_helpers():
     commands = [m for m in MODULES if m.startswith("hifikit.cli.") and m not in CLI_SHARED | CLI_DISPATCH]
     offenders = {m: sorted(d for d in imports(m, module_level=False) if d.startswith("hifikit.cli.")
