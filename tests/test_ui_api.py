@@ -163,8 +163,17 @@ def test_model_tensors_and_bad_models(ui, swept, root):
     assert client.post("/api/sweep", json={"model": "tiny-f16.gguf", "text": "text.txt"}).status_code == 400
     assert client.post("/api/sweep", content=b"[1, 2]").status_code == 400
     assert client.post("/api/sweep", content=b"{not json").status_code == 400
-    models = client.get("/api/models").json()["models"]
-    assert str((root / "tiny-f16.gguf").resolve()) in {m["path"] for m in models}
+    # GGUFs in the roots, and those `hifikit fetch` brought (usable when under a root)
+    conn = db.connect()
+    fetch_run = jobs.create_run(conn, "fetch", {"repo_id": "org/tiny"}, [])
+    outside = root.parent / "snapshot" / "tiny-q8.gguf"
+    outside.parent.mkdir()
+    outside.write_bytes(b"GGUF")
+    db.add_artifacts(conn, fetch_run, None, [db.Artifact(str(outside), "gguf")])
+    models = {m["path"]: m for m in client.get("/api/models").json()["models"]}
+    assert models[str((root / "tiny-f16.gguf").resolve())]["usable"]
+    fetched = models[str(outside.resolve())]
+    assert not fetched["usable"] and f"run {fetch_run}" in fetched["from"] and "--root" in fetched["from"]
 
 
 def test_a_sweep_started_twice_is_one_job_and_finishes(ui, root):

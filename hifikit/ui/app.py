@@ -269,15 +269,20 @@ def list_models(request: Request, state: State, data: dict[str, Any]) -> Any:
         for pattern in ("*.gguf", "*/*.gguf"):
             for p in sorted(root.glob(pattern))[:200]:
                 if p.is_file() and not p.name.endswith(".imatrix.gguf"):
-                    found[str(p.resolve())] = {"path": str(p.resolve()), "size": p.stat().st_size, "from": "folder"}
+                    found[str(p.resolve())] = {"path": str(p.resolve()), "size": p.stat().st_size, "from": "folder",
+                                               "usable": True}
     conn = state.conn()
-    for row in conn.execute("SELECT id FROM runs WHERE command='fetch' AND status='done' ORDER BY id DESC LIMIT 50"):
-        for step in jobs.get_run(conn, row["id"])["steps"]:
-            for m in (step["result"] or {}).get("models", []):
-                path = m.get("path") if isinstance(m, dict) else m
-                if path and Path(path).is_file():
-                    found.setdefault(str(path), {"path": str(path), "size": Path(path).stat().st_size,
-                                                 "from": f"fetch run {row['id']}"})
+    for row in conn.execute("SELECT a.path, a.run_id FROM artifacts a JOIN runs r ON r.id = a.run_id "
+                            "WHERE r.command='fetch' AND a.kind='gguf' ORDER BY a.id DESC LIMIT 200"):
+        path = Path(row["path"])
+        if path.is_file():
+            try:
+                state.policy.inside_roots(path)
+                usable, where = True, f"hifikit fetch (run {row['run_id']})"
+            except HifikitError:   # listed, so the user knows which --root would open it
+                usable, where = False, f"hifikit fetch (run {row['run_id']}), outside the roots: add --root"
+            found.setdefault(str(path.resolve()), {"path": str(path.resolve()), "size": path.stat().st_size,
+                                                   "from": where, "usable": usable})
     return {"models": list(found.values())}
 
 
@@ -338,9 +343,13 @@ def _plan_inputs(state: State, data: dict[str, Any]):
     limits = None
     if data.get("max_slowdown") not in (None, ""):
         try:
-            limits = SpeedLimits(max_slowdown=float(data["max_slowdown"]))
+            slowdown = float(data["max_slowdown"])
         except (TypeError, ValueError) as exc:
             raise HifikitError(f"max slowdown: not a number: {data['max_slowdown']!r}") from exc
+        machine = data.get("costs_machine") or None
+        if machine is not None and not (isinstance(machine, str) and machine.isalnum()):
+            raise HifikitError(f"costs machine: not a fingerprint: {machine!r}")
+        limits = SpeedLimits(max_slowdown=slowdown, fingerprint=machine)
     pins = data.get("pins") or {}
     if not isinstance(pins, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pins.items()):
         raise HifikitError("pins: give an object of tensor name -> type")
@@ -363,6 +372,13 @@ def make_plan(request: Request, state: State, data: dict[str, Any]) -> Any:
         return JSONResponse(out, status_code=400)
     check = session.assess(plan.types, target, limits)
     return payloads.plan_json(plan) | {"check": payloads.assessment_json(check), "pins": pins}
+
+
+def cost_machines(request: Request, state: State, data: dict[str, Any]) -> Any:
+    """The machines the runs database has speed costs of (`hifikit costs`), for the editor's speed budget."""
+    from .. import costs
+    return {"machines": [{"fingerprint": m.fingerprint, "label": m.label, "backend": m.backend,
+                          "threads": m.threads} for m in costs.machines(state.conn())]}
 
 
 def save_strategy(request: Request, state: State, data: dict[str, Any]) -> Any:
@@ -439,6 +455,7 @@ def create_app(policy: Policy, launcher: Launcher | None = None) -> ASGIApp:
         Route("/api/models", api(list_models)), Route("/api/model", api(get_model)),
         Route("/api/sweep", api(start_sweep), methods=["POST"]),
         Route("/api/plan", api(make_plan), methods=["POST"]),
+        Route("/api/costs/machines", api(cost_machines)),
         Route("/api/strategy/save", api(save_strategy), methods=["POST"]),
         Route("/api/strategy/load", api(load_strategy), methods=["POST"]),
         Route("/api/quantize", api(start_quantize), methods=["POST"]),

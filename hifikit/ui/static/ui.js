@@ -49,11 +49,15 @@ async function indexPage() {
     ev.preventDefault(); location.href = "/model?path=" + encodeURIComponent($("#model-path").value);
   });
   call("/api/models").then((d) => fill($("#models tbody"), d.models.map((m) => el("tr", {},
-    el("td", {}, el("a", {href: "/model?path=" + encodeURIComponent(m.path)}, m.path)),
+    el("td", {}, m.usable ? el("a", {href: "/model?path=" + encodeURIComponent(m.path)}, m.path) : m.path),
     el("td", {class: "num"}, mib(m.size)), el("td", {}, m.from))))).catch((e) => say(e.message, true));
+  const selected = new Set();
+  $("#compare-selected").onclick = () => { location.href = "/compare?runs=" + [...selected].join(","); };
   startPolling(async () => {
     const d = await call("/api/runs");
     fill($("#runs tbody"), d.runs.map((r) => el("tr", {"data-run": r.id, "data-status": r.status},
+      el("td", {}, el("input", {type: "checkbox", checked: selected.has(r.id),
+                                onchange: (ev) => ev.target.checked ? selected.add(r.id) : selected.delete(r.id)})),
       el("td", {}, el("a", {href: `/run/${r.id}`}, String(r.id))), el("td", {}, r.command),
       el("td", {}, r.model_name), el("td", {class: "status"}, r.status), el("td", {}, bar(r.progress)),
       el("td", {}, r.can_cancel ? el("button", {onclick: () => act(`/api/runs/${r.id}/cancel`)}, "Cancel") : "",
@@ -166,6 +170,7 @@ function editorRequest() {
   const f = new FormData($("#target-form"));
   return {model: params.get("model"), run: params.get("run"), imatrix: params.get("imatrix"),
           target: {kind: f.get("kind"), value: f.get("value")}, max_slowdown: f.get("max_slowdown") || null,
+          costs_machine: f.get("costs_machine") || null,
           pins: editor.pins, types: editor.plan ? Object.fromEntries(editor.plan.tensors.map((t) => [t.name, t.type])) : {}};
 }
 
@@ -247,6 +252,9 @@ async function editorPage() {
     } catch (e) { say(e.message, true); }
   };
   $("#quantize").onclick = quantizeNow;
+  call("/api/costs/machines").then((d) => $("#target-form select[name=costs_machine]").append(
+    ...d.machines.map((m) => el("option", {value: m.fingerprint}, `${m.fingerprint} (${m.label})`))));
+  say("opening the plan: the sweep, llama-quantize's dry run and the knees are read once per model and run");
   await replan();
 }
 
@@ -283,7 +291,8 @@ async function comparePage() {
       const rows = d.rows.filter((r) => r.kld_mean !== null && r.role !== "reference");
       const speed = (r) => { const v = Object.entries(r.tps || {}).find(([k]) => k.startsWith("tg")); return v ? v[1][0] : null; };
       Plotly.react("pareto-plot", [{x: rows.map((r) => r.file_bytes / 1048576), y: rows.map((r) => r.kld_mean),
-        text: rows.map((r) => r.label), mode: "markers+text", textposition: "top center",
+        text: rows.map((r) => r.label), mode: rows.length > 8 ? "markers" : "markers+text", textposition: "top center",
+        hovertemplate: "%{text}<br>%{x:.3f} MiB, mean KLD %{y:.5f}<extra></extra>",
         error_y: {type: "data", array: rows.map((r) => r.kld_error || 0)},
         marker: {size: 12, color: rows.map((r) => speed(r) ?? 0), colorscale: "Viridis", showscale: true,
                  colorbar: {title: {text: "tg t/s"}}}}],
