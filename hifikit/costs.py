@@ -112,6 +112,17 @@ class Constant:
     summed_tg_seconds: float
     repetitions: int
 
+    @property
+    def negative(self) -> bool:
+        return self.pp_seconds < 0 or self.tg_seconds < 0
+
+    @property
+    def rest(self) -> tuple[float, float]:
+        """Per prompt and per token, what a prediction adds to the weight ops. A negative part (llama-bench
+        ran the reference faster than its summed op costs: a tiny model, or a noisy machine) is taken as 0:
+        a negative rest would make any speed limit look reachable."""
+        return max(self.pp_seconds, 0.0), max(self.tg_seconds, 0.0)
+
 
 @dataclasses.dataclass
 class CostTable:
@@ -335,8 +346,12 @@ def predict(types_by_tensor: Mapping[str, str], costs: ModelCosts, constant: Con
         raise HifikitError(f"the constant (model {constant.signature}, pp{constant.n_prompt}) does not belong to "
                            f"these costs (model {costs.signature}, pp{costs.n_prompt})")
     weights = summed(types_by_tensor, costs)
-    return Prediction(constant.pp_seconds + weights.pp_seconds, constant.tg_seconds + weights.tg_seconds,
-                      costs.n_prompt)
+    if constant.negative:
+        log.warning("the cost model's constant is negative (%.4g s per prompt, %.4g s per token): the op costs "
+                    "exceed llama-bench's time on %s; taken as 0", constant.pp_seconds, constant.tg_seconds,
+                    Path(constant.reference).name)
+    pp, tg = constant.rest
+    return Prediction(pp + weights.pp_seconds, tg + weights.tg_seconds, costs.n_prompt)
 
 
 def summed(types_by_tensor: Mapping[str, str], costs: ModelCosts) -> TensorCost:

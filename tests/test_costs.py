@@ -5,6 +5,8 @@ No assertion here depends on how fast anything runs.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -192,6 +194,11 @@ def test_prediction_is_the_sum_of_tensor_costs_plus_the_constant(built, tiny_mod
     assert costs.predict_file(tiny_model, mc, k) == costs.predict({t.tensor: "f16" for t in ops.tensors}, mc, k)
     # without a type list, every fully costed type
     assert set(costs.model_costs(ops, table).tensors[up.tensor]) == {"q8_0", "f16"}
+    # a negative part of the constant (the ops summed over llama-bench's time) adds nothing, as in the planner
+    neg = dataclasses.replace(k, pp_seconds=-0.5, tg_seconds=0.25)
+    clamped = costs.predict(plan, mc, neg)
+    assert neg.rest == (0.0, 0.25) and neg.negative and not k.negative
+    assert (clamped.pp_seconds, clamped.tg_seconds) == (want_pp - 0.5, want_tg)
 
 
 def test_prediction_refuses_what_it_cannot_cost(built, tiny_model):

@@ -81,14 +81,11 @@ def unlimited(conn: sqlite3.Connection, model: Path, limits: SpeedLimits,
     mc, constant = costs.for_model(conn, model, fingerprint=limits.fingerprint, threads=limits.threads,
                                    n_prompt=limits.n_prompt, n_gen=limits.n_gen, types_by_tensor=wanted,
                                    working_set_mib=limits.working_set_mib)
-    if constant.pp_seconds < 0 or constant.tg_seconds < 0:
-        # llama-bench ran the reference faster than its summed op costs: the costs overestimate this
-        # model's ops (a tiny model, or a noisy machine); a negative rest would make any limit look reachable
+    if constant.negative:
         log.warning("the cost model's constant is negative (%.4g s per prompt, %.4g s per token): the op "
                     "costs exceed llama-bench's time on %s; taken as 0", constant.pp_seconds, constant.tg_seconds,
                     Path(constant.reference).name)
-    rest = (max(constant.pp_seconds, 0.0), max(constant.tg_seconds, 0.0))
-    return SpeedBudget(seconds_of(mc), rest, (None, None), f"{mc.machine.fingerprint} ({mc.machine.label})",
+    return SpeedBudget(seconds_of(mc), constant.rest, (None, None), f"{mc.machine.fingerprint} ({mc.machine.label})",
                        limits.n_prompt)
 
 
