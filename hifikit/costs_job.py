@@ -67,8 +67,9 @@ def plan_cases(opts: CostsOptions) -> tuple[costs.ModelOps, dict[str, list[str]]
     return ops, types, costs.cases_for(ops, types)
 
 
-def start(opts: CostsOptions, progress: bool | None = None) -> CostsResult:
-    """Measure (what is not stored yet) and fit the constant, as one resumable run."""
+def step_specs(opts: CostsOptions) -> tuple[CostsOptions, costs.Machine, list[costs.Case], list[jobs.StepSpec]]:
+    """The checked options (paths resolved), this machine, the cases and the two steps of a costs run:
+    measure what is not stored yet, then fit the constant on the reference (the demo runs the same)."""
     for value, name in ((opts.n_prompt, "--batch"), (opts.n_gen, "--gen"), (opts.repetitions, "--repetitions"),
                         (opts.bench_repetitions, "--bench-repetitions"), (opts.working_set_mib, "--working-set")):
         costs.check_batch(value, name)
@@ -88,8 +89,14 @@ def start(opts: CostsOptions, progress: bool | None = None) -> CostsResult:
             "reference": str(reference), "n_prompt": opts.n_prompt, "n_gen": opts.n_gen,
             "repetitions": opts.bench_repetitions, "machine": machine_spec, "refit": opts.refit}),
     ]
-    args = {"model": str(model), "backend": opts.backend, "threads": machine.threads, "types": opts.types,
-            "n_prompt": opts.n_prompt, "n_gen": opts.n_gen, "reference": str(reference),
+    return opts, machine, cases, steps
+
+
+def start(opts: CostsOptions, progress: bool | None = None) -> CostsResult:
+    """Measure (what is not stored yet) and fit the constant, as one resumable run."""
+    opts, machine, cases, steps = step_specs(opts)
+    args = {"model": str(opts.model), "backend": opts.backend, "threads": machine.threads, "types": opts.types,
+            "n_prompt": opts.n_prompt, "n_gen": opts.n_gen, "reference": str(opts.reference),
             "fingerprint": machine.fingerprint, "cases": len(cases)}
     run = jobs.start("costs", args, steps, progress=progress)
     return result(run)

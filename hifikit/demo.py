@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import atomic, costs, costs_job, db, degrid, gguf_io, jobs, kld, report
+from . import atomic, costs_job, db, degrid, gguf_io, jobs, kld, report
 from .steps import quantize as run_quantize
 from .errors import HifikitError
 from .jobs import StepContext, StepOutput, StepSpec
@@ -258,17 +258,17 @@ def plan_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
 
 
 def costs_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    """The speed cost model of the model's tensors in every candidate type on this machine (costs.py),
-    and llama-bench's constant on the reference file; what is stored already is reused."""
+    """`hifikit costs`' two steps, run inside the demo's run once the reference file exists: the speed cost
+    model of the model's tensors in every candidate type on this machine (what is stored is reused), and
+    llama-bench's constant on the reference file."""
     opts = costs_job.CostsOptions(Path(spec["model"]), threads=spec.get("threads"), n_prompt=spec["n_prompt"],
                                   n_gen=spec["n_gen"], reference=Path(spec["reference"]))
-    _, _, cases = costs_job.plan_cases(opts)
-    machine = costs.describe("CPU", spec.get("threads"))
-    stats = costs.measure(ctx.conn, machine, cases, run_id=ctx.run_id, work_dir=ctx.run_dir, log_path=ctx.log_path)
-    constant, fitted = costs.fit_constant(ctx.conn, machine, Path(spec["reference"]), spec["n_prompt"],
-                                          spec["n_gen"], run_id=ctx.run_id, log_path=ctx.log_path)
-    return StepOutput(result={**dataclasses.asdict(stats), "fingerprint": machine.fingerprint,
-                              "constant": dataclasses.asdict(constant), "constant_fitted": fitted})
+    _, machine, _, (measure, constant) = costs_job.step_specs(opts)
+    measured = costs_job.measure_step(ctx, measure.spec)
+    fitted = costs_job.constant_step(ctx, constant.spec)
+    k = dict(fitted.result)
+    return StepOutput(result={**measured.result, "constant": {f: v for f, v in k.items() if f != "fitted"},
+                              "constant_fitted": k["fitted"]}, measurements=fitted.measurements)
 
 
 def recipe_quantize_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
