@@ -200,12 +200,15 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-def connect(path: Path | None = None) -> sqlite3.Connection:
-    """Open (creating if needed) the database and apply pending migrations."""
+def connect(path: Path | None = None, shared: bool = False) -> sqlite3.Connection:
+    """Open (creating if needed) the database and apply pending migrations.
+
+    shared: the connection may be used from other threads than the one that opened it, one at a time
+    (the caller serialises its use, as the web UI's planner sessions do with a lock)."""
     path = path or db_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=not shared)
     except (OSError, sqlite3.Error) as exc:
         raise HifikitError(f"cannot open the runs database {path}: {exc}") from exc
     conn.row_factory = sqlite3.Row

@@ -332,3 +332,23 @@ def test_hifikit_ui_prints_its_url_serves_loopback_and_stops_by_itself(cli, root
         proc.wait(30)
     remote = cli("ui", "--host", "0.0.0.0", "--port", "0", "--root", root, check=False)
     assert remote.returncode == 1 and "--allow-remote" in remote.stderr and remote.stderr.count("\n") == 1
+
+
+def test_pages_static_files_jobs_and_cost_machines(ui, swept):
+    client, _, _ = ui
+    for page, path in (("index", "/"), ("model", "/model?path=tiny-f16.gguf"), ("run", f"/run/{swept}"),
+                       ("editor", f"/editor?model=tiny-f16.gguf&run={swept}"), ("compare", "/compare?runs=1")):
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), path
+        assert '<script src="/static/plotly.min.js">' in r.text and f'data-page="{page}"' in r.text
+    js = client.get("/static/plotly.min.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and len(js.content) > 1e6
+    assert client.get("/static/ui.js").text.startswith("// hifikit ui")
+    # no cost model stored yet; an unknown job is 404, a malformed key too
+    assert client.get("/api/costs/machines").json() == {"machines": []}
+    assert client.get("/api/jobs/0123abcd").status_code == 404
+    assert client.get("/api/jobs/..%2f..").status_code == 404
+    r = client.post("/api/plan", json=plan_body(Path("."), swept, model="tiny-f16.gguf", max_slowdown="fast"))
+    assert r.status_code == 400 and "max slowdown" in r.json()["error"]
+    r = client.post("/api/plan", json=plan_body(Path("."), swept, model="tiny-f16.gguf", max_slowdown="1.0"))
+    assert r.status_code == 400 and "hifikit costs" in r.json()["error"]

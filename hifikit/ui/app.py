@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import atomic, db, gguf_io, jobs, report
 from ..errors import HifikitError
 from ..planner import strategy as strategy_mod
-from ..planner.plan import make_target
+from ..planner.plan import Target, make_target
 from ..planner.session import PlanSession
 from ..planner.speed import SpeedLimits
 from ..quant_rules import resolve_type
@@ -84,12 +84,28 @@ class Guard:
         await self.app(scope, receive, send_with_cookie)
 
 
+class LockedSession:
+    """A planner session with its own database connection, used by one request at a time (requests run in
+    the thread pool; a session and its connection are not thread-safe)."""
+
+    def __init__(self, session: PlanSession) -> None:
+        self.session = session
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> PlanSession:
+        self.lock.acquire()
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
 class State:
     """What one server keeps between requests: the policy, the job launcher and a few planner sessions."""
 
     def __init__(self, policy: Policy, launcher: Launcher) -> None:
         self.policy, self.launcher = policy, launcher
-        self._sessions: collections.OrderedDict[tuple, PlanSession] = collections.OrderedDict()
+        self._sessions: collections.OrderedDict[tuple, LockedSession] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(["html"]))
@@ -97,8 +113,7 @@ class State:
     def conn(self) -> sqlite3.Connection:
         return db.connect()
 
-    def session(self, conn: sqlite3.Connection, model: Path, run: int | None, mode: str | None,
-                imatrix: Path | None) -> PlanSession:
+    def session(self, model: Path, run: int | None, mode: str | None, imatrix: Path | None) -> LockedSession:
         """A planner session per (model, sweep run, mode, imatrix), the last few kept: an edit re-plans in it."""
         key = (str(model), run, mode, str(imatrix) if imatrix else None)
         with self._lock:
@@ -106,7 +121,8 @@ class State:
             if s is not None:
                 self._sessions.move_to_end(key)
                 return s
-        s = PlanSession.open(conn, model, from_run=run, mode=mode, imatrix=imatrix)
+        s = LockedSession(PlanSession.open(db.connect(shared=True), model, from_run=run, mode=mode,
+                                           imatrix=imatrix))
         with self._lock:
             self._sessions[key] = s
             while len(self._sessions) > SESSIONS_KEPT:
@@ -330,11 +346,10 @@ def start_sweep(request: Request, state: State, data: dict[str, Any]) -> Any:
 # --- the strategy editor -----------------------------------------------------------------------------------
 
 def _plan_inputs(state: State, data: dict[str, Any]):
-    conn = state.conn()
     model = existing_file(state, data.get("model"), "model")
     run = int_of(data["run"], "run") if data.get("run") not in (None, "") else None
     imatrix = existing_file(state, data["imatrix"], "imatrix") if data.get("imatrix") else None
-    session = state.session(conn, model, run, data.get("mode") or None, imatrix)
+    session = state.session(model, run, data.get("mode") or None, imatrix)
     target = data.get("target") or {}
     kind, value = target.get("kind", "match"), target.get("value")
     if kind not in ("bpw", "size", "match") or value in (None, ""):
@@ -357,7 +372,13 @@ def _plan_inputs(state: State, data: dict[str, Any]):
 
 
 def make_plan(request: Request, state: State, data: dict[str, Any]) -> Any:
-    session, target, limits, pins = _plan_inputs(state, data)
+    locked, target, limits, pins = _plan_inputs(state, data)
+    with locked as session:
+        return _replan(session, data, target, limits, pins)
+
+
+def _replan(session: PlanSession, data: dict[str, Any], target: Target, limits: SpeedLimits | None,
+            pins: dict[str, str]) -> Any:
     try:
         plan = session.plan(target, pins, speed_limits=limits)
     except HifikitError as exc:
@@ -382,10 +403,12 @@ def cost_machines(request: Request, state: State, data: dict[str, Any]) -> Any:
 
 
 def save_strategy(request: Request, state: State, data: dict[str, Any]) -> Any:
-    session, target, limits, pins = _plan_inputs(state, data)
+    locked, target, limits, pins = _plan_inputs(state, data)
     out = new_file(state, data.get("path"), "path", (".yaml", ".yml"))
-    plan = session.plan(target, pins, speed_limits=limits)
-    atomic.write_text(out, session.strategy_text(plan))
+    with locked as session:
+        plan = session.plan(target, pins, speed_limits=limits)
+        text = session.strategy_text(plan)
+    atomic.write_text(out, text)
     return {"path": str(out), "predicted_bytes": plan.predicted_bytes, "predicted_error": plan.predicted_error}
 
 
