@@ -28,7 +28,8 @@ bound on the optimum, so ``error - bound`` bounds how far a result can be from
 the optimum; it is returned with the result.
 
 The implementation works on padded (items x options) arrays made once per call
-(``_Tables``), so a thousand items re-plan in well under 200 ms (bench/replan.py):
+(``_Tables``, whose fronts and hulls are found for every item at once, a column at a
+time), so a thousand items re-plan in well under 200 ms (bench/replan.py):
 the greedy walk of step 3 takes the hull steps in the order a heap of each item's
 next step pops them, all of them up to the first that does not fit at once; the
 exchange of step 5 finds the pair matrix's first least entry without the matrix
@@ -97,13 +98,16 @@ def _dual_bound(t: "_Tables", capacity: int) -> float:
     """dual_bound on prepared tables. The dual is concave in l and piecewise linear with its breaks at the
     hulls' slopes, so its maximum over them is found by bisection; the dual is then evaluated exactly as
     the sum over items, in their order, at the breaks around it."""
-    slopes = {0.0}
-    for opts, hull in zip(t.items, t.full_hulls):
-        for a, b in zip(hull, hull[1:]):
-            db = opts[b][0] - opts[a][0]
-            if db > 0:
-                slopes.add((opts[a][1] - opts[b][1]) / db)
-    lam = np.array(sorted(slopes))
+    hull, size = t.full_hull_pad, t.full_hull_len
+    slopes = np.zeros(0)
+    if hull.shape[1] > 1:
+        rows = np.arange(t.n)[:, None]
+        a, b = np.maximum(hull[:, :-1], 0), np.maximum(hull[:, 1:], 0)
+        seg = np.arange(hull.shape[1] - 1)[None, :] < (size - 1)[:, None]
+        db = t.nbytes[rows, b] - t.nbytes[rows, a]
+        seg &= db > 0
+        slopes = (t.err[rows, a][seg] - t.err[rows, b][seg]) / db[seg]
+    lam = np.unique(np.concatenate([[0.0], slopes]))
     cache: dict[int, float] = {}
 
     def value(k: int) -> float:
@@ -127,50 +131,127 @@ def _dual_bound(t: "_Tables", capacity: int) -> float:
 
 
 class _Tables:
-    """The items as padded arrays (by option index) and their fronts and hulls, made once per allocate."""
+    """The items as padded arrays (by option index) and their fronts and hulls, made once per allocate.
 
-    def __init__(self, items: Sequence[Sequence[tuple[int, float]]], tie: float) -> None:
+    The fronts and hulls are made for all items at once, a column of the padded arrays at a time (the
+    loops of frontier.pareto_front and frontier.lower_hull, one step for every item together): the same
+    indices, ties broken the same way."""
+
+    def __init__(self, items: Sequence[Sequence[tuple[int, float]]], tie: float,
+                 arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        """arrays: (nbytes, err, counts) already padded (int64 bytes, float errors, inf beyond counts)."""
         self.items = items
-        n, m = len(items), max((len(o) for o in items), default=0)
-        self.nbytes = np.zeros((n, m), dtype=np.int64)
-        self.err = np.full((n, m), np.inf)
-        for i, opts in enumerate(items):
-            self.nbytes[i, :len(opts)] = [o[0] for o in opts]
-            self.err[i, :len(opts)] = [o[1] for o in opts]
+        if arrays is None:
+            n, m = len(items), max((len(o) for o in items), default=0)
+            self.nbytes = np.zeros((n, m), dtype=np.int64)
+            self.err = np.full((n, m), np.inf)
+            for i, opts in enumerate(items):
+                self.nbytes[i, :len(opts)] = [o[0] for o in opts]
+                self.err[i, :len(opts)] = [o[1] for o in opts]
+            self.counts = np.array([len(o) for o in items], dtype=np.int64)
+        else:
+            self.nbytes, self.err, self.counts = arrays
+            n, m = self.nbytes.shape
+        self.n = n
         self.nbytes_f = self.nbytes.astype(np.float64)
-        self.fronts = [_pareto(opts, tie) for opts in items]
-        self.full = self.fronts if tie == 0 else [_pareto(opts) for opts in items]
-        self.full_hulls = [_hull(opts, front) for opts, front in zip(items, self.full)]
-        self.hulls = self.full_hulls if tie == 0 else [_hull(opts, front) for opts, front in zip(items, self.fronts)]
-        self.front_table = _FrontTable(self.fronts, n)
-        self.full_table = self.front_table if tie == 0 else _FrontTable(self.full, n)
+        self.present = np.arange(m)[None, :] < self.counts[:, None]
+        finite = self.present & np.isfinite(self.err)
+        # the float noise of each item's errors (see _pareto)
+        self.noise = EPS * np.maximum(1.0, np.max(np.where(finite, np.abs(self.err), 1.0), axis=1, initial=1.0))
+        # the options by (bytes, error), the given order breaking ties (sorted() is stable, so is lexsort)
+        big = np.iinfo(np.int64).max
+        self.order = np.lexsort((self.err, np.where(self.present, self.nbytes, big)), axis=-1)
+        front_pad = self._front(np.maximum(tie, self.noise))
+        full_pad = front_pad if tie == 0 else self._front(self.noise)
+        hull_pad, hull_len = self._hull(front_pad)
+        full_hull_pad, full_hull_len = (hull_pad, hull_len) if tie == 0 else self._hull(full_pad)
+        self.hull_pad, self.hull_len = hull_pad, hull_len
+        self.full_hull_pad, self.full_hull_len = full_hull_pad, full_hull_len
+        self.front_table = _FrontTable(front_pad, n)
+        self.full_table = self.front_table if tie == 0 else _FrontTable(full_pad, n)
+        self.fronts = _rows(front_pad)
         # the hull walk's steps in the order the greedy takes them: by error decrease per byte, the item's
         # index breaking ties, an item's steps in their order (the heap of step 3, see _walk)
-        seg_item, seg_k, seg_db, key = [], [], [], []
-        for i, h in enumerate(self.hulls):
-            last = -math.inf
-            for k in range(len(h) - 1):
-                a, b = items[i][h[k]], items[i][h[k + 1]]
-                last = max(last, -(a[1] - b[1]) / max(b[0] - a[0], 1))
-                seg_item.append(i)
-                seg_k.append(k)
-                seg_db.append(b[0] - a[0])
-                key.append(last)
-        order = np.lexsort((np.array(seg_k, dtype=np.int64), np.array(seg_item, dtype=np.int64),
-                            np.array(key, dtype=np.float64))) if seg_item else np.zeros(0, dtype=np.int64)
-        self.seg_item = np.array(seg_item, dtype=np.int64)[order]
-        self.seg_k = np.array(seg_k, dtype=np.int64)[order]
-        self.seg_db = np.array(seg_db, dtype=np.int64)[order]
+        if hull_pad.shape[1] > 1:
+            rows = np.arange(n)[:, None]
+            a, b = np.maximum(hull_pad[:, :-1], 0), np.maximum(hull_pad[:, 1:], 0)
+            seg_ok = np.arange(hull_pad.shape[1] - 1)[None, :] < (hull_len - 1)[:, None]
+            db = self.nbytes[rows, b] - self.nbytes[rows, a]
+            with np.errstate(invalid="ignore"):
+                ratio = -(self.err[rows, a] - self.err[rows, b]) / np.maximum(db, 1)
+            key = np.maximum.accumulate(np.where(seg_ok, ratio, -np.inf), axis=1)
+            seg_item, seg_k = np.nonzero(seg_ok)
+            key, seg_db = key[seg_item, seg_k], db[seg_item, seg_k]
+            order = np.lexsort((seg_k, seg_item, key))
+        else:
+            seg_item = seg_k = seg_db = order = np.zeros(0, dtype=np.int64)
+        self.seg_item = seg_item.astype(np.int64)[order]
+        self.seg_k = seg_k.astype(np.int64)[order]
+        self.seg_db = seg_db.astype(np.int64)[order]
+
+    def _front(self, tol: np.ndarray) -> np.ndarray:
+        """Per item the option indices of its Pareto front by increasing bytes, -1 padded (_pareto's choice)."""
+        n, m = self.nbytes.shape
+        rows = np.arange(n)
+        keep = np.zeros((n, m), dtype=bool)
+        best = np.full(n, np.inf)
+        for k in range(m):
+            j = self.order[:, k]
+            e = self.err[rows, j]
+            here = self.present[rows, j] & ((e < best - tol) if k else True)
+            keep[:, k] = here
+            best = np.where(here, e, best)
+        width = int(keep.sum(axis=1).max(initial=0))
+        out = np.full((n, width), -1, dtype=np.int64)
+        r, k = np.nonzero(keep)
+        pos = np.cumsum(keep, axis=1)[r, k] - 1
+        out[r, pos] = self.order[r, k]
+        return out
+
+    def _hull(self, front: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lower convex hull of each padded front (frontier.lower_hull's monotone chain), -1 padded,
+        and the hulls' lengths."""
+        n, w = front.shape
+        rows = np.arange(n)
+        stack = np.full((n, max(w, 1)), -1, dtype=np.int64)
+        size = np.zeros(n, dtype=np.int64)
+        for k in range(w):
+            i = front[:, k]
+            active = i >= 0
+            si = np.maximum(i, 0)
+            while True:
+                test = active & (size >= 2)
+                if not test.any():
+                    break
+                o = stack[rows, np.maximum(size - 2, 0)]
+                a = stack[rows, np.maximum(size - 1, 0)]
+                o, a = np.maximum(o, 0), np.maximum(a, 0)
+                bo, ba, bi = self.nbytes[rows, o], self.nbytes[rows, a], self.nbytes[rows, si]
+                eo, ea, ei = self.err[rows, o], self.err[rows, a], self.err[rows, si]
+                with np.errstate(invalid="ignore"):
+                    cross = (ba - bo) * (ei - eo) - (ea - eo) * (bi - bo)
+                pop = test & (cross <= 0)
+                if not pop.any():
+                    break
+                size = size - pop
+            stack[rows[active], size[active]] = i[active]
+            size = size + active
+        width = int(size.max(initial=0))
+        stack = stack[:, :width]
+        return np.where(np.arange(width)[None, :] < size[:, None], stack, -1), size
+
+
+def _rows(padded: np.ndarray) -> list[list[int]]:
+    """A -1 padded array's rows as lists."""
+    lengths = (padded >= 0).sum(axis=1).tolist()
+    return [row[:k] for row, k in zip(padded.tolist(), lengths)]
 
 
 class _FrontTable:
     """Per item its front's option indices by increasing bytes (-1: padding)."""
 
-    def __init__(self, fronts: list[list[int]], n: int) -> None:
-        width = max((len(f) for f in fronts), default=0)
-        self.opt = np.full((n, width), -1, dtype=np.int64)
-        for i, f in enumerate(fronts):
-            self.opt[i, :len(f)] = f
+    def __init__(self, front: np.ndarray, n: int) -> None:
+        self.opt = front
         self.present = self.opt >= 0
         self.safe = np.where(self.present, self.opt, 0)
         self.rows = np.arange(n)[:, None]
@@ -272,7 +353,7 @@ def _walk(t: _Tables, held: np.ndarray, choice: list[int], stage: list[str], use
         pos = np.array(pos_l, dtype=np.int64)
         used = capacity - slack
     for i in np.nonzero(pos)[0].tolist():
-        choice[i] = t.hulls[i][int(pos[i])]
+        choice[i] = int(t.hull_pad[i, int(pos[i])])
         stage[i] = "hull"
     return used
 
