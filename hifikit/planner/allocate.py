@@ -21,7 +21,10 @@ so it is tested against brute force. Each item is a list of options
    few large items (an option span of 5 % of the capacity or more), those held
    fixed, and a better result than step 6's is kept (stage "branch"). A large step (a tied
    embedding at three quarters of the file) is then weighed against the many
-   small steps it displaces, which the greedy walk of step 3 cannot do.
+   small steps it displaces, which the greedy walk of step 3 cannot do. A
+   combination whose Lagrangian bound (the dual's value plus the reduced costs
+   of its options at the dual's multiplier) is above the best result so far
+   cannot beat it and is not solved.
 
 The Lagrangian dual ``max_l sum_i min_j (e_ij + l b_ij) - l C`` is a lower
 bound on the optimum, so ``error - bound`` bounds how far a result can be from
@@ -95,9 +98,13 @@ def dual_bound(items: Sequence[Sequence[tuple[int, float]]], capacity: int) -> f
 
 
 def _dual_bound(t: "_Tables", capacity: int) -> float:
-    """dual_bound on prepared tables. The dual is concave in l and piecewise linear with its breaks at the
-    hulls' slopes, so its maximum over them is found by bisection; the dual is then evaluated exactly as
-    the sum over items, in their order, at the breaks around it."""
+    return _dual(t, capacity)[0]
+
+
+def _dual(t: "_Tables", capacity: int) -> tuple[float, float]:
+    """dual_bound on prepared tables, and the l that reaches it. The dual is concave in l and piecewise
+    linear with its breaks at the hulls' slopes, so its maximum over them is found by bisection; the dual
+    is then evaluated exactly as the sum over items, in their order, at the breaks around it."""
     hull, size = t.full_hull_pad, t.full_hull_len
     slopes = np.zeros(0)
     if hull.shape[1] > 1:
@@ -114,7 +121,7 @@ def _dual_bound(t: "_Tables", capacity: int) -> float:
         if k not in cache:
             per_item = np.min(t.err + lam[k] * t.nbytes_f, axis=1)
             total = -lam[k] * capacity
-            for v in per_item:
+            for v in per_item.tolist():
                 total += v
             cache[k] = float(total)
         return cache[k]
@@ -127,7 +134,8 @@ def _dual_bound(t: "_Tables", capacity: int) -> float:
         else:
             hi = mid + 1
     window = range(max(0, lo - 3), min(len(lam), hi + 4))
-    return max(value(0), *(value(k) for k in window))
+    k = max([0, *window], key=lambda k: (value(k), -k))
+    return value(k), float(lam[k])
 
 
 class _Tables:
@@ -272,42 +280,62 @@ def allocate(items: Sequence[Sequence[tuple[int, float]]], capacity: int, max_ro
     for i, opts in enumerate(items):
         if not opts:
             raise HifikitError(f"item {i} has no option")
-    t = _Tables(items, tie)
+    return _allocate(_Tables(items, tie), capacity, max_rounds, tie, branch, bound)
+
+
+def _allocate(t: _Tables, capacity: int, max_rounds: int, tie: float, branch: bool, bound: bool) -> Allocation:
+    """allocate on prepared tables (their items may be absent: only the arrays are read)."""
     fronts = t.fronts
-    floor = sum(items[i][front[0]][0] for i, front in enumerate(fronts))
+    first = np.array([f[0] for f in fronts], dtype=np.int64)
+    last = np.array([f[-1] for f in fronts], dtype=np.int64)
+    rows = np.arange(t.n)
+    low = t.nbytes[rows, first].tolist()
+    floor = sum(low)
     if floor > capacity:
         raise HifikitError(f"the budget ({capacity} bytes) is below the smallest possible size ({floor} bytes)")
-    spans = sorted(((items[i][front[-1]][0] - items[i][front[0]][0], i) for i, front in enumerate(fronts)
-                    if len(front) > 1), reverse=True)
-    large = [i for span, i in spans[:BRANCH_ITEMS] if span >= BRANCH_SHARE * capacity] if branch else []
+    span = (t.nbytes[rows, last] - t.nbytes[rows, first]).tolist()
+    spans = sorted(((span[i], i) for i, front in enumerate(fronts) if len(front) > 1), reverse=True)
+    large = [i for sp, i in spans[:BRANCH_ITEMS] if sp >= BRANCH_SHARE * capacity] if branch else []
     best = _solve(t, capacity, tie, {}, max_rounds)
+    best_total = _total(t, best[0])
     combos = list(itertools.product(*(fronts[i] for i in large))) if large else []
+    dual = _dual(t, capacity) if combos or bound else (math.nan, 0.0)
+    if combos:
+        # a branch's error is at least the dual at l with its items fixed (the dual's value plus their
+        # options' reduced costs at l): a branch that cannot beat the best so far is not solved
+        lam = dual[1]
+        reduced = t.err + lam * t.nbytes_f
+        reduced = reduced - np.min(reduced, axis=1, keepdims=True)
+        margin = 1e-9 * (1.0 + abs(dual[0]) + abs(lam * capacity))
     for combo in combos[:MAX_BRANCHES]:
         fixed = dict(zip(large, combo))
-        if floor + sum(items[i][j][0] - items[i][fronts[i][0]][0] for i, j in fixed.items()) > capacity:
+        if floor + sum(int(t.nbytes[i, j]) - low[i] for i, j in fixed.items()) > capacity:
+            continue
+        if dual[0] + sum(float(reduced[i, j]) for i, j in fixed.items()) > best_total + margin:
             continue
         choice, stage, used = _solve(t, capacity, tie, fixed, max_rounds)
-        if _total(items, choice) < _total(items, best[0]) - EPS * max(1.0, abs(_total(items, best[0]))):
+        total = _total(t, choice)
+        if total < best_total - EPS * max(1.0, abs(best_total)):
             for i in large:
                 stage[i] = "branch"
-            best = (choice, stage, used)
+            best, best_total = (choice, stage, used), total
     choice, stage, used = best
-    return Allocation(choice, used, _total(items, choice), _dual_bound(t, capacity) if bound else math.nan, stage)
+    return Allocation(choice, used, best_total, dual[0] if bound else math.nan, stage)
 
 
-def _total(items, choice: list[int]) -> float:
-    return sum(items[i][c][1] for i, c in enumerate(choice))
+def _total(t: _Tables, choice: list[int]) -> float:
+    """The summed error of a choice, added in the items' order (as the plain sum over the items did)."""
+    return sum(t.err[np.arange(t.n), choice].tolist())
 
 
 def _solve(t: _Tables, capacity: int, tie: float, fixed: dict[int, int], max_rounds: int
            ) -> tuple[list[int], list[str], int]:
     """Steps 2-6 with the items in `fixed` held at their given option."""
-    items = t.items
-    held = np.zeros(len(items), dtype=bool)
+    held = np.zeros(t.n, dtype=bool)
     held[list(fixed)] = True
     choice = [fixed[i] if i in fixed else front[0] for i, front in enumerate(t.fronts)]
-    stage = ["minimum"] * len(items)
-    used = sum(items[i][c][0] for i, c in enumerate(choice))
+    stage = ["minimum"] * t.n
+    used = int(t.nbytes[np.arange(t.n), choice].sum())
     used = _walk(t, held, choice, stage, used, capacity)
 
     # 4./5. exact fill and pair exchanges over all non-dominated options
@@ -335,7 +363,7 @@ def _walk(t: _Tables, held: np.ndarray, choice: list[int], stage: list[str], use
     that does not fit are taken at once; after it only steps no larger than the bytes then left can fit."""
     keep = ~held[t.seg_item]
     seg_item, seg_k, seg_db = t.seg_item[keep], t.seg_k[keep], t.seg_db[keep]
-    pos = np.zeros(len(t.items), dtype=np.int64)
+    pos = np.zeros(t.n, dtype=np.int64)
     cum = used + np.cumsum(seg_db)
     over = np.nonzero(cum > capacity)[0]
     first = int(over[0]) if len(over) else len(seg_db)
