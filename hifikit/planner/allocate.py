@@ -105,7 +105,7 @@ def _dual(t: "_Tables", capacity: int) -> tuple[float, float]:
     """dual_bound on prepared tables, and the l that reaches it. The dual is concave in l and piecewise
     linear with its breaks at the hulls' slopes, so its maximum over them is found by bisection; the dual
     is then evaluated exactly as the sum over items, in their order, at the breaks around it."""
-    hull, size = t.full_hull_pad, t.full_hull_len
+    hull, size = t.full_hull()
     slopes = np.zeros(0)
     if hull.shape[1] > 1:
         rows = np.arange(t.n)[:, None]
@@ -172,9 +172,9 @@ class _Tables:
         front_pad = self._front(np.maximum(tie, self.noise))
         full_pad = front_pad if tie == 0 else self._front(self.noise)
         hull_pad, hull_len = self._hull(front_pad)
-        full_hull_pad, full_hull_len = (hull_pad, hull_len) if tie == 0 else self._hull(full_pad)
+        self._full_pad = full_pad
+        self._full_hull = (hull_pad, hull_len) if tie == 0 else None
         self.hull_pad, self.hull_len = hull_pad, hull_len
-        self.full_hull_pad, self.full_hull_len = full_hull_pad, full_hull_len
         self.front_table = _FrontTable(front_pad, n)
         self.full_table = self.front_table if tie == 0 else _FrontTable(full_pad, n)
         self.fronts = _rows(front_pad)
@@ -196,6 +196,12 @@ class _Tables:
         self.seg_item = seg_item.astype(np.int64)[order]
         self.seg_k = seg_k.astype(np.int64)[order]
         self.seg_db = seg_db.astype(np.int64)[order]
+
+    def full_hull(self) -> tuple[np.ndarray, np.ndarray]:
+        """The hulls of the fronts without tie (the dual bound's), made when first asked for."""
+        if self._full_hull is None:
+            self._full_hull = self._hull(self._full_pad)
+        return self._full_hull
 
     def _front(self, tol: np.ndarray) -> np.ndarray:
         """Per item the option indices of its Pareto front by increasing bytes, -1 padded (_pareto's choice)."""
@@ -481,8 +487,10 @@ def _best_pair(it_u, db_u, de_u, it_d, db_d, de_d, slack: int) -> tuple[int, int
 
 # --- more budgets than bytes: time limits through Lagrange multipliers ---------------------------------
 
-BISECT_STEPS = 24          # per multiplier: brackets the smallest one that meets its limit to 2^-24
+BISECT_STEPS = 24          # per multiplier from a cold start: brackets the smallest one that meets its limit to 2^-24
 ROUNDS = 3                 # coordinate rounds over the limits
+WARM_STEP = 1e-3           # from a warm start: the first bracket, relative to the multiplier given
+WARM_TOL = 1e-3            # ... and the bracket's width, relative, at which the search stops
 
 
 @dataclasses.dataclass
@@ -494,62 +502,96 @@ class LimitedAllocation(Allocation):
 
 
 def allocate_limited(items: Sequence[Sequence[tuple[int, float]]], capacity: int,
-                     costs: Sequence[Sequence[Sequence[float]]], limits: Sequence[float], tie: float = 0.0
-                     ) -> LimitedAllocation:
+                     costs: Sequence[Sequence[Sequence[float]]], limits: Sequence[float], tie: float = 0.0,
+                     start: Sequence[float] | None = None) -> LimitedAllocation:
     """Least total error within the byte capacity and within each limit on a summed cost.
 
     costs[i][j][k]: option j of item i costs this much of resource k (seconds per prompt, per token);
     limits[k]: at most this much of resource k in total. The byte budget stays exact (allocate); each
     limit is met through a Lagrange multiplier mu_k on its cost, the options' error becoming
-    e + sum_k mu_k c_k: the smallest mu_k that meets limit k is bisected, one limit after another,
-    for ROUNDS rounds. Then single moves that lower the true error and keep every budget are
-    applied (the exact fill, with every resource). The lower bound is the best Lagrangian dual over
-    the multipliers tried: max sum_i min_j (e + mu.c + l b) - l C - mu.L.
+    e + sum_k mu_k c_k: the smallest mu_k that meets limit k is searched, one limit after another,
+    for ROUNDS rounds. From a cold start a multiplier is bisected BISECT_STEPS times in a bracket from
+    0; start (the multipliers of a similar problem, e.g. the previous edit's) brackets each one within
+    WARM_STEP of its start and narrows the bracket by false position (Illinois) to WARM_TOL. Then single
+    moves that lower the true error and keep every budget are applied (the exact fill, with every
+    resource). The lower bound is the best Lagrangian dual over the multipliers tried:
+    max sum_i min_j (e + mu.c + l b) - l C - mu.L.
     """
     k = len(limits)
     if any(len(opts) != len(cs) or any(len(c) != k for c in cs) for opts, cs in zip(items, costs)) or \
             len(costs) != len(items):
         raise HifikitError("every option needs one cost per limit")
-    cost = [np.asarray(cs, dtype=np.float64).reshape(len(cs), k) for cs in costs]
+    n = len(items)
+    m = max((len(o) for o in items), default=0)
+    nbytes = np.zeros((n, m), dtype=np.int64)
+    err = np.full((n, m), np.inf)
+    cost = np.zeros((n, m, k))
+    for i, (opts, cs) in enumerate(zip(items, costs)):
+        nbytes[i, :len(opts)] = [o[0] for o in opts]
+        err[i, :len(opts)] = [o[1] for o in opts]
+        if cs:
+            cost[i, :len(cs)] = np.asarray(cs, dtype=np.float64).reshape(len(cs), k)
+    counts = np.array([len(o) for o in items], dtype=np.int64)
+    lim = np.asarray(limits, dtype=np.float64)
+    rows = np.arange(n)
 
     def totals(choice: list[int]) -> np.ndarray:
-        return sum((cost[i][c] for i, c in enumerate(choice)), np.zeros(k))
+        # added in the items' order, as a plain sum over them
+        return np.cumsum(cost[rows, choice], axis=0)[-1] if n else np.zeros(k)
+
+    def tables(mu: np.ndarray) -> _Tables:
+        return _Tables(items, tie, (nbytes, err + cost @ mu, counts))
+
+    solved: dict[tuple, Allocation] = {}
 
     def solve(mu: np.ndarray, branch: bool = False) -> Allocation:
         # the search runs the plain walk; the final solve branches on the large items too
-        shifted = [[(b, e + float(cost[i][j] @ mu)) for j, (b, e) in enumerate(opts)] for i, opts in enumerate(items)]
-        return allocate(shifted, capacity, tie=tie, branch=branch, bound=False)   # the bounds come from bound()
+        key = (tuple(mu.tolist()), branch)
+        if key not in solved:
+            solved[key] = _allocate(tables(mu), capacity, 10000, tie, branch, False)
+        return solved[key]
 
     def ok(a: Allocation) -> bool:
-        return bool(np.all(totals(a.choice) <= np.asarray(limits) * (1 + 1e-12)))
+        return bool(np.all(totals(a.choice) <= lim * (1 + 1e-12)))
+
+    def over(mu: np.ndarray, r: int) -> float:
+        """How far the plain solve at mu is over limit r (<= 0: within)."""
+        return float(totals(solve(mu).choice)[r] - limits[r])
 
     bounds: list[float] = []
 
     def bound(mu: np.ndarray) -> float:
-        shifted = [[(b, e + float(cost[i][j] @ mu)) for j, (b, e) in enumerate(opts)] for i, opts in enumerate(items)]
-        return dual_bound(shifted, capacity) - float(mu @ np.asarray(limits))
+        return _dual_bound(tables(mu), capacity) - float(mu @ lim)
 
-    mu = np.zeros(k)
     best = allocate(items, capacity, tie=tie)
     bounds.append(best.lower_bound)
+    mu = np.zeros(k)
+    warm = start is not None and len(start) == k and all(math.isfinite(x) and x >= 0 for x in start)
+    if warm:
+        mu = np.asarray(start, dtype=np.float64).copy()
     if not ok(best):
         # the scale of a multiplier: error per unit of the resource, from the spread of both
         spread_e = max((max(e for _, e in opts) - min(e for _, e in opts)) for opts in items) or 1.0
         for _ in range(ROUNDS):
             for r in range(k):
-                spread_c = max(float(np.ptp(c[:, r])) for c in cost) or 1.0
+                if warm and mu[r] > 0:
+                    mu[r] = _warm_search(mu, r, over)
+                    if ok(solve(mu)):
+                        break      # from a warm start, stop once every limit holds (the solve is cached)
+                    continue
+                spread_c = max(float(np.ptp(cost[i, :counts[i], r])) for i in range(n)) or 1.0
                 lo, hi = 0.0, spread_e / spread_c
                 trial = mu.copy()
                 trial[r] = hi
                 grow = 0
-                while totals(solve(trial).choice)[r] > limits[r] and grow < 40:
+                while over(trial, r) > 0 and grow < 40:
                     hi *= 4.0
                     trial[r] = hi
                     grow += 1
                 for _ in range(BISECT_STEPS):
                     mid = 0.5 * (lo + hi)
                     trial[r] = mid
-                    if totals(solve(trial).choice)[r] > limits[r]:
+                    if over(trial, r) > 0:
                         lo = mid
                     else:
                         hi = mid
@@ -560,60 +602,117 @@ def allocate_limited(items: Sequence[Sequence[tuple[int, float]]], capacity: int
         best = solve(mu, branch=True)
         if not ok(best):
             best = solve(mu)
-    choice, stage = list(best.choice), list(best.stage)
-    feasible = ok(best) or _repair(items, cost, choice, stage, capacity, np.asarray(limits, dtype=np.float64))
+    else:
+        mu = np.zeros(k)
+    choice = np.array(best.choice, dtype=np.int64)
+    stage = list(best.stage)
+    feasible = ok(best) or _repair(nbytes, err, cost, counts, choice, stage, capacity, lim)
     if feasible:
-        _fill_limited(items, cost, choice, stage, capacity, np.asarray(limits))
-    used = sum(items[i][c][0] for i, c in enumerate(choice))
-    return LimitedAllocation(choice, used, _total(items, choice), max(bounds), stage,
-                             tuple(float(x) for x in totals(choice)), tuple(float(x) for x in limits),
+        _fill_limited(nbytes, err, cost, counts, choice, stage, capacity, lim)
+    choice_l = [int(c) for c in choice]
+    used = int(nbytes[rows, choice].sum())
+    return LimitedAllocation(choice_l, used, sum(err[rows, choice].tolist()), max(bounds), stage,
+                             tuple(float(x) for x in totals(choice_l)), tuple(float(x) for x in limits),
                              tuple(float(x) for x in mu), feasible)
 
 
-def _repair(items, cost, choice: list[int], stage: list[str], capacity: int, limits: np.ndarray) -> bool:
+def _warm_search(mu: np.ndarray, r: int, over) -> float:
+    """The smallest multiplier r (the others as in mu) whose plain solve meets limit r, from mu[r]: a bracket
+    [lo, hi] (over at lo, within at hi) grown from WARM_STEP of mu[r], then false position with the Illinois
+    rule until it is WARM_TOL of hi wide; hi. A lo of 0 is taken as over, as the cold bisection takes it."""
+    x0 = float(mu[r])
+    trial = mu.copy()
+
+    def f(x: float) -> float:
+        trial[r] = x
+        return over(trial, r)
+
+    f0, step = f(x0), WARM_STEP * x0
+    if f0 > 0:
+        lo, flo = x0, f0
+        hi, fhi = x0 + step, f(x0 + step)
+        while fhi > 0 and step < 1e12 * x0:
+            lo, flo = hi, fhi
+            step *= 4.0
+            hi, fhi = x0 + step, f(x0 + step)
+        if fhi > 0:
+            return hi
+    else:
+        hi, fhi = x0, f0
+        lo = max(x0 - step, 0.0)
+        flo = f(lo) if lo > 0 else math.inf
+        while flo <= 0:
+            hi, fhi = lo, flo
+            step *= 4.0
+            lo = max(x0 - step, 0.0)
+            flo = f(lo) if lo > 0 else math.inf
+    side = 0
+    while hi - lo > WARM_TOL * hi:
+        if math.isfinite(flo) and flo > fhi:
+            x = hi - fhi * (hi - lo) / (fhi - flo)
+            # keep x inside the bracket, and away from its ends
+            x = min(max(x, lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))
+        else:
+            x = 0.5 * (lo + hi)
+        fx = f(x)
+        if fx > 0:
+            lo, flo = x, fx
+            if side == -1:
+                fhi *= 0.5
+            side = -1
+        else:
+            hi, fhi = x, fx
+            if side == 1:
+                flo *= 0.5
+            side = 1
+    return hi
+
+
+def _repair(nbytes, err, cost, counts, choice: np.ndarray, stage: list[str], capacity: int,
+            limits: np.ndarray) -> bool:
     """From a result over some limit: the single moves that cut the (relative) excess most per unit of error
     added, within the byte budget, until every limit holds; False if no move helps any more."""
+    n, m = nbytes.shape
+    rows = np.arange(n)
+    present = np.arange(m)[None, :] < counts[:, None]
     while True:
-        spent = sum((cost[i][c] for i, c in enumerate(choice)), np.zeros(len(limits)))
+        spent = np.cumsum(cost[rows, choice], axis=0)[-1]
         excess = np.maximum(spent / limits - 1.0, 0.0)
         if not excess.any():
             return True
-        used = sum(items[i][c][0] for i, c in enumerate(choice))
-        best = (np.inf, -1, -1)
-        for i, opts in enumerate(items):
-            b0, e0 = opts[choice[i]]
-            for j, (b, e) in enumerate(opts):
-                if j == choice[i] or used + b - b0 > capacity:
-                    continue
-                cut = float(np.sum(np.minimum((cost[i][choice[i]] - cost[i][j]) / limits, excess)))
-                if cut <= 0:
-                    continue
-                score = max(e - e0, 0.0) / cut
-                if score < best[0]:
-                    best = (score, i, j)
-        if best[1] < 0:
+        used = int(nbytes[rows, choice].sum())
+        b0, e0, c0 = nbytes[rows, choice], err[rows, choice], cost[rows, choice]
+        valid = present & (np.arange(m)[None, :] != choice[:, None]) & (used + nbytes - b0[:, None] <= capacity)
+        cut = np.sum(np.minimum((c0[:, None, :] - cost) / limits, excess), axis=2)
+        valid &= cut > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.maximum(err - e0[:, None], 0.0) / np.where(valid, cut, 1.0)
+        score = np.where(valid & (score < np.inf), score, np.inf)
+        kbest = int(np.argmin(score))
+        if not np.isfinite(score.flat[kbest]):
             return False
-        choice[best[1]] = best[2]
-        stage[best[1]] = "time"
+        i, j = divmod(kbest, m)
+        choice[i] = j
+        stage[i] = "time"
 
 
-def _fill_limited(items, cost, choice: list[int], stage: list[str], capacity: int, limits: np.ndarray) -> None:
+def _fill_limited(nbytes, err, cost, counts, choice: np.ndarray, stage: list[str], capacity: int,
+                  limits: np.ndarray) -> None:
     """The exact fill with every resource: the single move with the largest error decrease that keeps the
     byte budget and every limit, repeated."""
-    while True:
-        used = sum(items[i][c][0] for i, c in enumerate(choice))
-        spent = sum((cost[i][c] for i, c in enumerate(choice)), np.zeros(len(limits)))
-        best = (0.0, -1, -1)
-        for i, opts in enumerate(items):
-            b0, e0 = opts[choice[i]]
-            for j, (b, e) in enumerate(opts):
-                gain = e - e0
-                if gain >= best[0] or used + b - b0 > capacity:
-                    continue
-                if np.any(spent + cost[i][j] - cost[i][choice[i]] > limits * (1 + 1e-12)):
-                    continue
-                best = (gain, i, j)
-        if best[1] < 0:
+    n, m = nbytes.shape
+    rows = np.arange(n)
+    present = np.arange(m)[None, :] < counts[:, None]
+    while n:
+        used = int(nbytes[rows, choice].sum())
+        spent = np.cumsum(cost[rows, choice], axis=0)[-1]
+        b0, e0, c0 = nbytes[rows, choice], err[rows, choice], cost[rows, choice]
+        gain = err - e0[:, None]
+        ok = present & (gain < 0) & (used + nbytes - b0[:, None] <= capacity)
+        ok &= np.all(spent + cost - c0[:, None, :] <= limits * (1 + 1e-12), axis=2)
+        if not ok.any():
             return
-        choice[best[1]] = best[2]
-        stage[best[1]] = "fill"
+        kbest = int(np.argmin(np.where(ok, gain, np.inf)))
+        i, j = divmod(kbest, m)
+        choice[i] = j
+        stage[i] = "fill"
