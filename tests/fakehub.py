@@ -66,8 +66,9 @@ class FakeHub:
                 if path == "/api/repos/create":
                     req = json.loads(data)
                     repo = f"{req.get('organization') or 'user'}/{req['name']}"
-                    if repo in hub.repos:
-                        self._send(409, b'{"error":"You already created this model repo"}',
+                    if repo in hub.repos:   # as the Hub: 409 with the repo's url (create_repo(exist_ok=True) reads it)
+                        self._send(409, json.dumps({"error": "You already created this model repo",
+                                                    "url": f"{hub.endpoint}/{repo}"}).encode(),
                                    {"Content-Type": "application/json"})
                         return
                     hub.repos[repo] = {}
