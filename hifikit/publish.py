@@ -418,7 +418,7 @@ def _render(opts: PublishOptions, metadata: dict[str, Any], entries: list[FileEn
             f"{__version__} (llama.cpp `{build.llama_cpp_commit[:12]}` with {len(build.patches)} patches)."
     out += [intro, ""]
     measured = [e for e in entries if e.kld_mean is not None and not e.on_grid]
-    if measured:
+    if measured and len({(e.reference, e.text, e.ctx, e.chunks) for e in measured}) == 1:  # one yardstick
         best = min(measured, key=lambda e: e.kld_mean)
         out += [f"Lowest mean KLD: `{best.name}`, {best.kld_mean:.6f} at {best.bytes:,} bytes.", ""]
     tests = sorted({t for e in entries for t in e.tps}, key=lambda t: (not t.startswith("pp"), t))
@@ -442,7 +442,7 @@ def _render(opts: PublishOptions, metadata: dict[str, Any], entries: list[FileEn
                        for e in evals})
         for ref, text, ctx, chunks in refs:
             out.append(f"KLD and same-top-token against `{ref}` on `{text}`, {chunks} chunks × {ctx} tokens "
-                       "(llama-perplexity). ")
+                       "(llama-perplexity).")
         out += ["Bytes are the whole file; BPW counts tensor data only; t/s from llama-bench (mean ± stddev).", ""]
     if any(e.on_grid for e in entries):
         out += [f"{GRID_MARK} measured against a reference whose weights sit on a published quantization grid "

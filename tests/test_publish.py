@@ -130,6 +130,10 @@ def test_publish_uploads_the_folder(cli, folder, hub):
     shown = cli.json("runs", "show", data["run"])
     assert shown["command"] == "publish" and shown["status"] == "done"
     assert [s["kind"] for s in shown["steps"]] == ["publish-card", "publish-repo"] + ["publish-upload"] * 3
+    # again: the repository exists (409, reused) and the Hub already has every file, so nothing is committed
+    commits = list(hub.commit_log)
+    again = cli.json("publish", folder, "--repo-id", "org/tiny-GGUF")
+    assert again["run"] != data["run"] and hub.commit_log == commits and "POST /api/repos/create" in hub.requests
 
 
 def test_refused_token_is_one_line(cli, folder, tmp_path, monkeypatch):
@@ -209,3 +213,27 @@ def test_card_json_roundtrip(folder):
     res = publish.publish(publish.PublishOptions(folder, "org/x", dry_run=True), progress=False)
     out = json.loads(json.dumps(res.to_json()))
     assert out["run"] is None and [f["name"] for f in out["files"]] == ["a.gguf", "b.gguf"]
+
+
+def test_card_names_the_strategy_and_the_imatrix(cli, tiny_model, tiny_text, tmp_path):
+    from test_plan import synthetic_sweep
+    from hifikit.quantize import ImatrixOptions, QuantizeVerifyOptions, imatrix, quantize_verify
+
+    run_id = synthetic_sweep(tiny_model, seed=13)
+    strategy = tmp_path / "plain.yaml"
+    cli("plan", tiny_model, "--from-run", run_id, "--match", "Q4_K_M", "-o", strategy)
+    im = imatrix(ImatrixOptions(tiny_model, tiny_text, tmp_path / "tiny.imatrix.gguf", ctx=128, chunks=2, threads=2),
+                 progress=False)
+    d = tmp_path / "pub"
+    d.mkdir()
+    out = d / "tiny-plan.gguf"
+    v = quantize_verify(QuantizeVerifyOptions(tiny_model, out, strategy, tiny_text, imatrix=Path(im.path), ctx=128,
+                                              chunks=2, threads=2), progress=False)
+    res = publish.publish(publish.PublishOptions(d, "org/tiny-GGUF", dry_run=True), progress=False)
+    (f,) = res.files
+    assert f.made_by == f.eval_run == v.run_id and f.kld_mean == v.kld_mean and f.kld_error == v.kld_error
+    assert f.strategy == str(strategy.resolve()) and Path(f.imatrix).resolve() == Path(im.path).resolve()
+    card = (d / "README.md").read_text()
+    assert "strategy `plain.yaml`" in card and f"made by run {im.run_id} from `{tiny_text.name}`" in card
+    assert strategy.read_text().strip() in card
+    assert f"hifikit quantize {tiny_model} {out.resolve()} --strategy {strategy.resolve()} --verify" in card
