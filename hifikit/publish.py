@@ -327,14 +327,14 @@ def _imatrix_provenance(conn: sqlite3.Connection, imatrix: str) -> str:
 def _source_metadata(conn: sqlite3.Connection, sources: list[str]) -> dict[str, str]:
     """base_model and license from a fetch run of the source model, or the source's GGUF metadata."""
     out: dict[str, str] = {}
+    fetched: dict[str, str] = {}          # model file (resolved) -> the repo it was fetched or converted from
+    for (run_id,) in conn.execute("SELECT id FROM runs WHERE command='fetch' AND status='done' ORDER BY id"):
+        run = jobs.get_run(conn, int(run_id))
+        for m in jobs.step_result(run, "convert").get("models", []):
+            fetched[str(Path(m).resolve())] = run["args"]["repo_id"]
     for src in sources:
-        for run in jobs.list_runs(conn, 10_000):
-            if run["command"] != "fetch" or run["status"] != "done":
-                continue
-            full = jobs.get_run(conn, run["id"])
-            models = [str(Path(m).resolve()) for m in jobs.step_result(full, "convert").get("models", [])]
-            if str(Path(src).resolve()) in models:
-                out.setdefault("base_model", full["args"]["repo_id"])
+        if str(Path(src).resolve()) in fetched:
+            out.setdefault("base_model", fetched[str(Path(src).resolve())])
         try:
             meta = gguf_io.read_info(src).metadata
         except (HifikitError, OSError):
