@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import sqlite3
 import subprocess
@@ -488,6 +489,13 @@ def _hf():
     return hf()
 
 
+def _api():
+    """An HfApi on the HF_ENDPOINT of now (huggingface_hub reads it once, when first imported)."""
+    hf, _ = _hf()
+    endpoint = os.environ.get("HF_ENDPOINT")
+    return hf.HfApi(endpoint=endpoint.rstrip("/") if endpoint else None)
+
+
 def _hub_error(repo_id: str, what: str, exc: BaseException) -> HifikitError:
     from .hub import _first
 
@@ -547,10 +555,9 @@ def _split(ctx: StepContext, path: Path, limit: int) -> list[Path]:
 
 
 def repo_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
-    hf, _ = _hf()
     try:
-        url = hf.HfApi().create_repo(spec["repo_id"], private=bool(spec.get("private")), exist_ok=True,
-                                     repo_type="model")
+        url = _api().create_repo(spec["repo_id"], private=bool(spec.get("private")), exist_ok=True,
+                                 repo_type="model")
     except Exception as exc:  # noqa: BLE001 - HTTP, connection and validation errors: one line, resumable
         raise _hub_error(spec["repo_id"], "creating the repository", exc) from None
     return StepOutput(result={"url": str(url), "repo_id": spec["repo_id"], "private": bool(spec.get("private"))})
@@ -560,9 +567,8 @@ def upload_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """Upload one file (or its shards) of the card step's list; a re-run uploads it again (same content)."""
     from .hub import _progress_bars
 
-    hf, _ = _hf()
     pieces = ctx.previous["card"]["uploads"].get(spec["file"], [])
-    api = hf.HfApi()
+    api = _api()
     done = []
     for local, in_repo in pieces:
         if not Path(local).is_file():
@@ -587,7 +593,7 @@ def check_token(repo_id: str) -> str:
     if not token:
         raise HifikitError("no Hugging Face token: set HF_TOKEN or run 'hf auth login'")
     try:
-        who = hf.HfApi().whoami(token=token)
+        who = _api().whoami(token=token)
     except Exception as exc:  # noqa: BLE001 - HTTP and connection errors: one line
         raise _hub_error(repo_id, "checking the token", exc) from None
     return str(who.get("name", ""))

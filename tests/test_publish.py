@@ -239,18 +239,25 @@ def test_card_names_the_strategy_and_the_imatrix(cli, tiny_model, tiny_text, tmp
     assert f"hifikit quantize {tiny_model} {out.resolve()} --strategy {strategy.resolve()} --verify" in card
 
 
-def test_base_model_from_the_fetch_run(tiny_model, tmp_path, monkeypatch):
-    from hifikit import hub as hf_hub
-
+def test_base_model_from_the_fetch_run(cli, tiny_model, tmp_path, monkeypatch):
     with FakeHub({"org/tiny-base": {"tiny-f16.gguf": tiny_model.read_bytes()}}) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
         monkeypatch.delenv("HF_TOKEN", raising=False)
-        fetched = hf_hub.fetch(hf_hub.FetchOptions("org/tiny-base"), progress=False)
+        (model,) = cli.json("fetch", "org/tiny-base")["models"]   # a subprocess: hub.download reads HF_ENDPOINT anew
     d = tmp_path / "pub"
     d.mkdir()
-    quantize(QuantizeOptions(Path(fetched.models[0]), d / "tiny-Q8_0.gguf", ftype="Q8_0", threads=2), progress=False)
+    quantize(QuantizeOptions(Path(model), d / "tiny-Q8_0.gguf", ftype="Q8_0", threads=2), progress=False)
     res = publish.publish(publish.PublishOptions(d, "me/tiny-GGUF", dry_run=True), progress=False)
     assert res.metadata["base_model"] == "org/tiny-base" and res.metadata["base_model_relation"] == "quantized"
     assert "license" not in res.metadata and res.metadata["quantized_by"] == "me"
     assert "base_model: org/tiny-base\nbase_model_relation: quantized\n" in (d / "README.md").read_text()
+
+
+def test_library_publish_follows_hf_endpoint(folder, tmp_path, monkeypatch):
+    """In one process, each publish goes to the HF_ENDPOINT of that moment (huggingface_hub reads it on import)."""
+    for i in range(2):
+        with serve(tmp_path / str(i), monkeypatch) as server:
+            res = publish.publish(publish.PublishOptions(folder, "org/tiny-GGUF"), progress=False)
+            assert res.uploaded == ["a.gguf", "b.gguf", "README.md"] and sorted(server.repos["org/tiny-GGUF"]) == \
+                ["README.md", "a.gguf", "b.gguf"]
