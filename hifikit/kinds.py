@@ -8,7 +8,7 @@ being imported.
 """
 from __future__ import annotations
 
-from . import costs_job, demo, steps
+from . import costs_job, demo, publish, steps
 from .jobs import StepFn
 from .sweep import steps as sweep_steps
 
@@ -36,4 +36,8 @@ STEP_KINDS: dict[str, StepFn] = {
     "demo-plan-quantize": demo.plan_quantize_step,
     "demo-recipe-quantize": demo.recipe_quantize_step,
     "demo-costs": demo.costs_step,
+    # hifikit publish (publish.py)
+    "publish-card": publish.card_step,
+    "publish-repo": publish.repo_step,
+    "publish-upload": publish.upload_step,
 }

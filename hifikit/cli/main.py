@@ -9,8 +9,8 @@ import sys
 from .. import __version__
 from ..errors import HifikitError
 from ..upstream import UpstreamError
-from . import (analyze, bench, calib, compare, costs, degrid, demo, fetch, imatrix, info, inspect, plan, pr, quantize, recipes,
-               report, runs, tool, ui)
+from . import (analyze, bench, calib, compare, costs, degrid, demo, fetch, imatrix, info, inspect, plan, pr, publish,
+               quantize, recipes, report, runs, tool, ui)
 from . import eval as eval_
 
 # the exceptions shown as one line, "hifikit: error: MESSAGE", exit status 1 (HIFIKIT_DEBUG=1: the traceback).
@@ -20,7 +20,7 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (HifikitError, UpstreamError,
 
 # each module registers one noun: add_parser(subparsers) sets args.func
 COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, degrid, analyze, plan, recipes,
-            costs, runs, report, demo, pr, ui)
+            costs, runs, report, publish, demo, pr, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "httpcore", "huggingface_hub", "filelock"):
+    for noisy in ("httpx", "httpx2", "httpcore", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)

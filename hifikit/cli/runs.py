@@ -7,7 +7,7 @@ from typing import Callable
 
 from .. import db, jobs, kld
 from ..tables import table
-from . import analyze, bench, calib, compare, costs, demo, fetch, imatrix, plan, quantize, recipes
+from . import analyze, bench, calib, compare, costs, demo, fetch, imatrix, plan, publish, quantize, recipes
 from . import eval as eval_
 from .common import add_json, progress_mode
 from .output import emit_json, note, say
@@ -18,7 +18,7 @@ RENDERERS: dict[str, Callable[[dict, bool], None]] = {
     "quantize": quantize.show, "imatrix": imatrix.show, "eval": eval_.show, "compare": compare.show,
     "bench": bench.show, "calib": calib.show, "fetch": fetch.show, "analyze": analyze.show, "demo": demo.show,
     "plan-verify": plan.show, "recipes-verify": recipes.show, "costs": costs.show,
-    "quantize-verify": quantize.show_verify,
+    "quantize-verify": quantize.show_verify, "publish": publish.show,
 }
 
 
