@@ -132,6 +132,9 @@ class AnalyzeOptions:
     points: str = "2"                  # calibrated: measured pairs per tensor, 1, 2 or all
     layers: int | None = None          # calibrated: measure K layers of each kind (default: every layer)
     plots: Path | None = None          # write per-tensor curve plots and an overview into this folder
+    ray: str | None = None             # measured/calibrated: run the pairs on this Ray cluster (auto | HOST:PORT)
+    batch: int | None = None           # with ray: pairs per tool run (default cluster.DEFAULT_BATCH)
+    workers: int | None = None         # with ray: actors (default: one per GPU, else cluster CPUs / threads)
 
 
 @dataclasses.dataclass
@@ -189,7 +192,11 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
     cands = proxy.candidates(model, opts.types, importance, opts.tensors)
     if opts.points not in ("1", "2", "all"):
         raise HifikitError(f"--points must be 1, 2 or all, got {opts.points!r}")
-    jobs.check_positive(layers=opts.layers)
+    jobs.check_positive(layers=opts.layers, batch=opts.batch, workers=opts.workers)
+    if (opts.batch or opts.workers) and not opts.ray:
+        raise HifikitError("--batch and --workers are for --ray (a Ray cluster sweep)")
+    if opts.ray and opts.mode == "proxy":
+        raise HifikitError("--ray is for --mode measured or calibrated (a proxy sweep runs in local processes)")
     if opts.mode == "proxy":
         if opts.text:
             raise HifikitError("--text is for --mode measured or calibrated (proxy mode reads only the weights)")
@@ -202,6 +209,8 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
         chunks = kld.check_text(model, opts.text, opts.ctx, opts.chunks)
         measured_spec = {**spec, "text": str(Path(opts.text).resolve()), "ctx": opts.ctx, "chunks": chunks,
                          "threads": opts.threads}
+        if opts.ray:
+            measured_spec.update(ray=opts.ray, batch=opts.batch, ray_workers=opts.workers)
         steps = []
         if opts.mode == curves.CALIBRATED:
             steps.append(jobs.StepSpec("proxy", "sweep-proxy", {**spec, "workers": opts.threads}))
@@ -211,6 +220,10 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
     steps.append(jobs.StepSpec("knees", "knees", {"mode": opts.mode, "workers": opts.threads,
                                                   "plots": str(Path(opts.plots).resolve()) if opts.plots else None}))
     calibration = opts.points if opts.mode == curves.CALIBRATED else None
+    if opts.ray:
+        from . import cluster
+
+        cluster.connect(opts.ray)  # Ray missing or the cluster unreachable: one line now, and no run
     conn = conn or db.connect()
     run = jobs.start("analyze", {**spec, "mode": opts.mode, "calibration_points": calibration, "tensors": len(cands),
                                  "points": sum(len(c.types) for c in cands)}, steps, progress=progress, conn=conn)
