@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    import os
+    import secrets
+
+    # a token of this run's own for the local node (Ray would otherwise write ~/.ray/auth_token)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import ray
 
     from hifikit import db

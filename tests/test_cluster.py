@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -99,11 +100,22 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster(built):
-    c = Cluster()
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+    # Ray binds its gRPC servers on every interface: token authentication with a token of this module's own,
+    # in the environment of the nodes, of this process (a driver) and of the drivers it starts; nothing is
+    # read from or written to ~/.ray
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        from ray._raylet import Config  # Ray read RAY_AUTH_MODE when it was imported: read it again
+
+        Config.initialize("")
+        c = Cluster()
+        try:
+            yield c.start()
+        finally:
+            c.stop()
 
 
 def _new_run(conn, model: Path) -> int:
@@ -259,4 +271,6 @@ def test_ray_missing_and_unreachable_are_one_line(built, tiny_model, tiny_text, 
         analyze(opts)
     with pytest.raises(HifikitError, match="measured or calibrated"):
         analyze(AnalyzeOptions(tiny_model, "proxy", ray="auto"))
+    with pytest.raises(HifikitError, match="--batch and --workers are for --ray"):
+        analyze(AnalyzeOptions(tiny_model, "proxy", workers=2))
     assert db.connect().execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
