@@ -269,8 +269,23 @@ def test_ray_missing_and_unreachable_are_one_line(built, tiny_model, tiny_text, 
     with pytest.raises(HifikitError, match=r"^--ray needs Ray, which is not installed: pip install "
                                            r"'hifikit\[cluster\]'$"):
         analyze(opts)
-    with pytest.raises(HifikitError, match="measured or calibrated"):
-        analyze(AnalyzeOptions(tiny_model, "proxy", ray="auto"))
+    with pytest.raises(HifikitError, match="--batch is for --mode measured or calibrated"):
+        analyze(AnalyzeOptions(tiny_model, "proxy", ray="auto", batch=4))
     with pytest.raises(HifikitError, match="--batch and --workers are for --ray"):
         analyze(AnalyzeOptions(tiny_model, "proxy", workers=2))
     assert db.connect().execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def test_proxy_sweep_on_ray_equals_the_local_one(ray_cluster, tiny_model):
+    from hifikit.sweep.analyze import AnalyzeOptions, analyze
+
+    def points(res, field):
+        return {(c.tensor, p.type): getattr(p, field) for c in res.sweep.curves for p in c.points}
+
+    # token_embd: 8 M weights, two work units (CHUNK_ELEMENTS) summed in the order they finish
+    opts = dict(types=list(TYPES), tensors=TENSOR_RE + "|token_embd")
+    local = analyze(AnalyzeOptions(tiny_model, "proxy", threads=1, **opts))
+    remote = analyze(AnalyzeOptions(tiny_model, "proxy", ray=ray_cluster.address, **opts))
+    assert remote.figures["workers"] == 2 and remote.figures["points"] == len(PAIRS) + len(TYPES)
+    assert points(remote, "nbytes") == points(local, "nbytes")
+    assert points(remote, "error") == pytest.approx(points(local, "error"), rel=1e-12)

@@ -37,13 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", type=Path, default=None, metavar="DIR",
                    help="write per-tensor curve plots and an overview (PNG) into DIR")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
-                   help="measured and calibrated modes: measure the pairs on a Ray cluster, one llama-sensitivity "
-                        "per actor (auto: the cluster RAY_ADDRESS or a local 'ray start --head' names; or the "
-                        "head's HOST:PORT); needs pip install 'hifikit[cluster]'")
+                   help="run the sweep on a Ray cluster: measured pairs on actors, one llama-sensitivity each, "
+                        "proxy chunks as tasks (auto: the cluster RAY_ADDRESS or a local 'ray start --head' names; "
+                        "or the head's HOST:PORT); needs pip install 'hifikit[cluster]'")
     p.add_argument("--batch", type=int, default=None, metavar="N",
                    help="with --ray: pairs per tool run on an actor (the model is loaded once per batch; default 16)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="with --ray: actors (default: one per GPU of the cluster, else its CPUs / --threads)")
+                   help="with --ray: measured actors (default: one per GPU of the cluster, else its CPUs / "
+                        "--threads); proxy tasks in flight (default: its CPUs)")
     add_json(p)
     p.set_defaults(func=run)
 

@@ -132,9 +132,10 @@ class AnalyzeOptions:
     points: str = "2"                  # calibrated: measured pairs per tensor, 1, 2 or all
     layers: int | None = None          # calibrated: measure K layers of each kind (default: every layer)
     plots: Path | None = None          # write per-tensor curve plots and an overview into this folder
-    ray: str | None = None             # measured/calibrated: run the pairs on this Ray cluster (auto | HOST:PORT)
-    batch: int | None = None           # with ray: pairs per tool run (default cluster.DEFAULT_BATCH)
-    workers: int | None = None         # with ray: actors (default: one per GPU, else cluster CPUs / threads)
+    ray: str | None = None             # run the sweep on this Ray cluster (auto | HOST:PORT), cluster.py
+    batch: int | None = None           # with ray, measured: pairs per tool run (default cluster.DEFAULT_BATCH)
+    workers: int | None = None         # with ray: measured actors (default: one per GPU, else cluster CPUs /
+    #                                    threads); proxy tasks in flight (default: the cluster's CPUs)
 
 
 @dataclasses.dataclass
@@ -195,12 +196,16 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
     jobs.check_positive(layers=opts.layers, batch=opts.batch, workers=opts.workers)
     if (opts.batch or opts.workers) and not opts.ray:
         raise HifikitError("--batch and --workers are for --ray (a Ray cluster sweep)")
-    if opts.ray and opts.mode == "proxy":
-        raise HifikitError("--ray is for --mode measured or calibrated (a proxy sweep runs in local processes)")
+    if opts.batch and opts.mode == "proxy":
+        raise HifikitError("--batch is for --mode measured or calibrated (a proxy sweep's Ray tasks are chunks "
+                           "of one tensor)")
+    # with --ray the proxy sweep's work units run as Ray tasks too (cluster.proxy_results)
+    proxy_ray = {"ray": opts.ray} if opts.ray else {}
+    proxy_workers = opts.workers if opts.ray else opts.threads  # with ray: tasks in flight (default: its CPUs)
     if opts.mode == "proxy":
         if opts.text:
             raise HifikitError("--text is for --mode measured or calibrated (proxy mode reads only the weights)")
-        steps = [jobs.StepSpec("sweep", "sweep-proxy", {**spec, "workers": opts.threads})]
+        steps = [jobs.StepSpec("sweep", "sweep-proxy", {**spec, **proxy_ray, "workers": proxy_workers})]
     else:
         if not opts.text:
             raise HifikitError(f"--mode {opts.mode} needs --text FILE (a calibration text, kept apart from the "
@@ -213,7 +218,7 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
             measured_spec.update(ray=opts.ray, batch=opts.batch, ray_workers=opts.workers)
         steps = []
         if opts.mode == curves.CALIBRATED:
-            steps.append(jobs.StepSpec("proxy", "sweep-proxy", {**spec, "workers": opts.threads}))
+            steps.append(jobs.StepSpec("proxy", "sweep-proxy", {**spec, **proxy_ray, "workers": proxy_workers}))
             measured_spec["calibration_points"] = opts.points
             measured_spec["calibration_layers"] = opts.layers
         steps.append(jobs.StepSpec("sweep", "sweep-measured", measured_spec))

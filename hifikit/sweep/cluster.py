@@ -1,4 +1,4 @@
-"""The measured sweep on a Ray cluster: actors run ``llama-sensitivity`` on batches of pairs.
+"""Sweeps on a Ray cluster: actors run ``llama-sensitivity`` on batches of pairs; proxy chunks are tasks.
 
 ``run_sweep`` is ``measured.run_sweep`` spread over a cluster. The driver (this
 process) keeps a queue of batches of the pairs not stored yet
@@ -22,6 +22,11 @@ Failures:
 - a killed driver takes its actors with it (they are not detached); the run
   resumes with ``hifikit runs resume ID``, which measures only what is not
   stored.
+
+``proxy_results`` runs the proxy sweep's work units (proxy._Task, a chunk of
+rows of one tensor) as Ray tasks (``hifikit analyze --mode proxy --ray``);
+proxy.run_proxy stores each tensor's points when its units are in, as it does
+with a local process pool. A task whose worker dies is retried by Ray.
 
 Ray is imported only here, and only when a cluster sweep runs
 (``pip install 'hifikit[cluster]'``). The model, the text and the imatrix
@@ -287,3 +292,29 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
                            f"{type_name} (log: {log_path})")
     stats.seconds = time.monotonic() - start
     return stats
+
+
+def proxy_results(tasks: list, address: str, workers: int | None = None) -> Iterator:
+    """The proxy sweep's work units (proxy._Task) as Ray tasks, one CPU each; their results as they finish.
+
+    At most `workers` tasks are in flight (default: the cluster's CPUs), so the driver's memory stays
+    bounded. A task whose worker dies is retried by Ray (up to MAX_ATTEMPTS runs); the caller
+    (proxy.run_proxy) stores a tensor's points when all its units are in, as with a local pool.
+    """
+    from . import proxy
+
+    ray = connect(address)
+    limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    remote = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1, scheduling_strategy="SPREAD")(proxy._measure)
+    pending = collections.deque(tasks)
+    inflight: list[Any] = []
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < limit:
+                inflight.append(remote.remote(pending.popleft()))
+            ready, inflight = ray.wait(inflight, num_returns=1)
+            for ref in ready:
+                yield ray.get(ref)
+    finally:
+        for ref in inflight:
+            ray.cancel(ref, force=True)

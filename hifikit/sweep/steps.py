@@ -30,7 +30,7 @@ def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     bar = Progress(f"proxy sweep {Path(spec['model']).name}", ctx.progress)
     try:
         stats = proxy.run_proxy(ctx.conn, ctx.run_id, spec["model"], cands, importance,
-                                workers=spec.get("workers"), progress=bar.update)
+                                workers=spec.get("workers"), progress=bar.update, ray=spec.get("ray"))
     finally:
         bar.close()
     log.info("proxy sweep: %d tensors (%d already done), %d points in %.1f s wall, %.1f s CPU, %d processes",
