@@ -98,6 +98,21 @@ class Cluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def bounded():
+    """No test here waits on a cluster for ever: SIGALRM after 300 s fails it (the main thread runs the driver)."""
+    def expired(signum, frame):
+        raise TimeoutError("a Ray cluster test ran past 300 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(300)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(built):
     # Ray binds its gRPC servers on every interface: token authentication with a token of this module's own,
