@@ -108,6 +108,9 @@ def connect(address: str) -> Any:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if address == "auto" and isinstance(exc, ConnectionError):
+            raise HifikitError("--ray auto: no running Ray cluster found (set RAY_ADDRESS, give the head's "
+                               "HOST:PORT, or start one with 'ray start --head')") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HifikitError(f"--ray {address}: cannot connect to a Ray cluster ({first})") from None
     return ray
