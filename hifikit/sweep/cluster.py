@@ -207,8 +207,20 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
     stored: set[tuple[str, str]] = set()
     attempts: collections.Counter[tuple[str, str]] = collections.Counter()
     stats = ClusterStats(0, 0, n_workers, 0, 0, 0.0, address)
-    idle = [actor_cls.options(**opts).remote(threads) for _ in range(n_workers)]
+    # batches go only to actors that have started: a call queued on an actor the cluster cannot place
+    # would hold its batch for ever
+    starting: dict[Any, Any] = {}
+    idle: list[Any] = []
     inflight: dict[Any, tuple[Any, list[tuple[str, str]]]] = {}
+
+    def new_actor() -> None:
+        actor = actor_cls.options(**opts).remote(threads)
+        starting[actor.node.remote()] = actor
+
+    for _ in range(n_workers):
+        new_actor()
+    failed_starts = 0
+    waiting_since = time.monotonic()
     args = (str(model), str(text))
     bar = Progress("measured sweep (ray)", enabled=progress)
     bar.update(n_done, n_all)
@@ -221,7 +233,7 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
 
         note(f"# ray sweep: {len(todo)} pairs, {len(queue)} batches of <= {batch}, {n_workers} workers, {opts}")
         try:
-            while queue or inflight:
+            while queue or inflight:  # (actors still starting are not work: they are killed at the end)
                 while idle and queue:
                     actor, todo_batch = idle.pop(), queue.popleft()
                     for p in todo_batch:
@@ -230,8 +242,28 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
                         *args, todo_batch, ctx, chunks, str(imatrix) if imatrix else None)
                     inflight[gen] = (actor, list(todo_batch))
                     stats.batches += 1
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
-                for gen in ready:
+                ready, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=5.0)
+                if not inflight and not ready and time.monotonic() - waiting_since > 60:
+                    note(f"# waiting for Ray workers to start ({len(starting)} pending): does the cluster have "
+                         f"free resources {({k: v for k, v in opts.items() if k.startswith('num_')})}?")
+                    waiting_since = time.monotonic()
+                for ref in ready:
+                    if ref in starting:
+                        actor = starting.pop(ref)
+                        try:
+                            ray.get(ref)
+                        except (*lost_errors, RayTaskError) as exc:
+                            failed_starts += 1
+                            if failed_starts > MAX_ATTEMPTS * n_workers:
+                                raise HifikitError(f"Ray workers failed to start {failed_starts} times (last: "
+                                                   f"{type(exc).__name__}: {str(exc).strip()[:200]})") from None
+                            new_actor()
+                            stats.replaced += 1
+                            continue
+                        idle.append(actor)
+                        waiting_since = time.monotonic()
+                        continue
+                    gen = ref
                     actor, left = inflight[gen]
                     try:
                         rec = ray.get(next(gen))
@@ -259,9 +291,10 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
                         stats.requeued += len(left)
                         if isinstance(exc, lost_errors):
                             ray.kill(actor, no_restart=True)
-                            actor = actor_cls.options(**opts).remote(threads)
+                            new_actor()
                             stats.replaced += 1
-                        idle.append(actor)
+                        else:
+                            idle.append(actor)
                         continue
                     tensor, type_name, nbytes, kld, kld_pm, seconds = rec
                     key = (tensor, type_name.lower())
@@ -283,7 +316,7 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
                     ray.cancel(gen, force=True)
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
-            for actor in idle + [a for a, _ in inflight.values()]:
+            for actor in idle + list(starting.values()) + [a for a, _ in inflight.values()]:
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001
