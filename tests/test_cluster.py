@@ -175,6 +175,16 @@ def test_distributed_sweep_equals_the_single_process_one(ray_cluster, reference,
     assert again.pairs == 0 and again.batches == 0
 
 
+def test_more_workers_than_the_cluster_holds(ray_cluster, reference, tiny_model, tiny_text, tmp_path):
+    """4 actors of one CPU on 2 CPUs: two never start, and hold no batch (batches go to started actors only)."""
+    conn = db.connect()
+    run_id = _new_run(conn, tiny_model)
+    stats = cluster.run_sweep(conn, run_id, tiny_model, tiny_text, PAIRS, log_path=tmp_path / "ray.log",
+                              address=ray_cluster.address, batch=3, workers=4, **KW)
+    assert stats.workers == 4 and stats.pairs == len(PAIRS)
+    assert _points(conn, run_id) == reference
+
+
 def _descendants(roots: set[int]) -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every process below `roots`."""
     procs = {}
@@ -195,14 +205,16 @@ def _descendants(roots: set[int]) -> dict[int, tuple[int, str]]:
     return out
 
 
-def test_a_killed_worker_loses_only_its_batch(ray_cluster, reference, tiny_model, tiny_text, tmp_path):
+@pytest.mark.parametrize("victim", ["actor", "tool"])
+def test_a_killed_worker_loses_only_its_batch(ray_cluster, reference, tiny_model, tiny_text, tmp_path, victim):
+    """SIGKILL an actor process (it is replaced) or only the llama-sensitivity it runs (the actor stays)."""
     conn = db.connect()
     run_id = _new_run(conn, tiny_model)
     killed: list[int] = []
     stop = threading.Event()
 
     def killer() -> None:
-        # the first actor whose tool runs, once the driver has stored a point: SIGKILL the actor process
+        # the first actor whose tool runs, once the driver has stored a point: SIGKILL the actor or its tool
         probe = db.connect()
         deadline = time.monotonic() + 120
         while not stop.is_set() and time.monotonic() < deadline:
@@ -210,8 +222,9 @@ def test_a_killed_worker_loses_only_its_batch(ray_cluster, reference, tiny_model
                 below = _descendants(ray_cluster.pids())
                 for pid, (ppid, cmd) in below.items():
                     if "llama-sensitivity" in cmd and "SensitivityWorker" in below.get(ppid, (0, ""))[1]:
-                        os.kill(ppid, signal.SIGKILL)
-                        killed.append(ppid)
+                        target = ppid if victim == "actor" else pid
+                        os.kill(target, signal.SIGKILL)
+                        killed.append(target)
                         return
             time.sleep(0.01)
 
@@ -224,7 +237,7 @@ def test_a_killed_worker_loses_only_its_batch(ray_cluster, reference, tiny_model
         stop.set()
         t.join()
     assert killed, "no worker was killed: the sweep finished first"
-    assert stats.replaced == 1 and 0 < stats.requeued < len(PAIRS), stats
+    assert stats.replaced == (1 if victim == "actor" else 0) and 0 < stats.requeued < len(PAIRS), stats
     assert stats.pairs == len(PAIRS)
     rows = conn.execute("SELECT COUNT(*) FROM curve_points WHERE run_id=? AND mode='measured'", (run_id,)).fetchone()
     assert rows[0] == len(PAIRS)
