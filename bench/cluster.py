@@ -7,7 +7,9 @@ pairs three times, each into a fresh run of a private runs database: the single-
 each). Wall time includes starting the actors (they load the model once per batch); "steady" is the sum of
 the tool's own per-pair seconds divided by the workers, i.e. the wall time without start-up and model loads.
 
-  bench/cluster.py [--model GGUF --text TXT] [--pairs 24] [--batch 12] [--ctx 128] [--chunks 4] [--json]
+  bench/cluster.py [--model GGUF --text TXT] [--pairs 24] [--batch 12] [--ctx 128] [--chunks 4] [--json] [--no-doc]
+
+It writes its section of docs/benchmarks.md (bench/benchmd.py) unless --no-doc or --json.
 
 Without --model it writes the synthetic model of the tests (tests/synthetic.py) into a temp dir.
 """
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray node (default 2)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -111,12 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"setup": setup, "rows": rows}, indent=2))
         return 0
-    print(f"{len(pairs)} pairs of {model.name}, ctx {args.ctx}, {args.chunks} chunks, batch {args.batch}, "
-          f"one thread per worker, local Ray node of {args.cpus} CPUs")
-    print(f"{'sweep':<16}{'workers':>8}{'wall s':>9}{'pairs/s':>9}{'steady pairs/s':>16}{'× 1 worker':>12}")
+    lines = [f"{len(pairs)} pairs of {model.name}, ctx {args.ctx}, {args.chunks} chunks, batch {args.batch}, "
+             f"one thread per worker, local Ray node of {args.cpus} CPUs",
+             f"{'sweep':<16}{'workers':>8}{'wall s':>9}{'pairs/s':>9}{'steady pairs/s':>16}{'× 1 worker':>12}"]
     for r in rows:
-        print(f"{r['sweep']:<16}{r['workers']:>8}{r['wall_s']:>9.2f}{r['pairs_per_s']:>9.2f}"
-              f"{r['steady_pairs_per_s']:>16.2f}{r['speedup_vs_1_worker']:>12.2f}")
+        lines.append(f"{r['sweep']:<16}{r['workers']:>8}{r['wall_s']:>9.2f}{r['pairs_per_s']:>9.2f}"
+                     f"{r['steady_pairs_per_s']:>16.2f}{r['speedup_vs_1_worker']:>12.2f}")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_doc:
+        import benchmd
+
+        body = ("The same pairs measured by the single-process sweep and by the Ray sweep with 1 and 2 workers "
+                "(docs/scale.md). Wall time includes the actors' start-up and one model load + reference pass per "
+                "batch; steady = the tool's per-pair seconds summed over the workers. The machine's load is in "
+                f"the line above; a worker with no free core of its own gains nothing.\n\n```\n{text}\n```\n")
+        doc = benchmd.update("cluster", "Cluster: measured-sweep pairs per second, 1 vs 2 Ray workers "
+                             "(bench/cluster.py)", body)
+        print(f"wrote the cluster section of {doc}", file=sys.stderr)
     return 0
 
 
