@@ -200,8 +200,6 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
     queue = collections.deque(_batches(todo, batch))
     n_workers = min(n_workers, len(queue))
     actor_cls = ray.remote(SensitivityWorker)
-    log.info("measured sweep of run %d: %d of %d pairs in %d batches on %d Ray workers (%s)", run_id, len(todo),
-             n_all, len(queue), n_workers, opts)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     wanted = {(t, ty.lower()) for t, ty in todo}
     stored: set[tuple[str, str]] = set()
@@ -231,7 +229,8 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
             logf.write(msg + "\n")
             logf.flush()
 
-        note(f"# ray sweep: {len(todo)} pairs, {len(queue)} batches of <= {batch}, {n_workers} workers, {opts}")
+        note(f"# measured sweep of run {run_id} on Ray: {len(todo)} of {n_all} pairs, {len(queue)} batches of "
+             f"<= {batch}, {n_workers} workers, {opts}")
         try:
             while queue or inflight:  # (actors still starting are not work: they are killed at the end)
                 while idle and queue:
