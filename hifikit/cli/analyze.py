@@ -29,19 +29,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensors", metavar="REGEX", default=None,
                    help="only the tensors whose name this regular expression finds (e.g. 'ffn_down|attn_output')")
     p.add_argument("--threads", type=int, default=None,
-                   help="proxy: worker processes (default: every CPU); measured: tool threads")
+                   help="proxy: worker processes (default: every CPU); measured: tool threads (with --ray: "
+                        "threads and CPUs per actor, default 1)")
     p.add_argument("--text", type=Path, default=None, help="measured mode: evaluation text")
     p.add_argument("--ctx", type=int, default=512, help="measured mode: context per chunk (default 512)")
     p.add_argument("--chunks", type=int, default=None, help="measured mode: chunks to score (default: all that fit)")
     p.add_argument("--plots", type=Path, default=None, metavar="DIR",
                    help="write per-tensor curve plots and an overview (PNG) into DIR")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                   help="run the sweep on a Ray cluster: measured pairs on actors, one llama-sensitivity each, "
+                        "proxy chunks as tasks (auto: the cluster RAY_ADDRESS or a local 'ray start --head' names; "
+                        "or the head's HOST:PORT); needs pip install 'hifikit[cluster]'")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="with --ray: pairs per tool run on an actor (the model is loaded once per batch; default 16)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: measured actors (default: one per GPU of the cluster, else its CPUs / "
+                        "--threads); proxy tasks in flight (default: its CPUs)")
     add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     res = analyze(AnalyzeOptions(args.model, args.mode, args.types, args.tensors, args.imatrix, args.text, args.ctx,
-                                 args.chunks, args.threads, args.points, args.layers, args.plots),
+                                 args.chunks, args.threads, args.points, args.layers, args.plots,
+                                 ray=args.ray, batch=args.batch, workers=args.workers),
                   progress=progress_mode(args))
     render(res, args.json)
     return 0

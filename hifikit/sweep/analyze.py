@@ -132,6 +132,10 @@ class AnalyzeOptions:
     points: str = "2"                  # calibrated: measured pairs per tensor, 1, 2 or all
     layers: int | None = None          # calibrated: measure K layers of each kind (default: every layer)
     plots: Path | None = None          # write per-tensor curve plots and an overview into this folder
+    ray: str | None = None             # run the sweep on this Ray cluster (auto | HOST:PORT), cluster.py
+    batch: int | None = None           # with ray, measured: pairs per tool run (default cluster.DEFAULT_BATCH)
+    workers: int | None = None         # with ray: measured actors (default: one per GPU, else cluster CPUs /
+    #                                    threads); proxy tasks in flight (default: the cluster's CPUs)
 
 
 @dataclasses.dataclass
@@ -189,11 +193,19 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
     cands = proxy.candidates(model, opts.types, importance, opts.tensors)
     if opts.points not in ("1", "2", "all"):
         raise HifikitError(f"--points must be 1, 2 or all, got {opts.points!r}")
-    jobs.check_positive(layers=opts.layers)
+    jobs.check_positive(layers=opts.layers, batch=opts.batch, workers=opts.workers)
+    if (opts.batch or opts.workers) and not opts.ray:
+        raise HifikitError("--batch and --workers are for --ray (a Ray cluster sweep)")
+    if opts.batch and opts.mode == "proxy":
+        raise HifikitError("--batch is for --mode measured or calibrated (a proxy sweep's Ray tasks are chunks "
+                           "of one tensor)")
+    # with --ray the proxy sweep's work units run as Ray tasks too (cluster.proxy_results)
+    proxy_ray = {"ray": opts.ray} if opts.ray else {}
+    proxy_workers = opts.workers if opts.ray else opts.threads  # with ray: tasks in flight (default: its CPUs)
     if opts.mode == "proxy":
         if opts.text:
             raise HifikitError("--text is for --mode measured or calibrated (proxy mode reads only the weights)")
-        steps = [jobs.StepSpec("sweep", "sweep-proxy", {**spec, "workers": opts.threads})]
+        steps = [jobs.StepSpec("sweep", "sweep-proxy", {**spec, **proxy_ray, "workers": proxy_workers})]
     else:
         if not opts.text:
             raise HifikitError(f"--mode {opts.mode} needs --text FILE (a calibration text, kept apart from the "
@@ -202,15 +214,21 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
         chunks = kld.check_text(model, opts.text, opts.ctx, opts.chunks)
         measured_spec = {**spec, "text": str(Path(opts.text).resolve()), "ctx": opts.ctx, "chunks": chunks,
                          "threads": opts.threads}
+        if opts.ray:
+            measured_spec.update(ray=opts.ray, batch=opts.batch, ray_workers=opts.workers)
         steps = []
         if opts.mode == curves.CALIBRATED:
-            steps.append(jobs.StepSpec("proxy", "sweep-proxy", {**spec, "workers": opts.threads}))
+            steps.append(jobs.StepSpec("proxy", "sweep-proxy", {**spec, **proxy_ray, "workers": proxy_workers}))
             measured_spec["calibration_points"] = opts.points
             measured_spec["calibration_layers"] = opts.layers
         steps.append(jobs.StepSpec("sweep", "sweep-measured", measured_spec))
     steps.append(jobs.StepSpec("knees", "knees", {"mode": opts.mode, "workers": opts.threads,
                                                   "plots": str(Path(opts.plots).resolve()) if opts.plots else None}))
     calibration = opts.points if opts.mode == curves.CALIBRATED else None
+    if opts.ray:
+        from . import cluster
+
+        cluster.connect(opts.ray)  # Ray missing or the cluster unreachable: one line now, and no run
     conn = conn or db.connect()
     run = jobs.start("analyze", {**spec, "mode": opts.mode, "calibration_points": calibration, "tensors": len(cands),
                                  "points": sum(len(c.types) for c in cands)}, steps, progress=progress, conn=conn)

@@ -264,14 +264,16 @@ def store_tensors(conn: sqlite3.Connection, run_id: int, cands: Sequence[TensorC
 
 def run_proxy(conn: sqlite3.Connection, run_id: int, model: Path | str, cands: Sequence[TensorCandidates],
               importance: dict[str, np.ndarray] | None = None, workers: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> SweepStats:
+              progress: Callable[[int, int], None] | None = None, ray: str | None = None) -> SweepStats:
     """Measure every missing (tensor, type) point; each tensor's points are committed together.
 
-    A resumed call skips the (tensor, type) pairs already stored for this run.
+    A resumed call skips the (tensor, type) pairs already stored for this run. `ray`: run the work
+    units as tasks on the Ray cluster at that address (cluster.proxy_results; `workers` caps the
+    tasks in flight) instead of a local pool.
     """
     model = Path(model)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    workers = workers or default_workers()
+    workers = workers or (None if ray else default_workers())
     store_tensors(conn, run_id, cands)
     done = curves.done_points(conn, run_id, "proxy")
     offsets = _data_offsets(model)
@@ -316,6 +318,14 @@ def run_proxy(conn: sqlite3.Connection, run_id: int, model: Path | str, cands: S
         if progress:
             progress(skipped + finished, len(cands))
 
+    if ray:
+        from . import cluster
+
+        workers = workers or max(1, int(cluster.connect(ray).cluster_resources().get("CPU", 1)))
+        for res in cluster.proxy_results(tasks, ray, workers):
+            absorb(res)
+        return SweepStats(len(todo), skipped, points, time.perf_counter() - t0,
+                          worker_cpu + time.process_time() - cpu0, workers)
     pooled = workers > 1 and len(tasks) > 1
     if not pooled:
         for task in tasks:

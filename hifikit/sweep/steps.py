@@ -30,7 +30,7 @@ def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     bar = Progress(f"proxy sweep {Path(spec['model']).name}", ctx.progress)
     try:
         stats = proxy.run_proxy(ctx.conn, ctx.run_id, spec["model"], cands, importance,
-                                workers=spec.get("workers"), progress=bar.update)
+                                workers=spec.get("workers"), progress=bar.update, ray=spec.get("ray"))
     finally:
         bar.close()
     log.info("proxy sweep: %d tensors (%d already done), %d points in %.1f s wall, %.1f s CPU, %d processes",
@@ -61,12 +61,24 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                                       len(objective.CALIBRATION_TARGETS) if points == "all" else int(points),
                                       spec.get("calibration_layers"))
         stages = [picked, pairs] if points == "all" else [picked]
+    ray_stats = []
     for stage in stages:
-        measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]),
-                           stage, ctx=spec["ctx"], chunks=spec["chunks"],
-                           imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None,
-                           threads=spec.get("threads"), log_path=ctx.log_path, progress=ctx.progress)
-    return StepOutput(result={**proxy.candidate_summary(cands), "measured_pairs": len(stages[-1])})
+        kw = dict(ctx=spec["ctx"], chunks=spec["chunks"],
+                  imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None, threads=spec.get("threads"),
+                  log_path=ctx.log_path, progress=ctx.progress)
+        if spec.get("ray"):
+            # the same pairs and points on a Ray cluster (cluster.py); Ray is imported only there
+            from . import cluster
+
+            ray_stats.append(dataclasses.asdict(cluster.run_sweep(
+                ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage, address=spec["ray"],
+                batch=spec.get("batch") or cluster.DEFAULT_BATCH, workers=spec.get("ray_workers"), **kw)))
+        else:
+            measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage, **kw)
+    result = {**proxy.candidate_summary(cands), "measured_pairs": len(stages[-1])}
+    if ray_stats:
+        result["ray"] = ray_stats
+    return StepOutput(result=result)
 
 
 def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Pairs per second of the Ray measured sweep (hifikit.sweep.cluster) with 1 and with 2 workers, side by side.
+
+Starts a local Ray node in this process (ray.init with --cpus CPUs, no dashboard), then measures the same
+pairs three times, each into a fresh run of a private runs database: the single-process sweep
+(measured.run_sweep, one thread), the Ray sweep with 1 worker and with 2 workers (one thread and one CPU
+each). Wall time includes starting the actors (they load the model once per batch); "steady" is the sum of
+the tool's own per-pair seconds divided by the workers, i.e. the wall time without start-up and model loads.
+
+  bench/cluster.py [--model GGUF --text TXT] [--pairs 24] [--batch 12] [--ctx 128] [--chunks 4] [--json] [--no-doc]
+
+It writes its section of docs/benchmarks.md (bench/benchmd.py) unless --no-doc or --json.
+
+Without --model it writes the synthetic model of the tests (tests/synthetic.py) into a temp dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _new_run(conn, model: Path) -> int:
+    from hifikit import db, gguf_io, jobs
+    from hifikit.sweep import curves
+
+    run_id = jobs.create_run(conn, "analyze", {"model": str(model), "mode": "measured", "bench": "cluster"}, [])
+    with db.transaction(conn):
+        for t in gguf_io.read_info(model).tensors:
+            curves.store_tensor(conn, run_id, t.name, t.shape, t.n_elements, t.type)
+    return run_id
+
+
+def _pairs(model: Path, n: int) -> list[tuple[str, str]]:
+    from hifikit.sweep import proxy
+
+    cands = proxy.candidates(model, ["q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_0"])
+    return proxy.sweep_pairs(cands)[:n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--text", type=Path)
+    ap.add_argument("--pairs", type=int, default=24)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--ctx", type=int, default=128)
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray node (default 2)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import os
+    import secrets
+
+    # a token of this run's own for the local node (Ray would otherwise write ~/.ray/auth_token)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    import ray
+
+    from hifikit import db
+    from hifikit.sweep import cluster, measured
+
+    tmp = Path(tempfile.mkdtemp(prefix="hk-bench-cluster-"))
+    model, text = args.model, args.text
+    if model is None:
+        sys.path.insert(0, str(REPO / "tests"))
+        from synthetic import write_model, write_text
+
+        model, text = write_model(tmp / "tiny-f16.gguf"), write_text(tmp / "text.txt")
+    if text is None:
+        ap.error("--text is needed with --model")
+    pairs = _pairs(model, args.pairs)
+    conn = db.connect(tmp / "runs.db")
+    kw = dict(ctx=args.ctx, chunks=args.chunks, imatrix=None, threads=1, progress=False)
+    rows = []
+
+    def steady(run_id: int, workers: int) -> float:
+        s = conn.execute("SELECT SUM(seconds) FROM curve_points WHERE run_id=?", (run_id,)).fetchone()[0]
+        return s / workers
+
+    run_id = _new_run(conn, model)
+    t0 = time.monotonic()
+    measured.run_sweep(conn, run_id, model, text, pairs, log_path=tmp / "local.log", **kw)
+    wall = time.monotonic() - t0
+    rows.append({"sweep": "single process", "workers": 1, "pairs": len(pairs), "wall_s": wall,
+                 "pairs_per_s": len(pairs) / wall, "steady_pairs_per_s": len(pairs) / steady(run_id, 1)})
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             _temp_dir=str(tmp / "ray"))
+    try:
+        for workers in (1, 2):
+            run_id = _new_run(conn, model)
+            stats = cluster.run_sweep(conn, run_id, model, text, pairs, log_path=tmp / f"ray-{workers}.log",
+                                      address="auto", batch=args.batch, workers=workers, **kw)
+            rows.append({"sweep": "ray", "workers": workers, "pairs": stats.pairs, "wall_s": stats.seconds,
+                         "pairs_per_s": stats.pairs / stats.seconds,
+                         "steady_pairs_per_s": stats.pairs / steady(run_id, workers)})
+    finally:
+        ray.shutdown()
+    one = next(r for r in rows if r["sweep"] == "ray" and r["workers"] == 1)
+    for r in rows:
+        r["speedup_vs_1_worker"] = r["pairs_per_s"] / one["pairs_per_s"]
+    setup = {"model": str(model), "pairs": len(pairs), "batch": args.batch, "ctx": args.ctx, "chunks": args.chunks,
+             "cpus": args.cpus}
+    if args.json:
+        print(json.dumps({"setup": setup, "rows": rows}, indent=2))
+        return 0
+    lines = [f"{len(pairs)} pairs of {model.name}, ctx {args.ctx}, {args.chunks} chunks, batch {args.batch}, "
+             f"one thread per worker, local Ray node of {args.cpus} CPUs",
+             f"{'sweep':<16}{'workers':>8}{'wall s':>9}{'pairs/s':>9}{'steady pairs/s':>16}{'× 1 worker':>12}"]
+    for r in rows:
+        lines.append(f"{r['sweep']:<16}{r['workers']:>8}{r['wall_s']:>9.2f}{r['pairs_per_s']:>9.2f}"
+                     f"{r['steady_pairs_per_s']:>16.2f}{r['speedup_vs_1_worker']:>12.2f}")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_doc:
+        import benchmd
+
+        body = ("The same pairs measured by the single-process sweep and by the Ray sweep with 1 and 2 workers "
+                "(docs/scale.md). Wall time includes the actors' start-up and one model load + reference pass per "
+                "batch; steady = the tool's per-pair seconds summed over the workers. The machine's load is in "
+                f"the line above; a worker with no free core of its own gains nothing.\n\n```\n{text}\n```\n")
+        doc = benchmd.update("cluster", "Cluster: measured-sweep pairs per second, 1 vs 2 Ray workers "
+                             "(bench/cluster.py)", body)
+        print(f"wrote the cluster section of {doc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Sweeps on a Ray cluster: actors run ``llama-sensitivity`` on batches of pairs; proxy chunks are tasks.
+
+``run_sweep`` is ``measured.run_sweep`` spread over a cluster. The driver (this
+process) keeps a queue of batches of the pairs not stored yet
+(``measured.pending_pairs``), each batch one tensor's pairs where it can
+(``measured.group_by_tensor``), and hands the next batch to whichever actor is
+idle. An actor runs the tool once per batch (the model is loaded and the
+reference pass computed once per batch) and yields each result line as the
+tool prints it (a Ray streaming generator), so results reach the driver pair
+by pair. Only the driver writes the runs database, in the same table and rows
+as the single-process sweep (``curves.store_points``, mode ``measured``).
+
+Failures:
+
+- an actor that dies (its process or node killed, out of memory) loses only
+  the pairs of its batch that it had not reported yet: they go back to the
+  front of the queue and a new actor takes the dead one's place;
+- a tool killed by a signal on a live actor is the same;
+- a tool that fails on its own (a bad pair, a missing file) fails the sweep
+  with its error line, as the single-process sweep does;
+- a batch retried MAX_ATTEMPTS times fails the sweep;
+- a killed driver takes its actors with it (they are not detached); the run
+  resumes with ``hifikit runs resume ID``, which measures only what is not
+  stored.
+
+``proxy_results`` runs the proxy sweep's work units (proxy._Task, a chunk of
+rows of one tensor) as Ray tasks (``hifikit analyze --mode proxy --ray``);
+proxy.run_proxy stores each tensor's points when its units are in, as it does
+with a local process pool. A task whose worker dies is retried by Ray.
+
+Ray is imported only here, and only when a cluster sweep runs
+(``pip install 'hifikit[cluster]'``). The model, the text and the imatrix
+must be readable at the same paths on every node (a shared file system), and
+hifikit with its built tools installed on every node.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .. import db, paths, runner
+from ..errors import HifikitError
+from ..progress import Progress
+from . import curves, measured
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 16
+MAX_ATTEMPTS = 3
+INSTALL_HINT = "pip install 'hifikit[cluster]'"
+
+
+@dataclasses.dataclass
+class ClusterStats:
+    pairs: int              # pairs measured by this call
+    batches: int            # batches handed to actors (re-queued ones counted again)
+    workers: int            # actors started at first
+    requeued: int           # pairs re-queued after a worker died
+    replaced: int           # actors started in place of dead ones
+    seconds: float
+    address: str            # the --ray address
+
+
+class ToolKilled(RuntimeError):
+    """The tool on an actor died of a signal: its batch is re-queued (not a problem of the pairs)."""
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise HifikitError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A plain TCP connect first: ray.init waits a long time on an address nobody listens on."""
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise HifikitError(f"--ray {address!r}: expected auto or HOST:PORT (the head's GCS port, default 6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise HifikitError(f"--ray {address}: no Ray cluster reachable there ({exc.strerror or exc}); "
+                           f"start one with 'ray start --head' or give the head's HOST:PORT") from None
+
+
+def connect(address: str) -> Any:
+    """Ray, connected to the cluster at `address` (``auto``: the one RAY_ADDRESS or a local head names)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    if address != "auto":
+        _check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if address == "auto" and isinstance(exc, ConnectionError):
+            raise HifikitError("--ray auto: no running Ray cluster found (set RAY_ADDRESS, give the head's "
+                               "HOST:PORT, or start one with 'ray start --head')") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HifikitError(f"--ray {address}: cannot connect to a Ray cluster ({first})") from None
+    return ray
+
+
+class SensitivityWorker:
+    """The actor: runs llama-sensitivity on one batch at a time and yields each result as it is printed."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def node(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def measure(self, model: str, text: str, pairs: list[tuple[str, str]], ctx: int, chunks: int,
+                imatrix: str | None) -> Iterator[tuple[str, str, int, float, float, float]]:
+        with tempfile.TemporaryDirectory(prefix="hifikit-sens-") as tmp:
+            pairs_path = measured.write_pairs(Path(tmp) / "pairs.tsv", [tuple(p) for p in pairs])
+            args = measured.tool_args(Path(model), Path(text), pairs_path, ctx=ctx, chunks=chunks,
+                                      imatrix=Path(imatrix) if imatrix else None, threads=self.threads)
+            argv = [str(paths.binary(measured.TOOL)), *args]
+            with open(Path(tmp) / "stderr.log", "w+", encoding="utf-8", errors="replace") as err:
+                proc = subprocess.Popen(
+                    argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
+                    env=runner.tool_env(),
+                    preexec_fn=functools.partial(runner.die_with_parent, int(signal.SIGKILL), os.getpid()))
+                try:
+                    for line in proc.stdout:
+                        parsed = measured.parse_line(line)
+                        if parsed is not None:
+                            tensor, p = parsed
+                            yield tensor, p.type, p.nbytes, p.error, p.error_pm, p.seconds
+                    rc = proc.wait()
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                err.seek(0)
+                stderr = err.read()
+        if rc < 0:
+            raise ToolKilled(f"{measured.TOOL} was killed by signal {-rc}")
+        if rc != 0:
+            raise HifikitError(f"{measured.TOOL} failed with exit code {rc} on {socket.gethostname()}: "
+                               f"{runner._error_line('', stderr)}")
+
+
+def _batches(pairs: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
+    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+
+
+def worker_options(ray: Any, threads: int, workers: int | None) -> tuple[int, dict[str, Any]]:
+    """How many actors and the options of each: one GPU each where the cluster has GPUs, else `threads` CPUs."""
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    opts: dict[str, Any] = {"num_cpus": threads, "max_restarts": 0, "scheduling_strategy": "SPREAD"}
+    if gpus:
+        opts["num_gpus"] = 1
+        fit = gpus
+    else:
+        fit = max(1, int(res.get("CPU", 1)) // threads)
+    return (workers or fit), opts
+
+
+def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str, str]], *, ctx: int, chunks: int,
+              imatrix: Path | None, threads: int | None, log_path: Path, progress: bool | None, address: str,
+              batch: int = DEFAULT_BATCH, workers: int | None = None) -> ClusterStats:
+    """Measure every pair not stored yet for this run on the Ray cluster at `address`; the driver stores each
+    result as it arrives."""
+    start = time.monotonic()
+    todo = measured.group_by_tensor(measured.pending_pairs(conn, run_id, pairs))
+    n_all = len({(t, ty.lower()) for t, ty in pairs})
+    n_done = n_all - len(todo)
+    if not todo:
+        log.info("measured sweep of run %d: all %d pairs already stored", run_id, n_all)
+        return ClusterStats(0, 0, 0, 0, 0, 0.0, address)
+    ray = connect(address)
+    from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+    lost_errors: tuple[type, ...] = (RayActorError, WorkerCrashedError)
+    try:
+        from ray.exceptions import ActorUnavailableError, NodeDiedError
+        lost_errors += (ActorUnavailableError, NodeDiedError)
+    except ImportError:  # older Ray
+        pass
+    threads = threads or 1
+    n_workers, opts = worker_options(ray, threads, workers)
+    queue = collections.deque(_batches(todo, batch))
+    n_workers = min(n_workers, len(queue))
+    actor_cls = ray.remote(SensitivityWorker)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    wanted = {(t, ty.lower()) for t, ty in todo}
+    stored: set[tuple[str, str]] = set()
+    attempts: collections.Counter[tuple[str, str]] = collections.Counter()
+    stats = ClusterStats(0, 0, n_workers, 0, 0, 0.0, address)
+    # batches go only to actors that have started: a call queued on an actor the cluster cannot place
+    # would hold its batch for ever
+    starting: dict[Any, Any] = {}
+    idle: list[Any] = []
+    inflight: dict[Any, tuple[Any, list[tuple[str, str]]]] = {}
+
+    def new_actor() -> None:
+        actor = actor_cls.options(**opts).remote(threads)
+        starting[actor.node.remote()] = actor
+
+    for _ in range(n_workers):
+        new_actor()
+    failed_starts = 0
+    waiting_since = time.monotonic()
+    args = (str(model), str(text))
+    bar = Progress("measured sweep (ray)", enabled=progress)
+    bar.update(n_done, n_all)
+
+    with open(log_path, "a", encoding="utf-8") as logf:
+        def note(msg: str) -> None:
+            log.info("%s", msg)
+            logf.write(msg + "\n")
+            logf.flush()
+
+        note(f"# measured sweep of run {run_id} on Ray: {len(todo)} of {n_all} pairs, {len(queue)} batches of "
+             f"<= {batch}, {n_workers} workers, {opts}")
+        try:
+            while queue or inflight:  # (actors still starting are not work: they are killed at the end)
+                while idle and queue:
+                    actor, todo_batch = idle.pop(), queue.popleft()
+                    for p in todo_batch:
+                        attempts[(p[0], p[1].lower())] += 1
+                    gen = actor.measure.options(num_returns="streaming").remote(
+                        *args, todo_batch, ctx, chunks, str(imatrix) if imatrix else None)
+                    inflight[gen] = (actor, list(todo_batch))
+                    stats.batches += 1
+                ready, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=5.0)
+                if not inflight and not ready and time.monotonic() - waiting_since > 60:
+                    note(f"# waiting for Ray workers to start ({len(starting)} pending): does the cluster have "
+                         f"free resources {({k: v for k, v in opts.items() if k.startswith('num_')})}?")
+                    waiting_since = time.monotonic()
+                for ref in ready:
+                    if ref in starting:
+                        actor = starting.pop(ref)
+                        try:
+                            ray.get(ref)
+                        except (*lost_errors, RayTaskError) as exc:
+                            failed_starts += 1
+                            if failed_starts > MAX_ATTEMPTS * n_workers:
+                                raise HifikitError(f"Ray workers failed to start {failed_starts} times (last: "
+                                                   f"{type(exc).__name__}: {str(exc).strip()[:200]})") from None
+                            new_actor()
+                            stats.replaced += 1
+                            continue
+                        idle.append(actor)
+                        waiting_since = time.monotonic()
+                        continue
+                    gen = ref
+                    actor, left = inflight[gen]
+                    try:
+                        rec = ray.get(next(gen))
+                    except StopIteration:
+                        del inflight[gen]
+                        if left:
+                            raise HifikitError(f"{measured.TOOL} finished without measuring {len(left)} pair(s), "
+                                               f"e.g. {left[0][0]} {left[0][1]}")
+                        idle.append(actor)
+                        continue
+                    except (*lost_errors, RayTaskError) as exc:
+                        del inflight[gen]
+                        killed = isinstance(exc, lost_errors) or isinstance(exc, ToolKilled) or \
+                            isinstance(getattr(exc, "cause", None), ToolKilled)
+                        if not killed:
+                            cause = getattr(exc, "cause", None) or exc
+                            raise HifikitError(str(cause).strip().splitlines()[-1]) from None
+                        tired = [p for p in left if attempts[(p[0], p[1].lower())] >= MAX_ATTEMPTS]
+                        if tired:
+                            raise HifikitError(f"{len(left)} pair(s), e.g. {tired[0][0]} {tired[0][1]}, failed "
+                                               f"{MAX_ATTEMPTS} times on Ray workers (last: "
+                                               f"{type(exc).__name__})") from None
+                        note(f"# worker lost ({type(exc).__name__}): {len(left)} pair(s) of its batch re-queued")
+                        queue.appendleft(left)
+                        stats.requeued += len(left)
+                        if isinstance(exc, lost_errors):
+                            ray.kill(actor, no_restart=True)
+                            new_actor()
+                            stats.replaced += 1
+                        else:
+                            idle.append(actor)
+                        continue
+                    tensor, type_name, nbytes, kld, kld_pm, seconds = rec
+                    key = (tensor, type_name.lower())
+                    if key not in wanted or key in stored:
+                        raise HifikitError(f"{measured.TOOL} reported a pair that was not asked for: "
+                                           f"{tensor} {type_name}")
+                    with db.transaction(conn):
+                        curves.store_points(conn, run_id, measured.MODE, tensor,
+                                            [curves.CurvePoint(type_name, nbytes, kld, kld_pm, seconds)])
+                    stored.add(key)
+                    left[:] = [p for p in left if (p[0], p[1].lower()) != key]
+                    logf.write(f"{tensor}\t{type_name}\t{kld!r}\n")
+                    stats.pairs += 1
+                    bar.update(n_done + len(stored), n_all)
+        finally:
+            bar.close()
+            for gen in inflight:
+                try:
+                    ray.cancel(gen, force=True)
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
+            for actor in idle + list(starting.values()) + [a for a, _ in inflight.values()]:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001
+                    pass
+    missing = wanted - stored
+    if missing:
+        tensor, type_name = sorted(missing)[0]
+        raise HifikitError(f"the Ray sweep finished without measuring {len(missing)} pair(s), e.g. {tensor} "
+                           f"{type_name} (log: {log_path})")
+    stats.seconds = time.monotonic() - start
+    return stats
+
+
+def proxy_results(tasks: list, address: str, workers: int | None = None) -> Iterator:
+    """The proxy sweep's work units (proxy._Task) as Ray tasks, one CPU each; their results as they finish.
+
+    At most `workers` tasks are in flight (default: the cluster's CPUs), so the driver's memory stays
+    bounded. A task whose worker dies is retried by Ray (up to MAX_ATTEMPTS runs); the caller
+    (proxy.run_proxy) stores a tensor's points when all its units are in, as with a local pool.
+    """
+    from . import proxy
+
+    ray = connect(address)
+    limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    remote = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1, scheduling_strategy="SPREAD")(proxy._measure)
+    pending = collections.deque(tasks)
+    inflight: list[Any] = []
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < limit:
+                inflight.append(remote.remote(pending.popleft()))
+            ready, inflight = ray.wait(inflight, num_returns=1)
+            for ref in ready:
+                yield ray.get(ref)
+    finally:
+        for ref in inflight:
+            ray.cancel(ref, force=True)
