@@ -75,6 +75,16 @@ def test_weights_are_restored_after_each_pair(built, tiny_model, tiny_text, tmp_
     assert recs[3]["kld"] > 1e-6
 
 
+def test_scores_llama_perplexity_positions_by_default(built, tiny_model, tiny_text, tmp_path):
+    # llama-perplexity --kl-divergence scores the positions from ctx/2 on: ctx - 1 - ctx/2 per chunk
+    pairs = [(TENSOR, "q4_K")]
+    default = sensitivity(tiny_model, tiny_text, pairs, tmp_path)
+    assert f"scoring {CTX - 1 - CTX // 2} positions per chunk" in default.stderr
+    every = sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--all-positions")
+    assert f"scoring {CTX - 1} positions per chunk" in every.stderr
+    assert results(default)[0]["kld"] != results(every)[0]["kld"]
+
+
 def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
     assert proc.returncode != 0
     assert proc.stdout == ""

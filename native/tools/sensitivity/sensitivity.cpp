@@ -46,7 +46,7 @@ struct sensitivity_params {
     int32_t     n_ctx       = 256;
     int32_t     n_chunks    = 2;
     int32_t     n_threads   = 0;     // 0 = hardware concurrency
-    bool        second_half = false; // score only the second half of each chunk, as llama-perplexity does
+    bool        all_pos     = false; // score every position, not only the second half of each chunk
     bool        verbose     = false;
 };
 
@@ -93,8 +93,8 @@ static void sensitivity_print_usage(const char * argv0) {
     fprintf(stderr, "  --pairs FNAME         pairs to measure, one 'tensor<TAB>type' per line (ggml type names)\n");
     fprintf(stderr, "  -c, --ctx-size N      tokens per chunk (default: %d)\n", params.n_ctx);
     fprintf(stderr, "  --chunks N            number of chunks (default: %d)\n", params.n_chunks);
-    fprintf(stderr, "  --second-half         score only the second half of each chunk, as llama-perplexity does\n");
-    fprintf(stderr, "                        (default: every position but the last, i.e. every token after the first)\n");
+    fprintf(stderr, "  --all-positions       score every position but the last of each chunk (every token after the first)\n");
+    fprintf(stderr, "                        (default: the positions from ctx/2 on, as llama-perplexity --kl-divergence does)\n");
     fprintf(stderr, "  --imatrix FNAME       importance matrix (GGUF or legacy .dat) passed to the quantizer\n");
     fprintf(stderr, "  -t, --threads N       number of threads (default: all cores)\n");
     fprintf(stderr, "  -v, --verbose         show the llama.cpp log\n");
@@ -429,8 +429,10 @@ int main(int argc, char ** argv) {
             params.n_chunks = std::atoi(next());
         } else if (arg == "-t" || arg == "--threads") {
             params.n_threads = std::atoi(next());
+        } else if (arg == "--all-positions") {
+            params.all_pos = true;
         } else if (arg == "--second-half") {
-            params.second_half = true;
+            params.all_pos = false; // the default, kept for older callers
         } else if (arg == "-v" || arg == "--verbose") {
             params.verbose = true;
         } else {
@@ -520,7 +522,7 @@ int main(int argc, char ** argv) {
     }
 
     const int     n_ctx   = params.n_ctx;
-    const int     first   = params.second_half ? n_ctx/2 : 0;
+    const int     first   = params.all_pos ? 0 : n_ctx/2;
     const int     n_pos   = n_ctx - 1 - first;
     const int64_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
     const int64_t n_total = (int64_t) n_pos*params.n_chunks;
