@@ -85,6 +85,50 @@ def test_scores_llama_perplexity_positions_by_default(built, tiny_model, tiny_te
     assert results(default)[0]["kld"] != results(every)[0]["kld"]
 
 
+def test_top_k_reference_is_a_close_lower_bound(built, tiny_model, tiny_text, tmp_path):
+    pairs = [(TENSOR, "q4_K"), (OTHER, "q3_K")]
+    exact = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "0"))
+    for k in ("8", "64", "512"):
+        proc = sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", k)
+        assert f"the top {k} of " in proc.stderr
+        for a, e in zip(results(proc), exact):
+            # pooling the tail into one outcome can only lose divergence (data processing inequality)
+            assert 0 < a["kld"] <= e["kld"] * (1 + 1e-9)
+            assert a["same_top"] == e["same_top"]
+    # the bound tightens with k
+    k8 = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "8"))
+    k512 = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "512"))
+    for a, b, e in zip(k8, k512, exact):
+        assert a["kld"] <= b["kld"] * (1 + 1e-9) <= e["kld"] * (1 + 2e-9)
+
+
+def _peak_rss_mib(model: Path, text: Path, tmp_path: Path, *args: str) -> float:
+    """Peak resident memory of one llama-sensitivity run, from a fresh process's RUSAGE_CHILDREN."""
+    pairs = tmp_path / "rss-pairs.tsv"
+    pairs.write_text(f"{TENSOR}\tq8_0\n")
+    argv = [str(paths.binary("llama-sensitivity")), "-m", str(model), "-f", str(text), "--pairs", str(pairs),
+            "-t", "1", *args]
+    probe = ("import resource, subprocess, sys\n"
+             "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", probe, *argv], check=True, capture_output=True, text=True,
+                         env=runner.tool_env(), cwd=tmp_path, timeout=600)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def test_reference_memory_does_not_grow_with_vocab_times_positions(built, tiny_model, tiny_text, tmp_path):
+    # 8 chunks of 256 tokens score 8 x 127 positions on a 32000-token vocabulary: kept whole, as floats,
+    # that is 124 MiB; the top 64 of each position are 0.7 MiB
+    rss = {(k, chunks): _peak_rss_mib(tiny_model, tiny_text, tmp_path, "-c", "256", "--chunks", str(chunks),
+                                      "--top-k", k)
+           for k in ("64", "4096") for chunks in (1, 8)}
+    grow_64 = rss["64", 8] - rss["64", 1]
+    grow_4096 = rss["4096", 8] - rss["4096", 1]
+    # the control: 4096 tokens x 12 bytes x 7 x 127 more positions = 42 MiB more, which the probe sees
+    assert grow_4096 > 30, rss
+    assert grow_64 < 8, rss
+
+
 def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
     assert proc.returncode != 0
     assert proc.stdout == ""

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cfloat>
 #include <cinttypes>
 #include <clocale>
 #include <cmath>
@@ -46,6 +47,7 @@ struct sensitivity_params {
     int32_t     n_ctx       = 256;
     int32_t     n_chunks    = 2;
     int32_t     n_threads   = 0;     // 0 = hardware concurrency
+    int32_t     n_top       = 64;    // reference tokens kept per position, 0 = the whole vocabulary
     bool        all_pos     = false; // score every position, not only the second half of each chunk
     bool        verbose     = false;
 };
@@ -57,18 +59,19 @@ struct sensitivity_pair {
     size_t        nbytes; // the tensor's exact size in this type
 };
 
-// the reference distribution of every scored position
-// p[i] = softmax(logits)[i] is kept as float; the sums below let the KL divergence be computed
-// from the candidate's logits in two passes, without storing or exponentiating log-probabilities:
-//   KL(P || Q) = sum_i p_i (l_i - m_i) - sum_i p_i * (lse(l) - lse(m))
-// with l the reference logits and m the candidate's; identical logits give exactly 0
+// the reference distribution of every scored position, in O(n_top) per position
+// the n_top most likely tokens T keep their log-probabilities, the others are one outcome, the tail R,
+// with its mass P(R); the candidate's KL divergence is that of the two distributions over T + {R}:
+//   KL_T(P || Q) = sum_{i in T} p_i (log p_i - log q_i) + P(R) log(P(R)/Q(R))
+// it is a lower bound of KL(P || Q), short by exactly P(R) KL(P(.|R) || Q(.|R)) (docs/sensitivity.md);
+// with n_top = n_vocab, R is empty and the result the full KL divergence. Identical logits give exactly 0
 struct sensitivity_reference {
     int64_t              n_vocab = 0;
-    std::vector<float>   probs;   // [n_pos][n_vocab]
-    std::vector<double>  dot;     // sum_i p_i * l_i
-    std::vector<double>  lse;     // log(sum_i exp(l_i))
-    std::vector<double>  psum;    // sum_i p_i (1 up to rounding)
-    std::vector<int32_t> top;     // argmax_i l_i
+    int64_t              n_top   = 0;
+    std::vector<int32_t> idx;     // [n_pos][n_top] the tokens of T, ascending
+    std::vector<double>  logp;    // [n_pos][n_top] their log-probabilities
+    std::vector<double>  tail;    // [n_pos] P(R)
+    std::vector<int32_t> top;     // [n_pos] argmax_i l_i
 };
 
 struct sensitivity_stats {
@@ -95,6 +98,8 @@ static void sensitivity_print_usage(const char * argv0) {
     fprintf(stderr, "  --chunks N            number of chunks (default: %d)\n", params.n_chunks);
     fprintf(stderr, "  --all-positions       score every position but the last of each chunk (every token after the first)\n");
     fprintf(stderr, "                        (default: the positions from ctx/2 on, as llama-perplexity --kl-divergence does)\n");
+    fprintf(stderr, "  --top-k N             reference tokens kept per position, the rest pooled into one tail\n");
+    fprintf(stderr, "                        (default: %d; 0 = the whole vocabulary, exact but n_vocab x 12 bytes per position)\n", params.n_top);
     fprintf(stderr, "  --imatrix FNAME       importance matrix (GGUF or legacy .dat) passed to the quantizer\n");
     fprintf(stderr, "  -t, --threads N       number of threads (default: all cores)\n");
     fprintf(stderr, "  -v, --verbose         show the llama.cpp log\n");
@@ -172,8 +177,10 @@ static void sensitivity_parallel_for(int64_t n, int n_threads, const F & fn) {
     }
 }
 
-// log(sum(exp(logits))) and the argmax, in double
-static double sensitivity_log_sum_exp(const float * logits, int64_t n_vocab, int32_t & imax) {
+// log(sum(exp(logits))), the argmax and the probability of the tokens not in idx[0 .. n_idx) (ascending)
+// the reference and the candidate go through this same code, so identical logits give identical results
+static double sensitivity_log_sum_exp(const float * logits, int64_t n_vocab, const int32_t * idx, int64_t n_idx,
+        int32_t & imax, double & tail) {
     float max_logit = logits[0];
     imax = 0;
     for (int64_t i = 1; i < n_vocab; ++i) {
@@ -182,17 +189,53 @@ static double sensitivity_log_sum_exp(const float * logits, int64_t n_vocab, int
             imax = (int32_t) i;
         }
     }
-    double sum_exp = 0.0;
+    double sum_exp  = 0.0;
+    double sum_tail = 0.0;
+    int64_t j = 0;
     for (int64_t i = 0; i < n_vocab; ++i) {
-        sum_exp += expf(logits[i] - max_logit);
+        const double e = expf(logits[i] - max_logit);
+        sum_exp += e;
+        if (j < n_idx && idx[j] == i) {
+            ++j;
+        } else {
+            sum_tail += e;
+        }
     }
+    tail = sum_tail/sum_exp;
     return max_logit + log(sum_exp);
 }
 
-static double sensitivity_dot(const float * probs, const float * logits, int64_t n_vocab) {
-    double sum = 0.0;
+// the n_top most likely tokens, ascending (ties go to the lower id, so the choice is deterministic)
+static void sensitivity_top_tokens(const float * logits, int64_t n_vocab, int64_t n_top, std::vector<int32_t> & scratch,
+        int32_t * out) {
+    if (n_top >= n_vocab) {
+        for (int64_t i = 0; i < n_vocab; ++i) {
+            out[i] = (int32_t) i;
+        }
+        return;
+    }
+    scratch.resize(n_vocab);
     for (int64_t i = 0; i < n_vocab; ++i) {
-        sum += (double) probs[i] * logits[i];
+        scratch[i] = (int32_t) i;
+    }
+    std::nth_element(scratch.begin(), scratch.begin() + n_top, scratch.end(), [logits](int32_t a, int32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    std::copy(scratch.begin(), scratch.begin() + n_top, out);
+    std::sort(out, out + n_top);
+}
+
+// KL_T(P || Q) of one position (see sensitivity_reference), from the candidate's log(sum(exp)) and Q(R)
+static double sensitivity_kld(const sensitivity_reference & ref, int64_t k, const float * logits, double lse, double tail) {
+    const int32_t * idx  = ref.idx.data()  + k*ref.n_top;
+    const double  * logp = ref.logp.data() + k*ref.n_top;
+    double sum = 0.0;
+    for (int64_t j = 0; j < ref.n_top; ++j) {
+        sum += exp(logp[j])*(logp[j] - (logits[idx[j]] - lse));
+    }
+    const double p_tail = ref.tail[k];
+    if (p_tail > 0.0) {
+        sum += p_tail*log(p_tail/std::max(tail, DBL_MIN));
     }
     return sum;
 }
@@ -427,6 +470,8 @@ int main(int argc, char ** argv) {
             params.n_ctx = std::atoi(next());
         } else if (arg == "--chunks") {
             params.n_chunks = std::atoi(next());
+        } else if (arg == "--top-k") {
+            params.n_top = std::atoi(next());
         } else if (arg == "-t" || arg == "--threads") {
             params.n_threads = std::atoi(next());
         } else if (arg == "--all-positions") {
@@ -444,8 +489,8 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "error: -m, -f and --pairs are required (see --help)\n");
         return 1;
     }
-    if (params.n_ctx < 8 || params.n_chunks < 1) {
-        fprintf(stderr, "error: need --ctx-size >= 8 and --chunks >= 1\n");
+    if (params.n_ctx < 8 || params.n_chunks < 1 || params.n_top < 0) {
+        fprintf(stderr, "error: need --ctx-size >= 8, --chunks >= 1 and --top-k >= 0\n");
         return 1;
     }
     if (params.n_threads <= 0) {
@@ -530,34 +575,31 @@ int main(int argc, char ** argv) {
 
     fprintf(stderr, "%s: %zu pairs, %d chunks x %d tokens, scoring %d positions per chunk (%" PRId64 " in all), %d threads\n",
             __func__, pairs.size(), params.n_chunks, n_ctx, n_pos, n_total, n_threads);
-    fprintf(stderr, "%s: reference distributions take %.1f MiB\n", __func__,
-            (double) n_total*n_vocab*sizeof(float)/(1024.0*1024.0));
-
     // reference pass
     sensitivity_reference ref;
     ref.n_vocab = n_vocab;
-    ref.probs.resize((size_t) n_total*n_vocab);
-    ref.dot.resize(n_total);
-    ref.lse.resize(n_total);
-    ref.psum.resize(n_total);
+    ref.n_top   = params.n_top == 0 ? n_vocab : std::min<int64_t>(params.n_top, n_vocab);
+    fprintf(stderr, "%s: reference distributions: the top %" PRId64 " of %" PRId64 " tokens per position, %.1f MiB\n",
+            __func__, ref.n_top, n_vocab,
+            (double) n_total*(ref.n_top*(sizeof(int32_t) + sizeof(double)) + sizeof(double) + sizeof(int32_t))/(1024.0*1024.0));
+    ref.idx.resize((size_t) n_total*ref.n_top);
+    ref.logp.resize((size_t) n_total*ref.n_top);
+    ref.tail.resize(n_total);
     ref.top.resize(n_total);
 
     const auto t_ref = std::chrono::steady_clock::now();
     const bool ok = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
         [&](int c, const float * logits, int n) {
             sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
+                thread_local std::vector<int32_t> scratch;
                 const int64_t k = (int64_t) c*n_pos + j;
                 const float * l = logits + j*n_vocab;
-                float * p = ref.probs.data() + k*n_vocab;
-                const double lse = sensitivity_log_sum_exp(l, n_vocab, ref.top[k]);
-                double psum = 0.0;
-                for (int64_t i = 0; i < n_vocab; ++i) {
-                    p[i] = (float) exp(l[i] - lse);
-                    psum += p[i];
+                int32_t * idx = ref.idx.data() + k*ref.n_top;
+                sensitivity_top_tokens(l, n_vocab, ref.n_top, scratch, idx);
+                const double lse = sensitivity_log_sum_exp(l, n_vocab, idx, ref.n_top, ref.top[k], ref.tail[k]);
+                for (int64_t i = 0; i < ref.n_top; ++i) {
+                    ref.logp[k*ref.n_top + i] = l[idx[i]] - lse;
                 }
-                ref.lse[k]  = lse;
-                ref.psum[k] = psum;
-                ref.dot[k]  = sensitivity_dot(p, l, n_vocab);
             });
         });
     if (!ok) {
@@ -566,6 +608,16 @@ int main(int argc, char ** argv) {
         return 1;
     }
     const double t_ref_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_ref).count();
+    {
+        double sum_tail = 0.0;
+        double max_tail = 0.0;
+        for (const double p_tail : ref.tail) {
+            sum_tail += p_tail;
+            max_tail  = std::max(max_tail, p_tail);
+        }
+        fprintf(stderr, "%s: reference tail mass P(R) beyond the top %" PRId64 ": mean %.3g, max %.3g\n", __func__,
+                ref.n_top, sum_tail/n_total, max_tail);
+    }
     fprintf(stderr, "%s: model loaded and reference computed in %.2f s (reference pass %.2f s)\n", __func__,
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), t_ref_s);
 
@@ -599,10 +651,10 @@ int main(int argc, char ** argv) {
                 sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
                     const int64_t k = (int64_t) c*n_pos + j;
                     const float * m = logits + j*n_vocab;
-                    int32_t top = 0;
-                    const double lse = sensitivity_log_sum_exp(m, n_vocab, top);
-                    const double dot = sensitivity_dot(ref.probs.data() + k*n_vocab, m, n_vocab);
-                    kld[j]      = (ref.dot[k] - dot) - ref.psum[k]*(ref.lse[k] - lse);
+                    int32_t top  = 0;
+                    double  tail = 0.0;
+                    const double lse = sensitivity_log_sum_exp(m, n_vocab, ref.idx.data() + k*ref.n_top, ref.n_top, top, tail);
+                    kld[j]      = sensitivity_kld(ref, k, m, lse, tail);
                     same_top[j] = top == ref.top[k];
                 });
                 // summed in order: the result does not depend on the thread count
