@@ -85,6 +85,41 @@ def test_scores_llama_perplexity_positions_by_default(built, tiny_model, tiny_te
     assert results(default)[0]["kld"] != results(every)[0]["kld"]
 
 
+def _only_tensor_quantized(src: Path, out: Path, tensor: str, type_name: str, tmp_path: Path) -> Path:
+    """src with `tensor` quantized to `type_name` by llama-quantize and every other tensor as it is (F16)."""
+    from hifikit.planner.strategy import regex_for
+
+    # as a strategy does (hifikit.planner.strategy.quantize_step): one anchored pattern per matrix
+    matrices = [t.name for t in _tensors(src) if len(t.shape) >= 2]
+    types = tmp_path / "types.txt"
+    types.write_text("".join(f"{regex_for(n)}={type_name if n == tensor else 'f16'}\n" for n in matrices))
+    subprocess.run([str(paths.binary("llama-quantize")), "--tensor-type-file", str(types), str(src), str(out), "Q8_0",
+                    "1"], check=True, capture_output=True, env=runner.tool_env(), timeout=600)
+    got = {t.name: t.type for t in gguf_io.read_info(out).tensors}
+    assert got[tensor].lower() == type_name.lower()
+    assert sum(t.lower() == type_name.lower() for t in got.values()) == 1
+    return out
+
+
+@pytest.mark.parametrize("type_name", ["q4_K", "q8_0"])
+def test_kld_equals_hifikit_eval_of_a_file_with_only_that_tensor_quantized(built, tiny_model, tiny_text, tmp_path,
+                                                                           type_name):
+    from hifikit import evaluate
+
+    chunks = 8  # llama-perplexity prints its statistics from 100 scored positions on
+    model = _only_tensor_quantized(tiny_model, tmp_path / "one.gguf", TENSOR, type_name, tmp_path)
+    row = evaluate.evaluate(evaluate.EvalOptions(model, tiny_text, ref=tiny_model, ctx=CTX, chunks=chunks,
+                                                 threads=1), progress=False).models[0]
+    proc = sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks),
+                       "--top-k", "0")
+    rec = results(proc)[0]
+    assert rec["kld"] > 0 and row.kld_mean > 0
+    # the same positions, the same quantized weights, the same kernels: only llama-perplexity's 16-bit
+    # rounding of the reference log-probabilities (and its 16-nat cut) is left between the two
+    assert abs(rec["kld"] - row.kld_mean) <= max(0.02 * row.kld_mean, 0.1 * (rec["kld_pm"] + row.kld_error)), \
+        (rec, row.kld_mean, row.kld_error)
+
+
 def test_top_k_reference_is_a_close_lower_bound(built, tiny_model, tiny_text, tmp_path):
     pairs = [(TENSOR, "q4_K"), (OTHER, "q3_K")]
     exact = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "0"))
@@ -149,6 +184,9 @@ def test_bad_pairs_are_rejected_before_any_work(built, tiny_model, tiny_text, tm
     _one_error_line(sensitivity(tiny_model, tiny_text, ok + f"{TENSOR} q4_K\n", tmp_path), "tensor<TAB>type")
     _one_error_line(sensitivity(tiny_model, tiny_text, f"{TENSOR}\tiq2_xxs\n", tmp_path), "--imatrix")
     _one_error_line(sensitivity(tiny_model, tiny_text, "# nothing\n", tmp_path), "no pairs")
+    # llama-quantize quantizes matrices only: a norm vector keeps its type
+    _one_error_line(sensitivity(tiny_model, tiny_text, ok + "blk.0.attn_norm.weight\tq8_0\n", tmp_path),
+                    "blk.0.attn_norm.weight", "not a matrix", ":2:")
 
 
 def test_type_that_does_not_fit_the_row(built, tiny_text, tmp_path):

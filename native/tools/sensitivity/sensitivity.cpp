@@ -1,14 +1,16 @@
 // llama-sensitivity: per-tensor KL divergence sweeps
 //
-// Loads a reference model once with writable weights, computes the reference
-// next-token distributions on a short text once, then for each (tensor, type)
-// pair replaces that tensor's weights with their quantize -> dequantize image,
-// measures the KL divergence of the model's output against the reference and
-// restores the original weights. No model file is written per candidate.
+// Loads a reference model once with writable weights, computes the reference next-token
+// distributions on a short text once (the top --top-k tokens of each scored position and the mass
+// of the rest), then for each (tensor, type) pair quantizes that tensor to the type, puts the
+// quantized bytes in place under that type (the graph then computes what a file with only this
+// tensor quantized computes), measures the KL divergence of the model's output against the
+// reference and restores the original weights. No model file is written per candidate.
 //
 // One JSON line per finished pair goes to stdout; progress and logs go to stderr.
 
 #include "llama.h"
+#include "llama-cpp.h"
 #include "common.h"
 #include "imatrix-loader.h"
 
@@ -16,6 +18,7 @@
 
 #include "ggml.h"
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 
 #include <nlohmann/json.hpp>
 
@@ -135,14 +138,15 @@ static ggml_type sensitivity_parse_type(const std::string & name) {
     return GGML_TYPE_COUNT;
 }
 
-// a type ggml_quantize_chunk can write and to_float can read back
+// a type ggml_quantize_chunk can write and the CPU backend can multiply and read rows of
 static bool sensitivity_type_supported(ggml_type type) {
     if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16) {
         return true;
     }
-    const ggml_type_traits * traits = ggml_get_type_traits(type);
+    const ggml_type_traits     * traits     = ggml_get_type_traits(type);
+    const ggml_type_traits_cpu * traits_cpu = ggml_get_type_traits_cpu(type);
     return traits->is_quantized && traits->blck_size > 0 && traits->type_size > 0 && traits->to_float != nullptr &&
-           type != GGML_TYPE_Q8_1 && type != GGML_TYPE_Q8_K;
+           traits_cpu->vec_dot != nullptr && type != GGML_TYPE_Q8_1 && type != GGML_TYPE_Q8_K;
 }
 
 static bool sensitivity_storage_supported(ggml_type type) {
@@ -317,6 +321,11 @@ static bool sensitivity_read_pairs(const std::string & fname, const llama_model 
             fprintf(stderr, "error: %s:%d: unknown or unsupported type '%s'\n", fname.c_str(), line_no, type_name.c_str());
             return false;
         }
+        if (ggml_n_dims(t) < 2 && type != t->type) {
+            fprintf(stderr, "error: %s:%d: tensor '%s' is not a matrix; only matrices take another type\n",
+                    fname.c_str(), line_no, name.c_str());
+            return false;
+        }
         const int64_t blck_size = ggml_blck_size(type);
         if (t->ne[0] % blck_size != 0) {
             fprintf(stderr, "error: %s:%d: type %s does not fit tensor '%s': row length %" PRId64 " is not a multiple of %" PRId64 "\n",
@@ -391,55 +400,64 @@ static void sensitivity_to_float(const ggml_tensor * t, const std::vector<uint8_
     }
 }
 
-// quantize -> dequantize src to type, written into dst in the tensor's storage type
-static void sensitivity_image(const ggml_tensor * t, ggml_type type, const std::vector<float> & src,
+// src quantized to type, row by row, as llama-quantize's ggml_quantize_chunk writes it
+static void sensitivity_quantize(const ggml_tensor * t, ggml_type type, const std::vector<float> & src,
         const float * imatrix, int n_threads, std::vector<uint8_t> & dst) {
     const int64_t n_per_row = t->ne[0];
     const int64_t nrows     = ggml_nelements(t)/n_per_row;
     const int64_t rows_per_slice = t->ne[1]; // rows sharing one imatrix slice (one expert)
     const size_t  row_size  = ggml_row_size(type, n_per_row);
-    const size_t  out_size  = ggml_row_size(t->type, n_per_row);
-    const ggml_type_traits * traits = ggml_get_type_traits(type);
 
-    dst.resize(ggml_nbytes(t));
+    dst.resize(nrows*row_size);
     ggml_quantize_init(type);
 
-    // rows are independent: quantize, dequantize and store them in blocks of rows inside one
-    // importance slice (one expert of a 3-D tensor)
+    // rows are independent: quantize them in blocks of rows inside one importance slice
+    // (one expert of a 3-D tensor)
     const int64_t rows_per_block   = std::min<int64_t>(rows_per_slice, 16);
     const int64_t blocks_per_slice = (rows_per_slice + rows_per_block - 1)/rows_per_block;
     const int64_t n_blocks         = (nrows/rows_per_slice)*blocks_per_slice;
     sensitivity_parallel_for(n_threads, n_threads, [&](int64_t ith) {
-        std::vector<uint8_t> q(rows_per_block*row_size);
-        std::vector<float>   f(rows_per_block*n_per_row);
         for (int64_t b = ith; b < n_blocks; b += n_threads) {
             const int64_t slice = b/blocks_per_slice;
             const int64_t r0 = slice*rows_per_slice + (b % blocks_per_slice)*rows_per_block;
             const int64_t r1 = std::min(r0 + rows_per_block, (slice + 1)*rows_per_slice);
-            const int64_t nr = r1 - r0;
             const float * im = imatrix ? imatrix + (slice % t->ne[2])*n_per_row : nullptr;
-            if (type == GGML_TYPE_F32) {
-                memcpy(f.data(), src.data() + r0*n_per_row, nr*n_per_row*sizeof(float));
-            } else {
-                ggml_quantize_chunk(type, src.data() + r0*n_per_row, q.data(), 0, nr, n_per_row, im);
-                if (type == GGML_TYPE_F16) {
-                    ggml_fp16_to_fp32_row((const ggml_fp16_t *) q.data(), f.data(), nr*n_per_row);
-                } else if (type == GGML_TYPE_BF16) {
-                    ggml_bf16_to_fp32_row((const ggml_bf16_t *) q.data(), f.data(), nr*n_per_row);
-                } else {
-                    traits->to_float(q.data(), f.data(), nr*n_per_row);
-                }
-            }
-            uint8_t * out = dst.data() + r0*out_size;
-            switch (t->type) {
-                case GGML_TYPE_F32:  memcpy(out, f.data(), nr*n_per_row*sizeof(float)); break;
-                case GGML_TYPE_F16:  ggml_fp32_to_fp16_row(f.data(), (ggml_fp16_t *) out, nr*n_per_row); break;
-                case GGML_TYPE_BF16: ggml_fp32_to_bf16_row(f.data(), (ggml_bf16_t *) out, nr*n_per_row); break;
-                default: GGML_ABORT("unsupported storage type");
-            }
+            ggml_quantize_chunk(type, src.data() + r0*n_per_row, dst.data() + r0*row_size, 0, r1 - r0, n_per_row, im);
         }
     });
 }
+
+// a tensor that holds a candidate's quantized bytes under the candidate's type, as in a quantized file;
+// the destructor puts the original type, strides and bytes back, on every path out of a measurement
+struct sensitivity_swap {
+    ggml_tensor *                t;
+    const std::vector<uint8_t> & original;
+    ggml_type                    type;
+    size_t                       nb[GGML_MAX_DIMS];
+
+    sensitivity_swap(ggml_tensor * t, const std::vector<uint8_t> & original) : t(t), original(original), type(t->type) {
+        memcpy(nb, t->nb, sizeof(nb));
+    }
+
+    // the quantized bytes never need more room than the original: the candidates are at most 16 bits
+    // per weight on a 16-bit reference (an F32 candidate of an F16/BF16 tensor is the tensor itself)
+    void set(ggml_type qtype, const std::vector<uint8_t> & data) {
+        GGML_ASSERT(data.size() <= original.size());
+        t->type  = qtype;
+        t->nb[0] = ggml_type_size(qtype);
+        t->nb[1] = ggml_row_size(qtype, t->ne[0]);
+        for (int i = 2; i < GGML_MAX_DIMS; ++i) {
+            t->nb[i] = t->nb[i - 1]*t->ne[i - 1];
+        }
+        ggml_backend_tensor_set(t, data.data(), 0, data.size());
+    }
+
+    ~sensitivity_swap() {
+        t->type = type;
+        memcpy(t->nb, nb, sizeof(nb));
+        ggml_backend_tensor_set(t, original.data(), 0, original.size());
+    }
+};
 
 int main(int argc, char ** argv) {
     std::setlocale(LC_NUMERIC, "C");
@@ -522,7 +540,8 @@ int main(int argc, char ** argv) {
     mparams.n_gpu_layers    = 0;
 
     const auto t_load = std::chrono::steady_clock::now();
-    llama_model * model = llama_model_load_from_file(params.model.c_str(), mparams);
+    llama_model_ptr model_ptr(llama_model_load_from_file(params.model.c_str(), mparams));
+    llama_model * model = model_ptr.get();
     if (model == nullptr) {
         fprintf(stderr, "error: failed to load model '%s'\n", params.model.c_str());
         return 1;
@@ -530,7 +549,6 @@ int main(int argc, char ** argv) {
 
     std::vector<sensitivity_pair> pairs;
     if (!sensitivity_read_pairs(params.pairs, model, imatrix, pairs)) {
-        llama_model_free(model);
         return 1;
     }
 
@@ -542,10 +560,17 @@ int main(int argc, char ** argv) {
     cparams.n_threads       = params.n_threads;
     cparams.n_threads_batch = params.n_threads;
 
-    llama_context * ctx = llama_init_from_model(model, cparams);
+    // a measurement changes a weight's type in place: every decode must build its graph anew, or a
+    // reused graph would keep views of the weight made with its previous type
+#if defined(_WIN32)
+    _putenv_s("LLAMA_GRAPH_REUSE_DISABLE", "1");
+#else
+    setenv("LLAMA_GRAPH_REUSE_DISABLE", "1", 1);
+#endif
+    llama_context_ptr ctx_ptr(llama_init_from_model(model, cparams));
+    llama_context * ctx = ctx_ptr.get();
     if (ctx == nullptr) {
         fprintf(stderr, "error: failed to create a context of %d tokens\n", params.n_ctx);
-        llama_model_free(model);
         return 1;
     }
 
@@ -561,8 +586,6 @@ int main(int argc, char ** argv) {
     if (tokens.size() < n_needed) {
         fprintf(stderr, "error: %s has %zu tokens, need %zu (%d chunks x %d); use a longer text or fewer chunks\n",
                 params.text.c_str(), tokens.size(), n_needed, params.n_chunks, params.n_ctx);
-        llama_free(ctx);
-        llama_model_free(model);
         return 1;
     }
 
@@ -603,8 +626,6 @@ int main(int argc, char ** argv) {
             });
         });
     if (!ok) {
-        llama_free(ctx);
-        llama_model_free(model);
         return 1;
     }
     const double t_ref_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_ref).count();
@@ -625,7 +646,7 @@ int main(int argc, char ** argv) {
     const ggml_tensor *  cur_tensor = nullptr;
     std::vector<uint8_t> original;  // the current tensor's bytes, for an exact restore
     std::vector<float>   weights;   // the same as float, the quantizer's input
-    std::vector<uint8_t> image;
+    std::vector<uint8_t> quantized;
     std::vector<double>  kld(n_pos);
     std::vector<uint8_t> same_top(n_pos);
 
@@ -641,36 +662,40 @@ int main(int argc, char ** argv) {
             cur_tensor = t;
         }
 
-        const auto im = imatrix.find(pair.name);
-        sensitivity_image(t, pair.type, weights, im != imatrix.end() ? im->second.data() : nullptr, n_threads, image);
-        ggml_backend_tensor_set(t, image.data(), 0, image.size());
-
         sensitivity_stats stats;
-        const bool ok_pair = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
-            [&](int c, const float * logits, int n) {
-                sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
-                    const int64_t k = (int64_t) c*n_pos + j;
-                    const float * m = logits + j*n_vocab;
-                    int32_t top  = 0;
-                    double  tail = 0.0;
-                    const double lse = sensitivity_log_sum_exp(m, n_vocab, ref.idx.data() + k*ref.n_top, ref.n_top, top, tail);
-                    kld[j]      = sensitivity_kld(ref, k, m, lse, tail);
-                    same_top[j] = top == ref.top[k];
-                });
-                // summed in order: the result does not depend on the thread count
-                for (int j = 0; j < n; ++j) {
-                    stats.sum_kld    += kld[j];
-                    stats.sum_kld2   += kld[j]*kld[j];
-                    stats.n_same_top += same_top[j];
-                    stats.count      += 1;
-                }
-            });
+        bool ok_pair = true;
+        {
+            // an F32 candidate of an F16/BF16 tensor has the tensor's own values: the tensor is left as it is
+            sensitivity_swap swap(t, original);
+            if (ggml_row_size(pair.type, t->ne[0]) <= ggml_row_size(t->type, t->ne[0])) {
+                const auto im = imatrix.find(pair.name);
+                sensitivity_quantize(t, pair.type, weights, im != imatrix.end() ? im->second.data() : nullptr,
+                        n_threads, quantized);
+                swap.set(pair.type, quantized);
+            }
 
-        // restore the exact original bytes before anything else
-        ggml_backend_tensor_set(t, original.data(), 0, original.size());
+            ok_pair = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
+                [&](int c, const float * logits, int n) {
+                    sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
+                        const int64_t k = (int64_t) c*n_pos + j;
+                        const float * m = logits + j*n_vocab;
+                        int32_t top  = 0;
+                        double  tail = 0.0;
+                        const double lse = sensitivity_log_sum_exp(m, n_vocab, ref.idx.data() + k*ref.n_top, ref.n_top, top, tail);
+                        kld[j]      = sensitivity_kld(ref, k, m, lse, tail);
+                        same_top[j] = top == ref.top[k];
+                    });
+                    // summed in order: the result does not depend on the thread count
+                    for (int j = 0; j < n; ++j) {
+                        stats.sum_kld    += kld[j];
+                        stats.sum_kld2   += kld[j]*kld[j];
+                        stats.n_same_top += same_top[j];
+                        stats.count      += 1;
+                    }
+                });
+            // the swap's destructor restores the exact original type, strides and bytes here
+        }
         if (!ok_pair) {
-            llama_free(ctx);
-            llama_model_free(model);
             return 1;
         }
 
@@ -688,8 +713,8 @@ int main(int argc, char ** argv) {
         fflush(stderr);
     }
 
-    llama_free(ctx);
-    llama_model_free(model);
+    ctx_ptr.reset();
+    model_ptr.reset();
     llama_backend_free();
 
     return 0;
