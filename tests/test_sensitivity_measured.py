@@ -189,6 +189,39 @@ def test_bad_pairs_are_rejected_before_any_work(built, tiny_model, tiny_text, tm
                     "blk.0.attn_norm.weight", "not a matrix", ":2:")
 
 
+def test_bad_arguments_are_one_line(built, tiny_model, tiny_text, tmp_path):
+    pairs = [(TENSOR, "q4_K")]
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "-1"), "--top-k")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "-c", "abc"), "--ctx-size")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--frobnicate"), "--frobnicate")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k"), "--top-k", "needs a value")
+
+
+def test_out_of_memory_is_one_line(built, tiny_model, tiny_text, tmp_path):
+    import resource
+
+    # the whole vocabulary of 8 x 255 positions: 8 x 255 x 32000 x 12 bytes = 747 MiB, beyond the address
+    # space left to the tool
+    limit = 640 << 20
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    pairs_path = tmp_path / "pairs.tsv"
+    pairs_path.write_text(f"{TENSOR}\tq4_K\n")
+    argv = [str(paths.binary("llama-sensitivity")), "-m", str(tiny_model), "-f", str(tiny_text), "--pairs",
+            str(pairs_path), "-t", "1", "-c", "256", "--chunks", "8", "--all-positions"]
+    ok = subprocess.run([*argv, "--top-k", "64"], capture_output=True, text=True, env=runner.tool_env(),
+                        preexec_fn=cap, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    proc = subprocess.run([*argv, "--top-k", "0"], capture_output=True, text=True, env=runner.tool_env(),
+                          preexec_fn=cap, timeout=600)
+    assert proc.returncode == 1 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [proc.stderr.splitlines()[-1]], proc.stderr[-2000:]
+    assert "out of memory for the reference distributions" in errors[0]
+
+
 def test_type_that_does_not_fit_the_row(built, tiny_text, tmp_path):
     from synthetic import TinyConfig, write_model
 

@@ -31,7 +31,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -158,26 +160,46 @@ static std::string sensitivity_json_string(const std::string & s) {
     return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// run fn(i) for i in [0, n) on n_threads threads, in contiguous slices
+// run fn(i) for i in [0, n) on n_threads threads, in contiguous slices; the first exception a worker
+// throws (std::bad_alloc, say) is rethrown here once every worker has finished
 template <typename F>
 static void sensitivity_parallel_for(int64_t n, int n_threads, const F & fn) {
     n_threads = (int) std::max<int64_t>(1, std::min<int64_t>(n_threads, n));
+    std::exception_ptr error;
+    std::mutex         error_mutex;
+    auto run = [&fn, &error, &error_mutex](int64_t i0, int64_t i1) {
+        try {
+            for (int64_t i = i0; i < i1; ++i) {
+                fn(i);
+            }
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) {
+                error = std::current_exception();
+            }
+        }
+    };
     std::vector<std::thread> workers;
     const int64_t per_thread = (n + n_threads - 1) / n_threads;
-    for (int t = 0; t < n_threads; ++t) {
+    for (int t = 1; t < n_threads; ++t) {
         const int64_t i0 = t*per_thread;
         const int64_t i1 = std::min(n, i0 + per_thread);
         if (i0 >= i1) {
             break;
         }
-        workers.emplace_back([&fn, i0, i1]() {
-            for (int64_t i = i0; i < i1; ++i) {
-                fn(i);
-            }
-        });
+        try {
+            workers.emplace_back(run, i0, i1);
+        } catch (...) {
+            // no thread to spare: this thread does the slice itself
+            run(i0, i1);
+        }
     }
+    run(0, std::min(n, per_thread));
     for (auto & w : workers) {
         w.join();
+    }
+    if (error) {
+        std::rethrow_exception(error);
     }
 }
 
@@ -459,7 +481,7 @@ struct sensitivity_swap {
     }
 };
 
-int main(int argc, char ** argv) {
+static int sensitivity_main(int argc, char ** argv) {
     std::setlocale(LC_NUMERIC, "C");
 
     sensitivity_params params;
@@ -605,10 +627,16 @@ int main(int argc, char ** argv) {
     fprintf(stderr, "%s: reference distributions: the top %" PRId64 " of %" PRId64 " tokens per position, %.1f MiB\n",
             __func__, ref.n_top, n_vocab,
             (double) n_total*(ref.n_top*(sizeof(int32_t) + sizeof(double)) + sizeof(double) + sizeof(int32_t))/(1024.0*1024.0));
-    ref.idx.resize((size_t) n_total*ref.n_top);
-    ref.logp.resize((size_t) n_total*ref.n_top);
-    ref.tail.resize(n_total);
-    ref.top.resize(n_total);
+    try {
+        ref.idx.resize((size_t) n_total*ref.n_top);
+        ref.logp.resize((size_t) n_total*ref.n_top);
+        ref.tail.resize(n_total);
+        ref.top.resize(n_total);
+    } catch (const std::bad_alloc &) {
+        fprintf(stderr, "error: out of memory for the reference distributions (%" PRId64 " positions x %" PRId64
+                " tokens); lower --top-k, --chunks or -c\n", n_total, ref.n_top);
+        return 1;
+    }
 
     const auto t_ref = std::chrono::steady_clock::now();
     const bool ok = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
@@ -656,9 +684,15 @@ int main(int argc, char ** argv) {
         const auto t_start = std::chrono::steady_clock::now();
 
         if (t != cur_tensor) {
-            original.resize(ggml_nbytes(t));
-            ggml_backend_tensor_get(t, original.data(), 0, original.size());
-            sensitivity_to_float(t, original, weights);
+            try {
+                original.resize(ggml_nbytes(t));
+                ggml_backend_tensor_get(t, original.data(), 0, original.size());
+                sensitivity_to_float(t, original, weights);
+            } catch (const std::bad_alloc &) {
+                fprintf(stderr, "error: out of memory for a copy of tensor '%s' (%zu bytes and %" PRId64 " floats)\n",
+                        pair.name.c_str(), ggml_nbytes(t), ggml_nelements(t));
+                return 1;
+            }
             cur_tensor = t;
         }
 
@@ -718,4 +752,17 @@ int main(int argc, char ** argv) {
     llama_backend_free();
 
     return 0;
+}
+
+int main(int argc, char ** argv) {
+    // every failure is one line 'error: ...' and a non-zero exit; an exception unwinds through the
+    // tensor swap, which restores the original weights on the way out
+    try {
+        return sensitivity_main(argc, argv);
+    } catch (const std::bad_alloc &) {
+        fprintf(stderr, "error: out of memory\n");
+    } catch (const std::exception & e) {
+        fprintf(stderr, "error: %s\n", e.what());
+    }
+    return 1;
 }
