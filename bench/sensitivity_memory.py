@@ -4,10 +4,11 @@
 Runs the installed llama-sensitivity on one model and text for every (--chunks, --top-k) of the grid,
 each in a fresh child whose peak RSS is read from getrusage(RUSAGE_CHILDREN), and prints, per run, the
 peak RSS, the reference's own size (as the tool reports it), the mean tail mass P(R) and each pair's KLD
-relative to the exact one (--top-k 0, the whole vocabulary) of the same chunks.
+relative to the exact one (--top-k 0, the whole vocabulary) of the same chunks, for each
+--top-k:--tail-samples configuration.
 
   bench/sensitivity_memory.py [--model M.gguf --text T.txt] [--pairs 'tensor:type,...'] [-c 256]
-                              [--chunks 1,4,8] [--top-k 0,64,512] [--json] [--no-doc]
+                              [--chunks 1,4,8] [--configs 0:0,64:0,64:64,...] [--json] [--no-doc]
 
 Without --model, the synthetic test model of tests/synthetic.py (32000-token vocabulary) and its text
 are written to a temporary directory. Run it with the Python of the environment hifikit is installed
@@ -38,18 +39,20 @@ PROBE = ("import resource, subprocess, sys\n"
          "sys.exit(p.returncode)\n")
 
 
-def run(model: Path, text: Path, pairs: Path, ctx: int, chunks: int, top_k: int, threads: int) -> dict:
+def run(model: Path, text: Path, pairs: Path, ctx: int, chunks: int, top_k: int, samples: int, threads: int) -> dict:
     argv = [str(paths.binary("llama-sensitivity")), "-m", str(model), "-f", str(text), "--pairs", str(pairs),
-            "-c", str(ctx), "--chunks", str(chunks), "--top-k", str(top_k), "-t", str(threads)]
+            "-c", str(ctx), "--chunks", str(chunks), "--top-k", str(top_k), "--tail-samples", str(samples),
+            "-t", str(threads)]
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=runner.tool_env())
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"llama-sensitivity failed: {proc.stderr.strip().splitlines()[-2:]}")
-    ref = re.search(r"the top (\d+) of (\d+) tokens per position, ([\d.]+) MiB", proc.stderr)
+    ref = re.search(r"the top (\d+) of (\d+) tokens per position and (\d+) tail samples, ([\d.]+) MiB", proc.stderr)
     tail = re.search(r"tail mass P\(R\) beyond the top \d+: mean (\S+), max (\S+)", proc.stderr)
     rss = int(re.search(r"^maxrss (\d+)$", proc.stderr, re.MULTILINE).group(1))
-    return {"chunks": chunks, "top_k": int(ref.group(1)), "n_vocab": int(ref.group(2)), "ref_mib": float(ref.group(3)),
+    return {"chunks": chunks, "top_k": int(ref.group(1)), "n_vocab": int(ref.group(2)), "samples": int(ref.group(3)),
+            "ref_mib": float(ref.group(4)),
             "tail_mean": float(tail.group(1)), "tail_max": float(tail.group(2)), "peak_rss_mib": rss / 1024,
             "wall_s": wall, "pairs": [json.loads(line) for line in proc.stdout.splitlines()]}
 
@@ -61,7 +64,8 @@ def main() -> int:
     ap.add_argument("--pairs", default="blk.0.ffn_down.weight:q4_K,blk.1.attn_q.weight:q8_0")
     ap.add_argument("-c", "--ctx", type=int, default=256)
     ap.add_argument("--chunks", default="1,4,8")
-    ap.add_argument("--top-k", default="0,64,512")
+    ap.add_argument("--configs", default="0:0,64:0,64:64,512:0,512:64",
+                    help="--top-k:--tail-samples pairs (top-k 0: the exact reference)")
     ap.add_argument("-t", "--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-doc", action="store_true")
@@ -81,7 +85,8 @@ def main() -> int:
     machine_line = benchmd.machine()
     rows = []
     for chunks in map(int, args.chunks.split(",")):
-        runs = [run(model, text, pairs, args.ctx, chunks, int(k), args.threads) for k in args.top_k.split(",")]
+        runs = [run(model, text, pairs, args.ctx, chunks, *map(int, c.split(":")), args.threads)
+                for c in args.configs.split(",")]
         exact = next((r for r in runs if r["top_k"] == r["n_vocab"]), None)
         for r in runs:
             if exact is not None:
@@ -93,11 +98,11 @@ def main() -> int:
         return 0
 
     n_pos = args.ctx - 1 - args.ctx // 2
-    lines = [f"{'chunks':>6} {'positions':>9} {'top-k':>6} {'ref MiB':>8} {'peak RSS MiB':>12} {'P(R) mean':>9} "
+    lines = [f"{'chunks':>6} {'positions':>9} {'top-k':>6} {'samples':>7} {'ref MiB':>8} {'peak RSS MiB':>12} {'P(R) mean':>9} "
              f"{'P(R) max':>8}  KLD / exact KLD per pair"]
     for r in rows:
         ratios = " ".join(f"{x:.4f}" if x is not None else "-" for x in r.get("kld_vs_exact", []))
-        lines.append(f"{r['chunks']:6d} {r['chunks'] * n_pos:9d} {r['top_k']:6d} {r['ref_mib']:8.1f} "
+        lines.append(f"{r['chunks']:6d} {r['chunks'] * n_pos:9d} {r['top_k']:6d} {r['samples']:7d} {r['ref_mib']:8.1f} "
                      f"{r['peak_rss_mib']:12.1f} {r['tail_mean']:9.3g} {r['tail_max']:8.3g}  {ratios}")
     table = "\n".join(lines)
     print(table)

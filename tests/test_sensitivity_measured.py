@@ -110,31 +110,47 @@ def test_kld_equals_hifikit_eval_of_a_file_with_only_that_tensor_quantized(built
     model = _only_tensor_quantized(tiny_model, tmp_path / "one.gguf", TENSOR, type_name, tmp_path)
     row = evaluate.evaluate(evaluate.EvalOptions(model, tiny_text, ref=tiny_model, ctx=CTX, chunks=chunks,
                                                  threads=1), progress=False).models[0]
-    proc = sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks),
-                       "--top-k", "0")
+    proc = sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks))
     rec = results(proc)[0]
     assert rec["kld"] > 0 and row.kld_mean > 0
     # the same positions, the same quantized weights, the same kernels: only llama-perplexity's 16-bit
-    # rounding of the reference log-probabilities (and its 16-nat cut) is left between the two
+    # rounding of the reference log-probabilities (and its 16-nat cut) and the sampled tail term of the
+    # default top-64 reference are left between the two
     assert abs(rec["kld"] - row.kld_mean) <= max(0.02 * row.kld_mean, 0.1 * (rec["kld_pm"] + row.kld_error)), \
         (rec, row.kld_mean, row.kld_error)
 
 
-def test_top_k_reference_is_a_close_lower_bound(built, tiny_model, tiny_text, tmp_path):
+def test_top_k_reference_without_tail_samples_is_a_lower_bound(built, tiny_model, tiny_text, tmp_path):
     pairs = [(TENSOR, "q4_K"), (OTHER, "q3_K")]
     exact = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "0"))
+    bounds = {}
     for k in ("8", "64", "512"):
-        proc = sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", k)
+        proc = sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", k, "--tail-samples", "0")
         assert f"the top {k} of " in proc.stderr
-        for a, e in zip(results(proc), exact):
+        bounds[k] = results(proc)
+        for a, e in zip(bounds[k], exact):
             # pooling the tail into one outcome can only lose divergence (data processing inequality)
             assert 0 < a["kld"] <= e["kld"] * (1 + 1e-9)
             assert a["same_top"] == e["same_top"]
     # the bound tightens with k
-    k8 = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "8"))
-    k512 = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "512"))
-    for a, b, e in zip(k8, k512, exact):
+    for a, b, e in zip(bounds["8"], bounds["512"], exact):
         assert a["kld"] <= b["kld"] * (1 + 1e-9) <= e["kld"] * (1 + 2e-9)
+
+
+def test_tail_samples_estimate_the_whole_divergence(built, tiny_model, tiny_text, tmp_path):
+    # the tiny model's distributions are flat: the top 64 of 32000 tokens hold 3 % of the mass, and the
+    # lower bound alone is 3 % of the divergence; the sampled tail term gives the rest back
+    pairs = [(TENSOR, "q4_K"), (OTHER, "q3_K"), (TENSOR, "q8_0")]
+    exact = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "0"))
+    default = sensitivity(tiny_model, tiny_text, pairs, tmp_path)
+    assert "the top 64 of 32000 tokens per position and 64 tail samples" in default.stderr
+    for a, e in zip(results(default), exact):
+        # the draws' noise is part of the positions' spread, i.e. inside the reported +/-
+        assert abs(a["kld"] - e["kld"]) <= a["kld_pm"], (a, e)
+        assert abs(a["kld"] - e["kld"]) <= 0.1 * e["kld"], (a, e)
+    # the draws are fixed by the position: the same run gives the same figures
+    again = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path))
+    assert [r["kld"] for r in again] == [r["kld"] for r in results(default)]
 
 
 def _peak_rss_mib(model: Path, text: Path, tmp_path: Path, *args: str) -> float:

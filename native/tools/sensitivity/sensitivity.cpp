@@ -34,6 +34,7 @@
 #include <exception>
 #include <fstream>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -53,6 +54,7 @@ struct sensitivity_params {
     int32_t     n_chunks    = 2;
     int32_t     n_threads   = 0;     // 0 = hardware concurrency
     int32_t     n_top       = 64;    // reference tokens kept per position, 0 = the whole vocabulary
+    int32_t     n_samp      = 64;    // tail tokens sampled per position for the tail's divergence, 0 = none
     bool        all_pos     = false; // score every position, not only the second half of each chunk
     bool        verbose     = false;
 };
@@ -70,6 +72,9 @@ struct sensitivity_pair {
 //   KL_T(P || Q) = sum_{i in T} p_i (log p_i - log q_i) + P(R) log(P(R)/Q(R))
 // it is a lower bound of KL(P || Q), short by exactly P(R) KL(P(.|R) || Q(.|R)) (docs/sensitivity.md);
 // with n_top = n_vocab, R is empty and the result the full KL divergence. Identical logits give exactly 0
+// the shortfall P(R) KL(P(.|R) || Q(.|R)) is estimated without bias from n_samp tokens drawn from P(.|R):
+//   KL(P(.|R) || Q(.|R)) = E_{i ~ P(.|R)} [ r_i - 1 - log r_i ],  r_i = Q(i|R)/P(i|R)
+// (E[r_i - 1] = 0), each term >= 0; with n_samp = 0 the figure is the lower bound KL_T
 struct sensitivity_reference {
     int64_t              n_vocab = 0;
     int64_t              n_top   = 0;
@@ -77,6 +82,9 @@ struct sensitivity_reference {
     std::vector<double>  logp;    // [n_pos][n_top] their log-probabilities
     std::vector<double>  tail;    // [n_pos] P(R)
     std::vector<int32_t> top;     // [n_pos] argmax_i l_i
+    int64_t              n_samp  = 0;
+    std::vector<int32_t> samp;    // [n_pos][n_samp] tail tokens drawn from P(.|R)
+    std::vector<double>  samp_logp; // [n_pos][n_samp] their log-probabilities
 };
 
 struct sensitivity_stats {
@@ -105,6 +113,8 @@ static void sensitivity_print_usage(const char * argv0) {
     fprintf(stderr, "                        (default: the positions from ctx/2 on, as llama-perplexity --kl-divergence does)\n");
     fprintf(stderr, "  --top-k N             reference tokens kept per position, the rest pooled into one tail\n");
     fprintf(stderr, "                        (default: %d; 0 = the whole vocabulary, exact but n_vocab x 12 bytes per position)\n", params.n_top);
+    fprintf(stderr, "  --tail-samples N      tail tokens drawn per position to estimate the tail's divergence\n");
+    fprintf(stderr, "                        (default: %d; 0 = none: the result is a lower bound)\n", params.n_samp);
     fprintf(stderr, "  --imatrix FNAME       importance matrix (GGUF or legacy .dat) passed to the quantizer\n");
     fprintf(stderr, "  -t, --threads N       number of threads (default: all cores)\n");
     fprintf(stderr, "  -v, --verbose         show the llama.cpp log\n");
@@ -251,6 +261,45 @@ static void sensitivity_top_tokens(const float * logits, int64_t n_vocab, int64_
     std::sort(out, out + n_top);
 }
 
+// n_samp tokens drawn from P(.|R), R the tokens not in idx (ascending), with their log-probabilities;
+// the draws depend only on the seed, so the result does not depend on the thread count
+static void sensitivity_sample_tail(const float * logits, int64_t n_vocab, double lse, const int32_t * idx, int64_t n_idx,
+        int64_t n_samp, uint64_t seed, std::vector<double> & scratch, int32_t * out, double * out_logp) {
+    scratch.resize(n_samp);
+    double total = 0.0;
+    for (int64_t i = 0, j = 0; i < n_vocab; ++i) {
+        if (j < n_idx && idx[j] == i) {
+            ++j;
+        } else {
+            total += exp(logits[i] - lse);
+        }
+    }
+    std::mt19937_64 rng(seed);
+    for (auto & u : scratch) {
+        u = (double) (rng() >> 11)*0x1.0p-53*total;
+    }
+    std::sort(scratch.begin(), scratch.end());
+    double  cum  = 0.0;
+    int64_t s    = 0;
+    int32_t last = -1;
+    for (int64_t i = 0, j = 0; i < n_vocab && s < n_samp; ++i) {
+        if (j < n_idx && idx[j] == i) {
+            ++j;
+            continue;
+        }
+        last = (int32_t) i;
+        cum += exp(logits[i] - lse);
+        for (; s < n_samp && scratch[s] < cum; ++s) {
+            out[s]      = last;
+            out_logp[s] = logits[i] - lse;
+        }
+    }
+    for (; s < n_samp; ++s) { // rounding left the last draws past the end: the last tail token
+        out[s]      = last;
+        out_logp[s] = logits[last] - lse;
+    }
+}
+
 // KL_T(P || Q) of one position (see sensitivity_reference), from the candidate's log(sum(exp)) and Q(R)
 static double sensitivity_kld(const sensitivity_reference & ref, int64_t k, const float * logits, double lse, double tail) {
     const int32_t * idx  = ref.idx.data()  + k*ref.n_top;
@@ -261,7 +310,19 @@ static double sensitivity_kld(const sensitivity_reference & ref, int64_t k, cons
     }
     const double p_tail = ref.tail[k];
     if (p_tail > 0.0) {
-        sum += p_tail*log(p_tail/std::max(tail, DBL_MIN));
+        const double log_p_tail = log(p_tail);
+        const double log_q_tail = log(std::max(tail, DBL_MIN));
+        sum += p_tail*(log_p_tail - log_q_tail);
+        if (ref.n_samp > 0) {
+            const int32_t * samp      = ref.samp.data()      + k*ref.n_samp;
+            const double  * samp_logp = ref.samp_logp.data() + k*ref.n_samp;
+            double sum_tail = 0.0;
+            for (int64_t s = 0; s < ref.n_samp; ++s) {
+                const double log_r = (logits[samp[s]] - lse - log_q_tail) - (samp_logp[s] - log_p_tail);
+                sum_tail += expm1(log_r) - log_r;
+            }
+            sum += p_tail*sum_tail/ref.n_samp;
+        }
     }
     return sum;
 }
@@ -510,6 +571,8 @@ static int sensitivity_main(int argc, char ** argv) {
             params.n_ctx = std::atoi(next());
         } else if (arg == "--chunks") {
             params.n_chunks = std::atoi(next());
+        } else if (arg == "--tail-samples") {
+            params.n_samp = std::atoi(next());
         } else if (arg == "--top-k") {
             params.n_top = std::atoi(next());
         } else if (arg == "-t" || arg == "--threads") {
@@ -529,8 +592,8 @@ static int sensitivity_main(int argc, char ** argv) {
         fprintf(stderr, "error: -m, -f and --pairs are required (see --help)\n");
         return 1;
     }
-    if (params.n_ctx < 8 || params.n_chunks < 1 || params.n_top < 0) {
-        fprintf(stderr, "error: need --ctx-size >= 8, --chunks >= 1 and --top-k >= 0\n");
+    if (params.n_ctx < 8 || params.n_chunks < 1 || params.n_top < 0 || params.n_samp < 0) {
+        fprintf(stderr, "error: need --ctx-size >= 8, --chunks >= 1, --top-k >= 0 and --tail-samples >= 0\n");
         return 1;
     }
     if (params.n_threads <= 0) {
@@ -624,14 +687,17 @@ static int sensitivity_main(int argc, char ** argv) {
     sensitivity_reference ref;
     ref.n_vocab = n_vocab;
     ref.n_top   = params.n_top == 0 ? n_vocab : std::min<int64_t>(params.n_top, n_vocab);
-    fprintf(stderr, "%s: reference distributions: the top %" PRId64 " of %" PRId64 " tokens per position, %.1f MiB\n",
-            __func__, ref.n_top, n_vocab,
-            (double) n_total*(ref.n_top*(sizeof(int32_t) + sizeof(double)) + sizeof(double) + sizeof(int32_t))/(1024.0*1024.0));
+    ref.n_samp  = ref.n_top < n_vocab ? params.n_samp : 0;
+    fprintf(stderr, "%s: reference distributions: the top %" PRId64 " of %" PRId64 " tokens per position and %" PRId64
+            " tail samples, %.1f MiB\n", __func__, ref.n_top, n_vocab, ref.n_samp,
+            (double) n_total*((ref.n_top + ref.n_samp)*(sizeof(int32_t) + sizeof(double)) + sizeof(double) + sizeof(int32_t))/(1024.0*1024.0));
     try {
         ref.idx.resize((size_t) n_total*ref.n_top);
         ref.logp.resize((size_t) n_total*ref.n_top);
         ref.tail.resize(n_total);
         ref.top.resize(n_total);
+        ref.samp.resize((size_t) n_total*ref.n_samp);
+        ref.samp_logp.resize((size_t) n_total*ref.n_samp);
     } catch (const std::bad_alloc &) {
         fprintf(stderr, "error: out of memory for the reference distributions (%" PRId64 " positions x %" PRId64
                 " tokens); lower --top-k, --chunks or -c\n", n_total, ref.n_top);
@@ -650,6 +716,11 @@ static int sensitivity_main(int argc, char ** argv) {
                 const double lse = sensitivity_log_sum_exp(l, n_vocab, idx, ref.n_top, ref.top[k], ref.tail[k]);
                 for (int64_t i = 0; i < ref.n_top; ++i) {
                     ref.logp[k*ref.n_top + i] = l[idx[i]] - lse;
+                }
+                if (ref.n_samp > 0) {
+                    thread_local std::vector<double> draws;
+                    sensitivity_sample_tail(l, n_vocab, lse, idx, ref.n_top, ref.n_samp, 0x5eed0000u + (uint64_t) k, draws,
+                            ref.samp.data() + k*ref.n_samp, ref.samp_logp.data() + k*ref.n_samp);
                 }
             });
         });
