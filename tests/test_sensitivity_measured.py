@@ -110,14 +110,16 @@ def test_kld_equals_hifikit_eval_of_a_file_with_only_that_tensor_quantized(built
     model = _only_tensor_quantized(tiny_model, tmp_path / "one.gguf", TENSOR, type_name, tmp_path)
     row = evaluate.evaluate(evaluate.EvalOptions(model, tiny_text, ref=tiny_model, ctx=CTX, chunks=chunks,
                                                  threads=1), progress=False).models[0]
-    proc = sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks))
-    rec = results(proc)[0]
-    assert rec["kld"] > 0 and row.kld_mean > 0
-    # the same positions, the same quantized weights, the same kernels: only llama-perplexity's 16-bit
-    # rounding of the reference log-probabilities (and its 16-nat cut) and the sampled tail term of the
-    # default top-64 reference are left between the two
-    assert abs(rec["kld"] - row.kld_mean) <= max(0.02 * row.kld_mean, 0.1 * (rec["kld_pm"] + row.kld_error)), \
-        (rec, row.kld_mean, row.kld_error)
+    exact = results(sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks),
+                                "--top-k", "0"))[0]
+    default = results(sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks)))[0]
+    assert exact["kld"] > 0 and row.kld_mean > 0
+    # the same positions, the same quantized weights, the same kernels: with the whole vocabulary kept, only
+    # llama-perplexity's 16-bit rounding of the reference log-probabilities (and its 16-nat cut) is left
+    # between the two (measured: 0.3 % for q4_K, 0.4 % for q8_0)
+    assert abs(exact["kld"] - row.kld_mean) <= 0.01 * row.kld_mean, (exact, row.kld_mean, row.kld_error)
+    # the default top-64 reference adds the noise of its sampled tail term, inside its +/-
+    assert abs(default["kld"] - row.kld_mean) <= default["kld_pm"], (default, row.kld_mean, row.kld_error)
 
 
 def test_top_k_reference_without_tail_samples_is_a_lower_bound(built, tiny_model, tiny_text, tmp_path):
