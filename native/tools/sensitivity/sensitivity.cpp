@@ -300,7 +300,8 @@ static void sensitivity_sample_tail(const float * logits, int64_t n_vocab, doubl
     }
 }
 
-// KL_T(P || Q) of one position (see sensitivity_reference), from the candidate's log(sum(exp)) and Q(R)
+// KL_T(P || Q) of one position plus, with tail samples, the estimate of P(R) KL(P(.|R) || Q(.|R))
+// (see sensitivity_reference), from the candidate's log(sum(exp)) and Q(R)
 static double sensitivity_kld(const sensitivity_reference & ref, int64_t k, const float * logits, double lse, double tail) {
     const int32_t * idx  = ref.idx.data()  + k*ref.n_top;
     const double  * logp = ref.logp.data() + k*ref.n_top;
