@@ -75,6 +75,113 @@ def test_weights_are_restored_after_each_pair(built, tiny_model, tiny_text, tmp_
     assert recs[3]["kld"] > 1e-6
 
 
+def test_scores_llama_perplexity_positions_by_default(built, tiny_model, tiny_text, tmp_path):
+    # llama-perplexity --kl-divergence scores the positions from ctx/2 on: ctx - 1 - ctx/2 per chunk
+    pairs = [(TENSOR, "q4_K")]
+    default = sensitivity(tiny_model, tiny_text, pairs, tmp_path)
+    assert f"scoring {CTX - 1 - CTX // 2} positions per chunk" in default.stderr
+    every = sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--all-positions")
+    assert f"scoring {CTX - 1} positions per chunk" in every.stderr
+    assert results(default)[0]["kld"] != results(every)[0]["kld"]
+
+
+def _only_tensor_quantized(src: Path, out: Path, tensor: str, type_name: str, tmp_path: Path) -> Path:
+    """src with `tensor` quantized to `type_name` by llama-quantize and every other tensor as it is (F16)."""
+    from hifikit.planner.strategy import regex_for
+
+    # as a strategy does (hifikit.planner.strategy.quantize_step): one anchored pattern per matrix
+    matrices = [t.name for t in _tensors(src) if len(t.shape) >= 2]
+    types = tmp_path / "types.txt"
+    types.write_text("".join(f"{regex_for(n)}={type_name if n == tensor else 'f16'}\n" for n in matrices))
+    subprocess.run([str(paths.binary("llama-quantize")), "--tensor-type-file", str(types), str(src), str(out), "Q8_0",
+                    "1"], check=True, capture_output=True, env=runner.tool_env(), timeout=600)
+    got = {t.name: t.type for t in gguf_io.read_info(out).tensors}
+    assert got[tensor].lower() == type_name.lower()
+    assert sum(t.lower() == type_name.lower() for t in got.values()) == 1
+    return out
+
+
+@pytest.mark.parametrize("type_name", ["q4_K", "q8_0"])
+def test_kld_equals_hifikit_eval_of_a_file_with_only_that_tensor_quantized(built, tiny_model, tiny_text, tmp_path,
+                                                                           type_name):
+    from hifikit import evaluate
+
+    chunks = 8  # llama-perplexity prints its statistics from 100 scored positions on
+    model = _only_tensor_quantized(tiny_model, tmp_path / "one.gguf", TENSOR, type_name, tmp_path)
+    row = evaluate.evaluate(evaluate.EvalOptions(model, tiny_text, ref=tiny_model, ctx=CTX, chunks=chunks,
+                                                 threads=1), progress=False).models[0]
+    exact = results(sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks),
+                                "--top-k", "0"))[0]
+    default = results(sensitivity(tiny_model, tiny_text, [(TENSOR, type_name)], tmp_path, "--chunks", str(chunks)))[0]
+    assert exact["kld"] > 0 and row.kld_mean > 0
+    # the same positions, the same quantized weights, the same kernels: with the whole vocabulary kept, only
+    # llama-perplexity's 16-bit rounding of the reference log-probabilities (and its 16-nat cut) is left
+    # between the two (measured: 0.3 % for q4_K, 0.4 % for q8_0)
+    assert abs(exact["kld"] - row.kld_mean) <= 0.01 * row.kld_mean, (exact, row.kld_mean, row.kld_error)
+    # the default top-64 reference adds the noise of its sampled tail term, inside its +/-
+    assert abs(default["kld"] - row.kld_mean) <= default["kld_pm"], (default, row.kld_mean, row.kld_error)
+
+
+def test_top_k_reference_without_tail_samples_is_a_lower_bound(built, tiny_model, tiny_text, tmp_path):
+    pairs = [(TENSOR, "q4_K"), (OTHER, "q3_K")]
+    exact = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "0"))
+    bounds = {}
+    for k in ("8", "64", "512"):
+        proc = sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", k, "--tail-samples", "0")
+        assert f"the top {k} of " in proc.stderr
+        bounds[k] = results(proc)
+        for a, e in zip(bounds[k], exact):
+            # pooling the tail into one outcome can only lose divergence (data processing inequality)
+            assert 0 < a["kld"] <= e["kld"] * (1 + 1e-9)
+            assert a["same_top"] == e["same_top"]
+    # the bound tightens with k
+    for a, b, e in zip(bounds["8"], bounds["512"], exact):
+        assert a["kld"] <= b["kld"] * (1 + 1e-9) <= e["kld"] * (1 + 2e-9)
+
+
+def test_tail_samples_estimate_the_whole_divergence(built, tiny_model, tiny_text, tmp_path):
+    # the tiny model's distributions are flat: the top 64 of 32000 tokens hold 3 % of the mass, and the
+    # lower bound alone is 3 % of the divergence; the sampled tail term gives the rest back
+    pairs = [(TENSOR, "q4_K"), (OTHER, "q3_K"), (TENSOR, "q8_0")]
+    exact = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "0"))
+    default = sensitivity(tiny_model, tiny_text, pairs, tmp_path)
+    assert "the top 64 of 32000 tokens per position and 64 tail samples" in default.stderr
+    for a, e in zip(results(default), exact):
+        # the draws' noise is part of the positions' spread, i.e. inside the reported +/-
+        assert abs(a["kld"] - e["kld"]) <= a["kld_pm"], (a, e)
+        assert abs(a["kld"] - e["kld"]) <= 0.1 * e["kld"], (a, e)
+    # the draws are fixed by the position: the same run gives the same figures
+    again = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path))
+    assert [r["kld"] for r in again] == [r["kld"] for r in results(default)]
+
+
+def _peak_rss_mib(model: Path, text: Path, tmp_path: Path, *args: str) -> float:
+    """Peak resident memory of one llama-sensitivity run, from a fresh process's RUSAGE_CHILDREN."""
+    pairs = tmp_path / "rss-pairs.tsv"
+    pairs.write_text(f"{TENSOR}\tq8_0\n")
+    argv = [str(paths.binary("llama-sensitivity")), "-m", str(model), "-f", str(text), "--pairs", str(pairs),
+            "-t", "1", *args]
+    probe = ("import resource, subprocess, sys\n"
+             "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", probe, *argv], check=True, capture_output=True, text=True,
+                         env=runner.tool_env(), cwd=tmp_path, timeout=600)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def test_reference_memory_does_not_grow_with_vocab_times_positions(built, tiny_model, tiny_text, tmp_path):
+    # 8 chunks of 256 tokens score 8 x 127 positions on a 32000-token vocabulary: kept whole, as floats,
+    # that is 124 MiB; the top 64 of each position are 0.7 MiB
+    rss = {(k, chunks): _peak_rss_mib(tiny_model, tiny_text, tmp_path, "-c", "256", "--chunks", str(chunks),
+                                      "--top-k", k)
+           for k in ("64", "4096") for chunks in (1, 8)}
+    grow_64 = rss["64", 8] - rss["64", 1]
+    grow_4096 = rss["4096", 8] - rss["4096", 1]
+    # the control: 4096 tokens x 12 bytes x 7 x 127 more positions = 42 MiB more, which the probe sees
+    assert grow_4096 > 30, rss
+    assert grow_64 < 8, rss
+
+
 def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
     assert proc.returncode != 0
     assert proc.stdout == ""
@@ -95,6 +202,42 @@ def test_bad_pairs_are_rejected_before_any_work(built, tiny_model, tiny_text, tm
     _one_error_line(sensitivity(tiny_model, tiny_text, ok + f"{TENSOR} q4_K\n", tmp_path), "tensor<TAB>type")
     _one_error_line(sensitivity(tiny_model, tiny_text, f"{TENSOR}\tiq2_xxs\n", tmp_path), "--imatrix")
     _one_error_line(sensitivity(tiny_model, tiny_text, "# nothing\n", tmp_path), "no pairs")
+    # llama-quantize quantizes matrices only: a norm vector keeps its type
+    _one_error_line(sensitivity(tiny_model, tiny_text, ok + "blk.0.attn_norm.weight\tq8_0\n", tmp_path),
+                    "blk.0.attn_norm.weight", "not a matrix", ":2:")
+
+
+def test_bad_arguments_are_one_line(built, tiny_model, tiny_text, tmp_path):
+    pairs = [(TENSOR, "q4_K")]
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k", "-1"), "--top-k")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "-c", "abc"), "--ctx-size")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--frobnicate"), "--frobnicate")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--top-k"), "--top-k", "needs a value")
+
+
+def test_out_of_memory_is_one_line(built, tiny_model, tiny_text, tmp_path):
+    import resource
+
+    # the whole vocabulary of 8 x 255 positions: 8 x 255 x 32000 x 12 bytes = 747 MiB, beyond the address
+    # space left to the tool
+    limit = 640 << 20
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    pairs_path = tmp_path / "pairs.tsv"
+    pairs_path.write_text(f"{TENSOR}\tq4_K\n")
+    argv = [str(paths.binary("llama-sensitivity")), "-m", str(tiny_model), "-f", str(tiny_text), "--pairs",
+            str(pairs_path), "-t", "1", "-c", "256", "--chunks", "8", "--all-positions"]
+    ok = subprocess.run([*argv, "--top-k", "64"], capture_output=True, text=True, env=runner.tool_env(),
+                        preexec_fn=cap, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    proc = subprocess.run([*argv, "--top-k", "0"], capture_output=True, text=True, env=runner.tool_env(),
+                          preexec_fn=cap, timeout=600)
+    assert proc.returncode == 1 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [proc.stderr.splitlines()[-1]], proc.stderr[-2000:]
+    assert "out of memory for the reference distributions" in errors[0]
 
 
 def test_type_that_does_not_fit_the_row(built, tiny_text, tmp_path):

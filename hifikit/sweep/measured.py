@@ -1,9 +1,12 @@
 """The ``measured`` sensitivity sweep: drive ``llama-sensitivity`` and store its points.
 
 The tool loads the reference model once, computes the reference next-token
-distributions once, then for each (tensor, type) pair swaps that tensor's
-weights for their quantize -> dequantize image, measures the KL divergence of
-the output against the reference and restores the weights (docs/sensitivity.md).
+distributions once (compactly: each position's top-k tokens, the tail mass and
+a few tokens drawn from the tail), then for each (tensor, type) pair puts that
+tensor's quantized bytes in place under the candidate type (what a file with
+only this tensor quantized computes), measures the KL divergence of the output
+against the reference on llama-perplexity's positions (the second half of each
+chunk, as ``hifikit eval``) and restores the weights (docs/sensitivity.md).
 It prints one JSON line per finished pair; each line is stored as a curve
 point as soon as it arrives, so a killed sweep loses at most the pair in
 flight and a second call measures only what is missing.

@@ -1,14 +1,16 @@
 // llama-sensitivity: per-tensor KL divergence sweeps
 //
-// Loads a reference model once with writable weights, computes the reference
-// next-token distributions on a short text once, then for each (tensor, type)
-// pair replaces that tensor's weights with their quantize -> dequantize image,
-// measures the KL divergence of the model's output against the reference and
-// restores the original weights. No model file is written per candidate.
+// Loads a reference model once with writable weights, computes the reference next-token
+// distributions on a short text once (the top --top-k tokens of each scored position and the mass
+// of the rest), then for each (tensor, type) pair quantizes that tensor to the type, puts the
+// quantized bytes in place under that type (the graph then computes what a file with only this
+// tensor quantized computes), measures the KL divergence of the model's output against the
+// reference and restores the original weights. No model file is written per candidate.
 //
 // One JSON line per finished pair goes to stdout; progress and logs go to stderr.
 
 #include "llama.h"
+#include "llama-cpp.h"
 #include "common.h"
 #include "imatrix-loader.h"
 
@@ -16,18 +18,23 @@
 
 #include "ggml.h"
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cfloat>
 #include <cinttypes>
 #include <clocale>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -46,7 +53,9 @@ struct sensitivity_params {
     int32_t     n_ctx       = 256;
     int32_t     n_chunks    = 2;
     int32_t     n_threads   = 0;     // 0 = hardware concurrency
-    bool        second_half = false; // score only the second half of each chunk, as llama-perplexity does
+    int32_t     n_top       = 64;    // reference tokens kept per position, 0 = the whole vocabulary
+    int32_t     n_samp      = 64;    // tail tokens sampled per position for the tail's divergence, 0 = none
+    bool        all_pos     = false; // score every position, not only the second half of each chunk
     bool        verbose     = false;
 };
 
@@ -57,18 +66,25 @@ struct sensitivity_pair {
     size_t        nbytes; // the tensor's exact size in this type
 };
 
-// the reference distribution of every scored position
-// p[i] = softmax(logits)[i] is kept as float; the sums below let the KL divergence be computed
-// from the candidate's logits in two passes, without storing or exponentiating log-probabilities:
-//   KL(P || Q) = sum_i p_i (l_i - m_i) - sum_i p_i * (lse(l) - lse(m))
-// with l the reference logits and m the candidate's; identical logits give exactly 0
+// the reference distribution of every scored position, in O(n_top) per position
+// the n_top most likely tokens T keep their log-probabilities, the others are one outcome, the tail R,
+// with its mass P(R); the candidate's KL divergence is that of the two distributions over T + {R}:
+//   KL_T(P || Q) = sum_{i in T} p_i (log p_i - log q_i) + P(R) log(P(R)/Q(R))
+// it is a lower bound of KL(P || Q), short by exactly P(R) KL(P(.|R) || Q(.|R)) (docs/sensitivity.md);
+// with n_top = n_vocab, R is empty and the result the full KL divergence. Identical logits give exactly 0
+// the shortfall P(R) KL(P(.|R) || Q(.|R)) is estimated without bias from n_samp tokens drawn from P(.|R):
+//   KL(P(.|R) || Q(.|R)) = E_{i ~ P(.|R)} [ r_i - 1 - log r_i ],  r_i = Q(i|R)/P(i|R)
+// (E[r_i - 1] = 0), each term >= 0; with n_samp = 0 the figure is the lower bound KL_T
 struct sensitivity_reference {
     int64_t              n_vocab = 0;
-    std::vector<float>   probs;   // [n_pos][n_vocab]
-    std::vector<double>  dot;     // sum_i p_i * l_i
-    std::vector<double>  lse;     // log(sum_i exp(l_i))
-    std::vector<double>  psum;    // sum_i p_i (1 up to rounding)
-    std::vector<int32_t> top;     // argmax_i l_i
+    int64_t              n_top   = 0;
+    std::vector<int32_t> idx;     // [n_pos][n_top] the tokens of T, ascending
+    std::vector<double>  logp;    // [n_pos][n_top] their log-probabilities
+    std::vector<double>  tail;    // [n_pos] P(R)
+    std::vector<int32_t> top;     // [n_pos] argmax_i l_i
+    int64_t              n_samp  = 0;
+    std::vector<int32_t> samp;    // [n_pos][n_samp] tail tokens drawn from P(.|R)
+    std::vector<double>  samp_logp; // [n_pos][n_samp] their log-probabilities
 };
 
 struct sensitivity_stats {
@@ -93,8 +109,12 @@ static void sensitivity_print_usage(const char * argv0) {
     fprintf(stderr, "  --pairs FNAME         pairs to measure, one 'tensor<TAB>type' per line (ggml type names)\n");
     fprintf(stderr, "  -c, --ctx-size N      tokens per chunk (default: %d)\n", params.n_ctx);
     fprintf(stderr, "  --chunks N            number of chunks (default: %d)\n", params.n_chunks);
-    fprintf(stderr, "  --second-half         score only the second half of each chunk, as llama-perplexity does\n");
-    fprintf(stderr, "                        (default: every position but the last, i.e. every token after the first)\n");
+    fprintf(stderr, "  --all-positions       score every position but the last of each chunk (every token after the first)\n");
+    fprintf(stderr, "                        (default: the positions from ctx/2 on, as llama-perplexity --kl-divergence does)\n");
+    fprintf(stderr, "  --top-k N             reference tokens kept per position, the rest pooled into one tail\n");
+    fprintf(stderr, "                        (default: %d; 0 = the whole vocabulary, exact but n_vocab x 12 bytes per position)\n", params.n_top);
+    fprintf(stderr, "  --tail-samples N      tail tokens drawn per position to estimate the tail's divergence\n");
+    fprintf(stderr, "                        (default: %d; 0 = none: the result is a lower bound)\n", params.n_samp);
     fprintf(stderr, "  --imatrix FNAME       importance matrix (GGUF or legacy .dat) passed to the quantizer\n");
     fprintf(stderr, "  -t, --threads N       number of threads (default: all cores)\n");
     fprintf(stderr, "  -v, --verbose         show the llama.cpp log\n");
@@ -130,14 +150,15 @@ static ggml_type sensitivity_parse_type(const std::string & name) {
     return GGML_TYPE_COUNT;
 }
 
-// a type ggml_quantize_chunk can write and to_float can read back
+// a type ggml_quantize_chunk can write and the CPU backend can multiply and read rows of
 static bool sensitivity_type_supported(ggml_type type) {
     if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16) {
         return true;
     }
-    const ggml_type_traits * traits = ggml_get_type_traits(type);
+    const ggml_type_traits     * traits     = ggml_get_type_traits(type);
+    const ggml_type_traits_cpu * traits_cpu = ggml_get_type_traits_cpu(type);
     return traits->is_quantized && traits->blck_size > 0 && traits->type_size > 0 && traits->to_float != nullptr &&
-           type != GGML_TYPE_Q8_1 && type != GGML_TYPE_Q8_K;
+           traits_cpu->vec_dot != nullptr && type != GGML_TYPE_Q8_1 && type != GGML_TYPE_Q8_K;
 }
 
 static bool sensitivity_storage_supported(ggml_type type) {
@@ -149,31 +170,53 @@ static std::string sensitivity_json_string(const std::string & s) {
     return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// run fn(i) for i in [0, n) on n_threads threads, in contiguous slices
+// run fn(i) for i in [0, n) on n_threads threads, in contiguous slices; the first exception a worker
+// throws (std::bad_alloc, say) is rethrown here once every worker has finished
 template <typename F>
 static void sensitivity_parallel_for(int64_t n, int n_threads, const F & fn) {
     n_threads = (int) std::max<int64_t>(1, std::min<int64_t>(n_threads, n));
+    std::exception_ptr error;
+    std::mutex         error_mutex;
+    auto run = [&fn, &error, &error_mutex](int64_t i0, int64_t i1) {
+        try {
+            for (int64_t i = i0; i < i1; ++i) {
+                fn(i);
+            }
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) {
+                error = std::current_exception();
+            }
+        }
+    };
     std::vector<std::thread> workers;
     const int64_t per_thread = (n + n_threads - 1) / n_threads;
-    for (int t = 0; t < n_threads; ++t) {
+    for (int t = 1; t < n_threads; ++t) {
         const int64_t i0 = t*per_thread;
         const int64_t i1 = std::min(n, i0 + per_thread);
         if (i0 >= i1) {
             break;
         }
-        workers.emplace_back([&fn, i0, i1]() {
-            for (int64_t i = i0; i < i1; ++i) {
-                fn(i);
-            }
-        });
+        try {
+            workers.emplace_back(run, i0, i1);
+        } catch (...) {
+            // no thread to spare: this thread does the slice itself
+            run(i0, i1);
+        }
     }
+    run(0, std::min(n, per_thread));
     for (auto & w : workers) {
         w.join();
     }
+    if (error) {
+        std::rethrow_exception(error);
+    }
 }
 
-// log(sum(exp(logits))) and the argmax, in double
-static double sensitivity_log_sum_exp(const float * logits, int64_t n_vocab, int32_t & imax) {
+// log(sum(exp(logits))), the argmax and the probability of the tokens not in idx[0 .. n_idx) (ascending)
+// the reference and the candidate go through this same code, so identical logits give identical results
+static double sensitivity_log_sum_exp(const float * logits, int64_t n_vocab, const int32_t * idx, int64_t n_idx,
+        int32_t & imax, double & tail) {
     float max_logit = logits[0];
     imax = 0;
     for (int64_t i = 1; i < n_vocab; ++i) {
@@ -182,17 +225,105 @@ static double sensitivity_log_sum_exp(const float * logits, int64_t n_vocab, int
             imax = (int32_t) i;
         }
     }
-    double sum_exp = 0.0;
+    double sum_exp  = 0.0;
+    double sum_tail = 0.0;
+    int64_t j = 0;
     for (int64_t i = 0; i < n_vocab; ++i) {
-        sum_exp += expf(logits[i] - max_logit);
+        const double e = expf(logits[i] - max_logit);
+        sum_exp += e;
+        if (j < n_idx && idx[j] == i) {
+            ++j;
+        } else {
+            sum_tail += e;
+        }
     }
+    tail = sum_tail/sum_exp;
     return max_logit + log(sum_exp);
 }
 
-static double sensitivity_dot(const float * probs, const float * logits, int64_t n_vocab) {
-    double sum = 0.0;
+// the n_top most likely tokens, ascending (ties go to the lower id, so the choice is deterministic)
+static void sensitivity_top_tokens(const float * logits, int64_t n_vocab, int64_t n_top, std::vector<int32_t> & scratch,
+        int32_t * out) {
+    if (n_top >= n_vocab) {
+        for (int64_t i = 0; i < n_vocab; ++i) {
+            out[i] = (int32_t) i;
+        }
+        return;
+    }
+    scratch.resize(n_vocab);
     for (int64_t i = 0; i < n_vocab; ++i) {
-        sum += (double) probs[i] * logits[i];
+        scratch[i] = (int32_t) i;
+    }
+    std::nth_element(scratch.begin(), scratch.begin() + n_top, scratch.end(), [logits](int32_t a, int32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    std::copy(scratch.begin(), scratch.begin() + n_top, out);
+    std::sort(out, out + n_top);
+}
+
+// n_samp tokens drawn from P(.|R), R the tokens not in idx (ascending), with their log-probabilities;
+// the draws depend only on the seed, so the result does not depend on the thread count
+static void sensitivity_sample_tail(const float * logits, int64_t n_vocab, double lse, const int32_t * idx, int64_t n_idx,
+        int64_t n_samp, uint64_t seed, std::vector<double> & scratch, int32_t * out, double * out_logp) {
+    scratch.resize(n_samp);
+    double total = 0.0;
+    for (int64_t i = 0, j = 0; i < n_vocab; ++i) {
+        if (j < n_idx && idx[j] == i) {
+            ++j;
+        } else {
+            total += exp(logits[i] - lse);
+        }
+    }
+    std::mt19937_64 rng(seed);
+    for (auto & u : scratch) {
+        u = (double) (rng() >> 11)*0x1.0p-53*total;
+    }
+    std::sort(scratch.begin(), scratch.end());
+    double  cum  = 0.0;
+    int64_t s    = 0;
+    int32_t last = -1;
+    for (int64_t i = 0, j = 0; i < n_vocab && s < n_samp; ++i) {
+        if (j < n_idx && idx[j] == i) {
+            ++j;
+            continue;
+        }
+        last = (int32_t) i;
+        cum += exp(logits[i] - lse);
+        for (; s < n_samp && scratch[s] < cum; ++s) {
+            out[s]      = last;
+            out_logp[s] = logits[i] - lse;
+        }
+    }
+    for (; s < n_samp; ++s) { // rounding left the last draws past the end: the last tail token
+        out[s]      = last;
+        out_logp[s] = logits[last] - lse;
+    }
+}
+
+// KL_T(P || Q) of one position plus, with tail samples, the estimate of P(R) KL(P(.|R) || Q(.|R))
+// (see sensitivity_reference), from the candidate's log(sum(exp)) and Q(R)
+static double sensitivity_kld(const sensitivity_reference & ref, int64_t k, const float * logits, double lse, double tail) {
+    const int32_t * idx  = ref.idx.data()  + k*ref.n_top;
+    const double  * logp = ref.logp.data() + k*ref.n_top;
+    double sum = 0.0;
+    for (int64_t j = 0; j < ref.n_top; ++j) {
+        sum += exp(logp[j])*(logp[j] - (logits[idx[j]] - lse));
+    }
+    const double p_tail = ref.tail[k];
+    if (p_tail > 0.0) {
+        const double log_p_tail = log(p_tail);
+        const double log_q_tail = log(std::max(tail, DBL_MIN));
+        sum += p_tail*(log_p_tail - log_q_tail);
+        if (ref.n_samp > 0) {
+            const int32_t * samp      = ref.samp.data()      + k*ref.n_samp;
+            const double  * samp_logp = ref.samp_logp.data() + k*ref.n_samp;
+            double sum_tail = 0.0;
+            for (int64_t s = 0; s < ref.n_samp; ++s) {
+                const double log_r = (logits[samp[s]] - lse - log_q_tail) - (samp_logp[s] - log_p_tail);
+                sum_tail += expm1(log_r) - log_r;
+            }
+            sum += p_tail*sum_tail/ref.n_samp;
+        }
     }
     return sum;
 }
@@ -274,6 +405,11 @@ static bool sensitivity_read_pairs(const std::string & fname, const llama_model 
             fprintf(stderr, "error: %s:%d: unknown or unsupported type '%s'\n", fname.c_str(), line_no, type_name.c_str());
             return false;
         }
+        if (ggml_n_dims(t) < 2 && type != t->type) {
+            fprintf(stderr, "error: %s:%d: tensor '%s' is not a matrix; only matrices take another type\n",
+                    fname.c_str(), line_no, name.c_str());
+            return false;
+        }
         const int64_t blck_size = ggml_blck_size(type);
         if (t->ne[0] % blck_size != 0) {
             fprintf(stderr, "error: %s:%d: type %s does not fit tensor '%s': row length %" PRId64 " is not a multiple of %" PRId64 "\n",
@@ -348,57 +484,66 @@ static void sensitivity_to_float(const ggml_tensor * t, const std::vector<uint8_
     }
 }
 
-// quantize -> dequantize src to type, written into dst in the tensor's storage type
-static void sensitivity_image(const ggml_tensor * t, ggml_type type, const std::vector<float> & src,
+// src quantized to type, row by row, as llama-quantize's ggml_quantize_chunk writes it
+static void sensitivity_quantize(const ggml_tensor * t, ggml_type type, const std::vector<float> & src,
         const float * imatrix, int n_threads, std::vector<uint8_t> & dst) {
     const int64_t n_per_row = t->ne[0];
     const int64_t nrows     = ggml_nelements(t)/n_per_row;
     const int64_t rows_per_slice = t->ne[1]; // rows sharing one imatrix slice (one expert)
     const size_t  row_size  = ggml_row_size(type, n_per_row);
-    const size_t  out_size  = ggml_row_size(t->type, n_per_row);
-    const ggml_type_traits * traits = ggml_get_type_traits(type);
 
-    dst.resize(ggml_nbytes(t));
+    dst.resize(nrows*row_size);
     ggml_quantize_init(type);
 
-    // rows are independent: quantize, dequantize and store them in blocks of rows inside one
-    // importance slice (one expert of a 3-D tensor)
+    // rows are independent: quantize them in blocks of rows inside one importance slice
+    // (one expert of a 3-D tensor)
     const int64_t rows_per_block   = std::min<int64_t>(rows_per_slice, 16);
     const int64_t blocks_per_slice = (rows_per_slice + rows_per_block - 1)/rows_per_block;
     const int64_t n_blocks         = (nrows/rows_per_slice)*blocks_per_slice;
     sensitivity_parallel_for(n_threads, n_threads, [&](int64_t ith) {
-        std::vector<uint8_t> q(rows_per_block*row_size);
-        std::vector<float>   f(rows_per_block*n_per_row);
         for (int64_t b = ith; b < n_blocks; b += n_threads) {
             const int64_t slice = b/blocks_per_slice;
             const int64_t r0 = slice*rows_per_slice + (b % blocks_per_slice)*rows_per_block;
             const int64_t r1 = std::min(r0 + rows_per_block, (slice + 1)*rows_per_slice);
-            const int64_t nr = r1 - r0;
             const float * im = imatrix ? imatrix + (slice % t->ne[2])*n_per_row : nullptr;
-            if (type == GGML_TYPE_F32) {
-                memcpy(f.data(), src.data() + r0*n_per_row, nr*n_per_row*sizeof(float));
-            } else {
-                ggml_quantize_chunk(type, src.data() + r0*n_per_row, q.data(), 0, nr, n_per_row, im);
-                if (type == GGML_TYPE_F16) {
-                    ggml_fp16_to_fp32_row((const ggml_fp16_t *) q.data(), f.data(), nr*n_per_row);
-                } else if (type == GGML_TYPE_BF16) {
-                    ggml_bf16_to_fp32_row((const ggml_bf16_t *) q.data(), f.data(), nr*n_per_row);
-                } else {
-                    traits->to_float(q.data(), f.data(), nr*n_per_row);
-                }
-            }
-            uint8_t * out = dst.data() + r0*out_size;
-            switch (t->type) {
-                case GGML_TYPE_F32:  memcpy(out, f.data(), nr*n_per_row*sizeof(float)); break;
-                case GGML_TYPE_F16:  ggml_fp32_to_fp16_row(f.data(), (ggml_fp16_t *) out, nr*n_per_row); break;
-                case GGML_TYPE_BF16: ggml_fp32_to_bf16_row(f.data(), (ggml_bf16_t *) out, nr*n_per_row); break;
-                default: GGML_ABORT("unsupported storage type");
-            }
+            ggml_quantize_chunk(type, src.data() + r0*n_per_row, dst.data() + r0*row_size, 0, r1 - r0, n_per_row, im);
         }
     });
 }
 
-int main(int argc, char ** argv) {
+// a tensor that holds a candidate's quantized bytes under the candidate's type, as in a quantized file;
+// the destructor puts the original type, strides and bytes back, on every path out of a measurement
+struct sensitivity_swap {
+    ggml_tensor *                t;
+    const std::vector<uint8_t> & original;
+    ggml_type                    type;
+    size_t                       nb[GGML_MAX_DIMS];
+
+    sensitivity_swap(ggml_tensor * t, const std::vector<uint8_t> & original) : t(t), original(original), type(t->type) {
+        memcpy(nb, t->nb, sizeof(nb));
+    }
+
+    // the quantized bytes never need more room than the original: the candidates are at most 16 bits
+    // per weight on a 16-bit reference (an F32 candidate of an F16/BF16 tensor is the tensor itself)
+    void set(ggml_type qtype, const std::vector<uint8_t> & data) {
+        GGML_ASSERT(data.size() <= original.size());
+        t->type  = qtype;
+        t->nb[0] = ggml_type_size(qtype);
+        t->nb[1] = ggml_row_size(qtype, t->ne[0]);
+        for (int i = 2; i < GGML_MAX_DIMS; ++i) {
+            t->nb[i] = t->nb[i - 1]*t->ne[i - 1];
+        }
+        ggml_backend_tensor_set(t, data.data(), 0, data.size());
+    }
+
+    ~sensitivity_swap() {
+        t->type = type;
+        memcpy(t->nb, nb, sizeof(nb));
+        ggml_backend_tensor_set(t, original.data(), 0, original.size());
+    }
+};
+
+static int sensitivity_main(int argc, char ** argv) {
     std::setlocale(LC_NUMERIC, "C");
 
     sensitivity_params params;
@@ -427,10 +572,16 @@ int main(int argc, char ** argv) {
             params.n_ctx = std::atoi(next());
         } else if (arg == "--chunks") {
             params.n_chunks = std::atoi(next());
+        } else if (arg == "--tail-samples") {
+            params.n_samp = std::atoi(next());
+        } else if (arg == "--top-k") {
+            params.n_top = std::atoi(next());
         } else if (arg == "-t" || arg == "--threads") {
             params.n_threads = std::atoi(next());
+        } else if (arg == "--all-positions") {
+            params.all_pos = true;
         } else if (arg == "--second-half") {
-            params.second_half = true;
+            params.all_pos = false; // the default, kept for older callers
         } else if (arg == "-v" || arg == "--verbose") {
             params.verbose = true;
         } else {
@@ -442,8 +593,8 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "error: -m, -f and --pairs are required (see --help)\n");
         return 1;
     }
-    if (params.n_ctx < 8 || params.n_chunks < 1) {
-        fprintf(stderr, "error: need --ctx-size >= 8 and --chunks >= 1\n");
+    if (params.n_ctx < 8 || params.n_chunks < 1 || params.n_top < 0 || params.n_samp < 0) {
+        fprintf(stderr, "error: need --ctx-size >= 8, --chunks >= 1, --top-k >= 0 and --tail-samples >= 0\n");
         return 1;
     }
     if (params.n_threads <= 0) {
@@ -475,7 +626,8 @@ int main(int argc, char ** argv) {
     mparams.n_gpu_layers    = 0;
 
     const auto t_load = std::chrono::steady_clock::now();
-    llama_model * model = llama_model_load_from_file(params.model.c_str(), mparams);
+    llama_model_ptr model_ptr(llama_model_load_from_file(params.model.c_str(), mparams));
+    llama_model * model = model_ptr.get();
     if (model == nullptr) {
         fprintf(stderr, "error: failed to load model '%s'\n", params.model.c_str());
         return 1;
@@ -483,7 +635,6 @@ int main(int argc, char ** argv) {
 
     std::vector<sensitivity_pair> pairs;
     if (!sensitivity_read_pairs(params.pairs, model, imatrix, pairs)) {
-        llama_model_free(model);
         return 1;
     }
 
@@ -495,10 +646,17 @@ int main(int argc, char ** argv) {
     cparams.n_threads       = params.n_threads;
     cparams.n_threads_batch = params.n_threads;
 
-    llama_context * ctx = llama_init_from_model(model, cparams);
+    // a measurement changes a weight's type in place: every decode must build its graph anew, or a
+    // reused graph would keep views of the weight made with its previous type
+#if defined(_WIN32)
+    _putenv_s("LLAMA_GRAPH_REUSE_DISABLE", "1");
+#else
+    setenv("LLAMA_GRAPH_REUSE_DISABLE", "1", 1);
+#endif
+    llama_context_ptr ctx_ptr(llama_init_from_model(model, cparams));
+    llama_context * ctx = ctx_ptr.get();
     if (ctx == nullptr) {
         fprintf(stderr, "error: failed to create a context of %d tokens\n", params.n_ctx);
-        llama_model_free(model);
         return 1;
     }
 
@@ -514,13 +672,11 @@ int main(int argc, char ** argv) {
     if (tokens.size() < n_needed) {
         fprintf(stderr, "error: %s has %zu tokens, need %zu (%d chunks x %d); use a longer text or fewer chunks\n",
                 params.text.c_str(), tokens.size(), n_needed, params.n_chunks, params.n_ctx);
-        llama_free(ctx);
-        llama_model_free(model);
         return 1;
     }
 
     const int     n_ctx   = params.n_ctx;
-    const int     first   = params.second_half ? n_ctx/2 : 0;
+    const int     first   = params.all_pos ? 0 : n_ctx/2;
     const int     n_pos   = n_ctx - 1 - first;
     const int64_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
     const int64_t n_total = (int64_t) n_pos*params.n_chunks;
@@ -528,42 +684,61 @@ int main(int argc, char ** argv) {
 
     fprintf(stderr, "%s: %zu pairs, %d chunks x %d tokens, scoring %d positions per chunk (%" PRId64 " in all), %d threads\n",
             __func__, pairs.size(), params.n_chunks, n_ctx, n_pos, n_total, n_threads);
-    fprintf(stderr, "%s: reference distributions take %.1f MiB\n", __func__,
-            (double) n_total*n_vocab*sizeof(float)/(1024.0*1024.0));
-
     // reference pass
     sensitivity_reference ref;
     ref.n_vocab = n_vocab;
-    ref.probs.resize((size_t) n_total*n_vocab);
-    ref.dot.resize(n_total);
-    ref.lse.resize(n_total);
-    ref.psum.resize(n_total);
-    ref.top.resize(n_total);
+    ref.n_top   = params.n_top == 0 ? n_vocab : std::min<int64_t>(params.n_top, n_vocab);
+    ref.n_samp  = ref.n_top < n_vocab ? params.n_samp : 0;
+    fprintf(stderr, "%s: reference distributions: the top %" PRId64 " of %" PRId64 " tokens per position and %" PRId64
+            " tail samples, %.1f MiB\n", __func__, ref.n_top, n_vocab, ref.n_samp,
+            (double) n_total*((ref.n_top + ref.n_samp)*(sizeof(int32_t) + sizeof(double)) + sizeof(double) + sizeof(int32_t))/(1024.0*1024.0));
+    try {
+        ref.idx.resize((size_t) n_total*ref.n_top);
+        ref.logp.resize((size_t) n_total*ref.n_top);
+        ref.tail.resize(n_total);
+        ref.top.resize(n_total);
+        ref.samp.resize((size_t) n_total*ref.n_samp);
+        ref.samp_logp.resize((size_t) n_total*ref.n_samp);
+    } catch (const std::bad_alloc &) {
+        fprintf(stderr, "error: out of memory for the reference distributions (%" PRId64 " positions x %" PRId64
+                " tokens); lower --top-k, --chunks or -c\n", n_total, ref.n_top);
+        return 1;
+    }
 
     const auto t_ref = std::chrono::steady_clock::now();
     const bool ok = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
         [&](int c, const float * logits, int n) {
             sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
+                thread_local std::vector<int32_t> scratch;
                 const int64_t k = (int64_t) c*n_pos + j;
                 const float * l = logits + j*n_vocab;
-                float * p = ref.probs.data() + k*n_vocab;
-                const double lse = sensitivity_log_sum_exp(l, n_vocab, ref.top[k]);
-                double psum = 0.0;
-                for (int64_t i = 0; i < n_vocab; ++i) {
-                    p[i] = (float) exp(l[i] - lse);
-                    psum += p[i];
+                int32_t * idx = ref.idx.data() + k*ref.n_top;
+                sensitivity_top_tokens(l, n_vocab, ref.n_top, scratch, idx);
+                const double lse = sensitivity_log_sum_exp(l, n_vocab, idx, ref.n_top, ref.top[k], ref.tail[k]);
+                for (int64_t i = 0; i < ref.n_top; ++i) {
+                    ref.logp[k*ref.n_top + i] = l[idx[i]] - lse;
                 }
-                ref.lse[k]  = lse;
-                ref.psum[k] = psum;
-                ref.dot[k]  = sensitivity_dot(p, l, n_vocab);
+                if (ref.n_samp > 0) {
+                    thread_local std::vector<double> draws;
+                    sensitivity_sample_tail(l, n_vocab, lse, idx, ref.n_top, ref.n_samp, 0x5eed0000u + (uint64_t) k, draws,
+                            ref.samp.data() + k*ref.n_samp, ref.samp_logp.data() + k*ref.n_samp);
+                }
             });
         });
     if (!ok) {
-        llama_free(ctx);
-        llama_model_free(model);
         return 1;
     }
     const double t_ref_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_ref).count();
+    {
+        double sum_tail = 0.0;
+        double max_tail = 0.0;
+        for (const double p_tail : ref.tail) {
+            sum_tail += p_tail;
+            max_tail  = std::max(max_tail, p_tail);
+        }
+        fprintf(stderr, "%s: reference tail mass P(R) beyond the top %" PRId64 ": mean %.3g, max %.3g\n", __func__,
+                ref.n_top, sum_tail/n_total, max_tail);
+    }
     fprintf(stderr, "%s: model loaded and reference computed in %.2f s (reference pass %.2f s)\n", __func__,
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), t_ref_s);
 
@@ -571,7 +746,7 @@ int main(int argc, char ** argv) {
     const ggml_tensor *  cur_tensor = nullptr;
     std::vector<uint8_t> original;  // the current tensor's bytes, for an exact restore
     std::vector<float>   weights;   // the same as float, the quantizer's input
-    std::vector<uint8_t> image;
+    std::vector<uint8_t> quantized;
     std::vector<double>  kld(n_pos);
     std::vector<uint8_t> same_top(n_pos);
 
@@ -581,42 +756,52 @@ int main(int argc, char ** argv) {
         const auto t_start = std::chrono::steady_clock::now();
 
         if (t != cur_tensor) {
-            original.resize(ggml_nbytes(t));
-            ggml_backend_tensor_get(t, original.data(), 0, original.size());
-            sensitivity_to_float(t, original, weights);
+            try {
+                original.resize(ggml_nbytes(t));
+                ggml_backend_tensor_get(t, original.data(), 0, original.size());
+                sensitivity_to_float(t, original, weights);
+            } catch (const std::bad_alloc &) {
+                fprintf(stderr, "error: out of memory for a copy of tensor '%s' (%zu bytes and %" PRId64 " floats)\n",
+                        pair.name.c_str(), ggml_nbytes(t), ggml_nelements(t));
+                return 1;
+            }
             cur_tensor = t;
         }
 
-        const auto im = imatrix.find(pair.name);
-        sensitivity_image(t, pair.type, weights, im != imatrix.end() ? im->second.data() : nullptr, n_threads, image);
-        ggml_backend_tensor_set(t, image.data(), 0, image.size());
-
         sensitivity_stats stats;
-        const bool ok_pair = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
-            [&](int c, const float * logits, int n) {
-                sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
-                    const int64_t k = (int64_t) c*n_pos + j;
-                    const float * m = logits + j*n_vocab;
-                    int32_t top = 0;
-                    const double lse = sensitivity_log_sum_exp(m, n_vocab, top);
-                    const double dot = sensitivity_dot(ref.probs.data() + k*n_vocab, m, n_vocab);
-                    kld[j]      = (ref.dot[k] - dot) - ref.psum[k]*(ref.lse[k] - lse);
-                    same_top[j] = top == ref.top[k];
-                });
-                // summed in order: the result does not depend on the thread count
-                for (int j = 0; j < n; ++j) {
-                    stats.sum_kld    += kld[j];
-                    stats.sum_kld2   += kld[j]*kld[j];
-                    stats.n_same_top += same_top[j];
-                    stats.count      += 1;
-                }
-            });
+        bool ok_pair = true;
+        {
+            // an F32 candidate of an F16/BF16 tensor has the tensor's own values: the tensor is left as it is
+            sensitivity_swap swap(t, original);
+            if (ggml_row_size(pair.type, t->ne[0]) <= ggml_row_size(t->type, t->ne[0])) {
+                const auto im = imatrix.find(pair.name);
+                sensitivity_quantize(t, pair.type, weights, im != imatrix.end() ? im->second.data() : nullptr,
+                        n_threads, quantized);
+                swap.set(pair.type, quantized);
+            }
 
-        // restore the exact original bytes before anything else
-        ggml_backend_tensor_set(t, original.data(), 0, original.size());
+            ok_pair = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
+                [&](int c, const float * logits, int n) {
+                    sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
+                        const int64_t k = (int64_t) c*n_pos + j;
+                        const float * m = logits + j*n_vocab;
+                        int32_t top  = 0;
+                        double  tail = 0.0;
+                        const double lse = sensitivity_log_sum_exp(m, n_vocab, ref.idx.data() + k*ref.n_top, ref.n_top, top, tail);
+                        kld[j]      = sensitivity_kld(ref, k, m, lse, tail);
+                        same_top[j] = top == ref.top[k];
+                    });
+                    // summed in order: the result does not depend on the thread count
+                    for (int j = 0; j < n; ++j) {
+                        stats.sum_kld    += kld[j];
+                        stats.sum_kld2   += kld[j]*kld[j];
+                        stats.n_same_top += same_top[j];
+                        stats.count      += 1;
+                    }
+                });
+            // the swap's destructor restores the exact original type, strides and bytes here
+        }
         if (!ok_pair) {
-            llama_free(ctx);
-            llama_model_free(model);
             return 1;
         }
 
@@ -634,9 +819,22 @@ int main(int argc, char ** argv) {
         fflush(stderr);
     }
 
-    llama_free(ctx);
-    llama_model_free(model);
+    ctx_ptr.reset();
+    model_ptr.reset();
     llama_backend_free();
 
     return 0;
+}
+
+int main(int argc, char ** argv) {
+    // every failure is one line 'error: ...' and a non-zero exit; an exception unwinds through the
+    // tensor swap, which restores the original weights on the way out
+    try {
+        return sensitivity_main(argc, argv);
+    } catch (const std::bad_alloc &) {
+        fprintf(stderr, "error: out of memory\n");
+    } catch (const std::exception & e) {
+        fprintf(stderr, "error: %s\n", e.what());
+    }
+    return 1;
 }
