@@ -25,13 +25,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import filesize, plots, speed, strategy
+from . import plots, speed, strategy
 from .. import db, gguf_io, jobs
 from ..errors import HifikitError
 from ..frontier import nondominated, pareto_front
-from ..quant_rules import check_imatrix, resolve_type
-from ..sweep import curves, knee
-from .plan import Plan, SpeedBudget, Target, cached_dry_run, find_sweep_run, ftype_file_size, make_plan
+from ..quant_rules import resolve_type
+from ..sweep import knee
+from .plan import Plan, SpeedBudget, Target, cached_dry_run, ftype_file_size, load_inputs, make_plan
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +147,15 @@ def _meets(p: Plan, cell: _Cell) -> bool:
 
 def front(opts: FrontOptions, *, conn: sqlite3.Connection | None = None) -> FrontResult:
     """The (bytes, predicted pp and tg time, predicted error) Pareto front of the plans of one sweep."""
-    model = gguf_io.check_model(opts.model)
+    gguf_io.check_model(opts.model)
     jobs.check_positive(front_sizes=opts.sizes, front_speeds=opts.speeds)
-    check_imatrix(opts.imatrix)
-    base = resolve_type(opts.base_ftype)
-    if base.upper() in strategy.UNQUANTIZED_BASES:
-        raise HifikitError(f"--base-ftype {base}: per-tensor types need a quantized base ftype (e.g. Q8_0)")
     ref_ftype = resolve_type(opts.reference) if opts.reference else None
     if opts.strategies is not None and Path(opts.strategies).exists() and not Path(opts.strategies).is_dir():
         raise HifikitError(f"{opts.strategies}: not a directory (where the front's strategies go)")
     conn = conn or db.connect()
-    run_id = opts.from_run if opts.from_run is not None else find_sweep_run(conn, model)
-    sweep = curves.load_sweep(conn, run_id, opts.mode)
-    layout = filesize.FileLayout.read(model)
-    imatrix = Path(opts.imatrix).resolve() if opts.imatrix else None
-    ikeys = filesize.ImatrixKeys.from_file(imatrix, str(imatrix)) if imatrix else None
-    types = [t.strip() for t in opts.types] if opts.types else None
+    inputs = load_inputs(conn, opts.model, opts.from_run, opts.mode, opts.imatrix, opts.base_ftype, opts.types)
+    model, base, sweep, layout = inputs.model, inputs.base, inputs.sweep, inputs.layout
+    imatrix, ikeys, types = inputs.imatrix, inputs.imatrix_keys, inputs.types
     base_types = cached_dry_run(conn, model, base, imatrix)
     ref_types = cached_dry_run(conn, model, ref_ftype, imatrix) if ref_ftype else None
 

@@ -163,6 +163,40 @@ def find_sweep_run(conn, model: Path) -> int:
     return found
 
 
+def quantized_base(name: str) -> str:
+    """The base ftype given to llama-quantize, which must quantize (the unswept tensors get its types)."""
+    base = resolve_type(name)
+    if base.upper() in strategy.UNQUANTIZED_BASES:
+        raise HifikitError(f"--base-ftype {base}: per-tensor types need a quantized base ftype (e.g. Q8_0)")
+    return base
+
+
+@dataclasses.dataclass
+class SweepInputs:
+    """What every planner front (plan, the front, an editing session) reads first, checked as plan checks it."""
+    model: Path
+    base: str                          # the base ftype, resolved
+    run_id: int                        # the sweep run (the latest of the model by default)
+    sweep: curves.Sweep
+    layout: filesize.FileLayout
+    imatrix: Path | None               # resolved
+    imatrix_keys: filesize.ImatrixKeys | None
+    types: list[str] | None            # the candidate types allowed (None: every type of the sweep)
+
+
+def load_inputs(conn: sqlite3.Connection, model: Path | str, from_run: int | None, mode: str | None,
+                imatrix: Path | str | None, base_ftype: str, types: Sequence[str] | None) -> SweepInputs:
+    path = gguf_io.check_model(model)
+    check_imatrix(imatrix)
+    base = quantized_base(base_ftype)
+    run_id = from_run if from_run is not None else find_sweep_run(conn, path)
+    sweep = curves.load_sweep(conn, run_id, mode)
+    layout = filesize.FileLayout.read(path)
+    im = Path(imatrix).resolve() if imatrix else None
+    ikeys = filesize.ImatrixKeys.from_file(im, str(im)) if im else None
+    return SweepInputs(path, base, run_id, sweep, layout, im, ikeys, [t.strip() for t in types] if types else None)
+
+
 def type_fits(slot: filesize.TensorSlot, type_name: str) -> bool:
     return slot.row_length % ggml.load().type_by_name(type_name).block_size == 0
 
@@ -531,21 +565,14 @@ class PlanResult:
 def plan(opts: PlanOptions, *, conn: sqlite3.Connection | None = None, progress: bool | None = None) -> PlanResult:
     """Plan the types under the target from a sweep run and write the strategy; with verify, quantize with it
     and measure the file (a tracked run named plan-verify)."""
-    model = gguf_io.check_model(opts.model)
     if opts.verify is not None:
+        gguf_io.check_model(opts.model)
         jobs.check_positive(ctx=opts.verify.ctx, chunks=opts.verify.chunks)
-    check_imatrix(opts.imatrix)
-    base = resolve_type(opts.base_ftype)
-    if base.upper() in strategy.UNQUANTIZED_BASES:
-        raise HifikitError(f"--base-ftype {base}: per-tensor types need a quantized base ftype (e.g. Q8_0)")
     conn = conn or db.connect()
-    run_id = opts.from_run if opts.from_run is not None else find_sweep_run(conn, model)
-    sweep = curves.load_sweep(conn, run_id, opts.mode)
-    layout = filesize.FileLayout.read(model)
-    imatrix = Path(opts.imatrix).resolve() if opts.imatrix else None
-    ikeys = filesize.ImatrixKeys.from_file(imatrix, str(imatrix)) if imatrix else None
+    inputs = load_inputs(conn, opts.model, opts.from_run, opts.mode, opts.imatrix, opts.base_ftype, opts.types)
+    model, base, sweep, layout = inputs.model, inputs.base, inputs.sweep, inputs.layout
+    imatrix, ikeys, types = inputs.imatrix, inputs.imatrix_keys, inputs.types
     budget = budget_for(opts.target, layout, lambda f: ftype_file_size(conn, model, layout, f, imatrix, ikeys))
-    types = [t.strip() for t in opts.types] if opts.types else None
     base_types = dry_run_types(model, base, imatrix)
     speed_budget = opts.speed
     if opts.speed_limits is not None and opts.speed_limits.wanted:

@@ -28,13 +28,12 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .. import gguf_io
 from ..errors import HifikitError
-from ..quant_rules import check_imatrix, resolve_type
+from ..quant_rules import resolve_type
 from ..sweep import curves, knee
 from . import filesize, strategy
-from .plan import (PINNED, Option, Plan, PlanInputs, SpeedBudget, Target, budget_for, cached_dry_run,
-                   find_sweep_run, plan_from, prepare)
+from .plan import (PINNED, Option, Plan, PlanInputs, SpeedBudget, Target, budget_for, cached_dry_run, load_inputs,
+                   plan_from, prepare)
 from .speed import SpeedLimits
 
 log = logging.getLogger(__name__)
@@ -98,17 +97,9 @@ class PlanSession:
              error_scale: str = "none") -> "PlanSession":
         """The session of ``hifikit plan MODEL`` with these options (the latest sweep run of the model by
         default); inputs are checked as plan checks them, each problem one HifikitError line."""
-        model_path = gguf_io.check_model(model)
-        check_imatrix(imatrix)
-        base = resolve_type(base_ftype)
-        if base.upper() in strategy.UNQUANTIZED_BASES:
-            raise HifikitError(f"--base-ftype {base}: per-tensor types need a quantized base ftype (e.g. Q8_0)")
-        run_id = from_run if from_run is not None else find_sweep_run(conn, model_path)
-        sweep = curves.load_sweep(conn, run_id, mode)
-        layout = filesize.FileLayout.read(model_path)
-        im = Path(imatrix).resolve() if imatrix else None
-        ikeys = filesize.ImatrixKeys.from_file(im, str(im)) if im else None
-        wanted = [t.strip() for t in types] if types else None
+        loaded = load_inputs(conn, model, from_run, mode, imatrix, base_ftype, types)
+        model_path, base, sweep, layout = loaded.model, loaded.base, loaded.sweep, loaded.layout
+        im, ikeys, wanted = loaded.imatrix, loaded.imatrix_keys, loaded.types
         base_types = cached_dry_run(conn, model_path, base, im)
 
         def speed_budgets(limits: SpeedLimits, match: str | None) -> SpeedBudget:
@@ -117,8 +108,8 @@ class PlanSession:
                                      types=wanted, imatrix=im)
 
         inputs = prepare(sweep, model_path, layout, base_types, base, im, ikeys, error_scale, wanted, knee.knee_type)
-        log.info("plan session on %s: run %d (%s), %d planned and %d fixed tensors", model_path, run_id, sweep.mode,
-                 len(inputs.planned), len(inputs.fixed))
+        log.info("plan session on %s: run %d (%s), %d planned and %d fixed tensors", model_path, loaded.run_id,
+                 sweep.mode, len(inputs.planned), len(inputs.fixed))
         return cls(inputs, layout, imatrix_keys=ikeys,
                    match_types=lambda ftype: cached_dry_run(conn, model_path, ftype, im),
                    speed_budgets=speed_budgets)
