@@ -104,6 +104,13 @@ def connect(address: str) -> Any:
         return ray
     if address != "auto":
         _check_reachable(address)
+    # Ray puts the driver's working directory on its workers' import path: a hifikit source checkout
+    # there (a developer's, or CI's) would shadow the installed package, which has the binaries; every
+    # path a sweep sends is absolute, so the driver connects from a folder that holds no package
+    here = os.getcwd()
+    neutral = db.home()
+    neutral.mkdir(parents=True, exist_ok=True)
+    os.chdir(neutral)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=True)
@@ -113,6 +120,8 @@ def connect(address: str) -> Any:
                                "HOST:PORT, or start one with 'ray start --head')") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HifikitError(f"--ray {address}: cannot connect to a Ray cluster ({first})") from None
+    finally:
+        os.chdir(here)
     return ray
 
 

@@ -75,7 +75,7 @@ class Launcher:
     """Starts, finds and stops the UI's jobs (one per server, shared by its requests)."""
 
     def __init__(self, home: Path | None = None) -> None:
-        self.dir = (home or db.home()) / "ui" / "jobs"
+        self.dir = ((home or db.home()) / "ui" / "jobs").resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._procs: dict[int, subprocess.Popen] = {}
@@ -111,9 +111,12 @@ class Launcher:
             except FileExistsError as exc:   # another server took it between our check and now
                 raise HifikitError("this job is being started by another page; reload") from exc
             with open(log_path, "ab") as out:
+                # run in the jobs folder: `python -m` puts its working folder first on the import path, and
+                # a hifikit source checkout there would shadow the installed package (which has the binaries)
                 proc = subprocess.Popen([sys.executable, "-m", "hifikit.ui.worker", str(spec)],
                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env={**os.environ, "HIFIKIT_HOME": str(db.home())})
+                                        cwd=self.dir, start_new_session=True,
+                                        env={**os.environ, "HIFIKIT_HOME": str(db.home())})
             self._procs[proc.pid] = proc
             job = Job(key, kind, payload, proc.pid, time.time(), str(log_path))
             with os.fdopen(fd, "w") as f:
