@@ -152,6 +152,8 @@ def test_model_tensors_and_bad_models(ui, swept, root):
     d = client.get("/api/model", params={"path": str(root / "tiny-f16.gguf")}).json()
     assert d["tensors"] and all(t["bytes"] > 0 for t in d["tensors"]) and d["sweeps"][0]["id"] == swept
     assert d["grid"]["detected"] is False
+    # what the model page polls: the same sweeps, without the tensors
+    assert client.get("/api/sweeps", params={"model": "tiny-f16.gguf"}).json() == {"sweeps": d["sweeps"]}
     (root / "corrupt.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     for path, words in (("missing.gguf", "no such file"), ("corrupt.gguf", "corrupt.gguf")):
         r = client.get("/api/model", params={"path": path})

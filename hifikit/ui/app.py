@@ -302,17 +302,29 @@ def list_models(request: Request, state: State, data: dict[str, Any]) -> Any:
     return {"models": list(found.values())}
 
 
+def _sweeps_of(conn: sqlite3.Connection, path: Path) -> list[dict[str, Any]]:
+    """The analyze runs of this model, newest first (their arguments are read before the runs are)."""
+    out = []
+    for row in conn.execute("SELECT id, args FROM runs WHERE command='analyze' ORDER BY id DESC LIMIT 200"):
+        try:
+            args = json.loads(row["args"])
+        except ValueError:
+            continue
+        if isinstance(args, dict) and args.get("model") and Path(args["model"]).resolve() == path:
+            out.append(payloads.run_summary(conn, jobs.get_run(conn, row["id"])) | {"mode": args.get("mode")})
+    return out
+
+
 def get_model(request: Request, state: State, data: dict[str, Any]) -> Any:
     path = existing_file(state, request.query_params.get("path"), "model")
     gguf_io.check_file(path)
-    conn = state.conn()
-    sweeps = []
-    for r in conn.execute("SELECT id FROM runs WHERE command='analyze' ORDER BY id DESC LIMIT 200"):
-        run = jobs.get_run(conn, r["id"])
-        if isinstance(run["args"], dict) and run["args"].get("model") and \
-                Path(run["args"]["model"]).resolve() == path:
-            sweeps.append(payloads.run_summary(conn, run) | {"mode": run["args"].get("mode")})
-    return payloads.model_json(path) | {"sweeps": sweeps}
+    return payloads.model_json(path) | {"sweeps": _sweeps_of(state.conn(), path)}
+
+
+def get_sweeps(request: Request, state: State, data: dict[str, Any]) -> Any:
+    """What the model page polls: its sweeps only (the tensors and the grid check are read once)."""
+    path = existing_file(state, request.query_params.get("model"), "model")
+    return {"sweeps": _sweeps_of(state.conn(), path)}
 
 
 def start_sweep(request: Request, state: State, data: dict[str, Any]) -> Any:
@@ -476,6 +488,7 @@ def create_app(policy: Policy, launcher: Launcher | None = None) -> ASGIApp:
         Route("/api/runs/{run}/artifacts/{index}", api(artifact)),
         Route("/api/jobs/{key}", api(get_job)),
         Route("/api/models", api(list_models)), Route("/api/model", api(get_model)),
+        Route("/api/sweeps", api(get_sweeps)),
         Route("/api/sweep", api(start_sweep), methods=["POST"]),
         Route("/api/plan", api(make_plan), methods=["POST"]),
         Route("/api/costs/machines", api(cost_machines)),

@@ -28,39 +28,42 @@ def layer_kind(name: str) -> tuple[int | None, str]:
     return None, name[:-len(".weight")] if name.endswith(".weight") else name
 
 
-def progress_of(conn: sqlite3.Connection, run: dict[str, Any]) -> float:
+def progress_of(conn: sqlite3.Connection, run: dict[str, Any], n_done: int, n_steps: int) -> float:
     """Share of the run's work done: sweep points measured (a sweep step's work is its points), else steps."""
-    steps = run.get("steps")
-    if steps is None:
-        steps = jobs.get_run(conn, run["id"])["steps"]
-    if not steps:
+    if not n_steps:
         return 0.0
     if run["status"] == "done":
         return 1.0
     args = run.get("args") if isinstance(run.get("args"), dict) else {}
-    done = sum(1 for s in steps if s["status"] == "done")
     if run["command"] == "analyze" and args.get("points"):
         # one sweep step does nearly all the work: count its points as they land
         measured = conn.execute("SELECT COUNT(*) FROM curve_points WHERE run_id=?", (run["id"],)).fetchone()[0]
         total = int(args["points"]) * (2 if args.get("mode") == curves.CALIBRATED else 1)
-        return min(0.99, max(done / len(steps), measured / max(1, total)))
-    return done / len(steps)
+        return min(0.99, max(n_done / n_steps, measured / max(1, total)))
+    return n_done / n_steps
 
 
 def run_summary(conn: sqlite3.Connection, run: dict[str, Any]) -> dict[str, Any]:
+    """A run as the lists show it: a run of jobs.get_run (with its steps) or a row of jobs.list_runs (with
+    n_steps and n_done, read by the one query of the list)."""
     args = run["args"] if isinstance(run["args"], dict) else {}
     model = args.get("model") or args.get("input") or args.get("ref") or ""
     pid = run.get("pid")
     running = run["status"] == "running" and bool(pid) and atomic.pid_alive(pid) and jobs.same_command(pid)
-    steps = run.get("steps") or jobs.get_run(conn, run["id"])["steps"]
-    return {"id": run["id"], "command": run["command"], "status": "running" if running else
-            ("interrupted" if run["status"] == "running" else run["status"]),
-            "error": run.get("error"), "started": run["started"], "finished": run.get("finished"),
-            "model": model, "model_name": Path(model).name if model else "",
-            "n_steps": len(steps), "n_done": sum(1 for s in steps if s["status"] == "done"),
-            "progress": progress_of(conn, {**run, "steps": steps}),
-            "can_cancel": running, "can_resume": not running and run["status"] != "done",
-            "steps": [{"name": s["name"], "kind": s["kind"], "status": s["status"]} for s in steps]}
+    steps = run.get("steps")
+    if steps is None:
+        n_steps, n_done = int(run["n_steps"]), int(run["n_done"])
+    else:
+        n_steps, n_done = len(steps), sum(1 for s in steps if s["status"] == "done")
+    out = {"id": run["id"], "command": run["command"], "status": "running" if running else
+           ("interrupted" if run["status"] == "running" else run["status"]),
+           "error": run.get("error"), "started": run["started"], "finished": run.get("finished"),
+           "model": model, "model_name": Path(model).name if model else "",
+           "n_steps": n_steps, "n_done": n_done, "progress": progress_of(conn, run, n_done, n_steps),
+           "can_cancel": running, "can_resume": not running and run["status"] != "done"}
+    if steps is not None:
+        out["steps"] = [{"name": s["name"], "kind": s["kind"], "status": s["status"]} for s in steps]
+    return out
 
 
 def row_json(row: report.Row) -> dict[str, Any]:

@@ -96,7 +96,7 @@ async function modelPage() {
       say(`sweep started (pid ${job.pid})`);
     } catch (e) { say(e.message, true); }
   });
-  startPolling(async () => { showSweeps((await call("/api/model?path=" + encodeURIComponent(path))).sweeps); }, 2000);
+  startPolling(async () => { showSweeps((await call("/api/sweeps?model=" + encodeURIComponent(d.path))).sweeps); }, 2000);
 }
 
 // --- one run -----------------------------------------------------------------------------------------------
