@@ -76,8 +76,12 @@ def front_plot(res: FrontResult, path: Path) -> Path:
         label = ref["ftype"] + (f" (pred. tg {ref['tg_tps']:.1f} t/s)" if "tg_tps" in ref else "")
         ax.axvline(ref["bytes"] / 2**20, color="grey", ls="--", lw=1, label=label)
         ax.legend(fontsize=8)
-    if all(e > 0 for e in err):
+    positive = [e for e in err if e > 0]
+    if positive and len(positive) == len(err):
         ax.set_yscale("log")
+    elif positive:  # a lossless point (error 0, every tensor kept) has no place on a log axis: linear below the least error
+        ax.set_yscale("symlog", linthresh=min(positive))
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("predicted file size (MiB)")
     ax.set_ylabel(f"predicted error ({res.mode} curves)")
     ax.set_title(title, fontsize=9)
