@@ -415,3 +415,87 @@ def test_imatrix_is_passed_to_the_quantizer(built, tiny_model, tiny_text, tmp_pa
     wrong = _write_imatrix(tmp_path / "wrong.gguf", {TENSOR: n_per_row // 2})
     _one_error_line(sensitivity(tiny_model, tiny_text, pairs[:1], tmp_path, "--imatrix", str(wrong)),
                     TENSOR, str(n_per_row // 2))
+
+
+# pairs from stdin, offload flags ------------------------------------------------
+
+def _tool_argv(model: Path, text: Path, pairs: str, *extra: str) -> list[str]:
+    return [str(paths.binary("llama-sensitivity")), "-m", str(model), "-f", str(text), "--pairs", pairs,
+            "-c", str(CTX), "--chunks", str(CHUNKS), "-t", "1", *extra]
+
+
+def test_pairs_from_stdin_one_result_per_line_as_it_comes(built, tiny_model, tiny_text, tmp_path):
+    """--pairs -: each pair is measured when its line arrives (the next is not written before its result is
+    read), the results are those of a pairs file bit for bit, the model is loaded once, end of input ends it."""
+    pairs = [(TENSOR, "q4_K"), (TENSOR, "q8_0"), (OTHER, "q3_K"), (TENSOR, "bf16")]
+    from_file = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path))
+    proc = subprocess.Popen(_tool_argv(tiny_model, tiny_text, "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1, env=runner.tool_env())
+    try:
+        got = []
+        for i, (tensor, type_name) in enumerate(pairs):
+            if i == 1:
+                proc.stdin.write("# a comment and a blank line are skipped\n\n")
+            proc.stdin.write(f"{tensor}\t{type_name}\n")
+            proc.stdin.flush()
+            got.append(json.loads(proc.stdout.readline()))
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        assert proc.stdout.read() == ""
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    drop = {"seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in got] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in from_file]
+    assert stderr.count("model loaded and reference computed") == 1
+    assert "end of input after 4 pairs" in stderr
+
+
+def test_pairs_from_stdin_a_bad_line_is_one_error(built, tiny_model, tiny_text, tmp_path):
+    proc = subprocess.run(_tool_argv(tiny_model, tiny_text, "-"), input=f"{TENSOR}\tq4_K\n{TENSOR}\tq4_X\n"
+                          f"{TENSOR}\tq8_0\n", capture_output=True, text=True, env=runner.tool_env(), timeout=600)
+    assert proc.returncode == 1
+    # the first pair was measured; the bad second one ends the tool before the third
+    assert [json.loads(line)["type"] for line in proc.stdout.splitlines()] == ["q4_K"]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: stdin:2: unknown or unsupported type 'q4_X'"]
+    # no input at all is no error: the tool loaded, found nothing to do and ended
+    empty = subprocess.run(_tool_argv(tiny_model, tiny_text, "-"), input="", capture_output=True, text=True,
+                           env=runner.tool_env(), timeout=600)
+    assert empty.returncode == 0 and empty.stdout == "" and "end of input after 0 pairs" in empty.stderr
+
+
+def test_offload_flags_on_a_cpu_build(built, tiny_model, tiny_text, tmp_path):
+    """-ngl 0, --device none and -ngl with no GPU leave every weight on the CPU: the results are the default's
+    bit for bit. A device that does not exist, the CPU as a device and a bad -ngl are one error line each."""
+    pairs = [(TENSOR, "q4_K"), (OTHER, "iq4_nl"), (OTHER, "q4_0")]
+    default = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path))
+    drop = {"seconds"}
+
+    def same(recs):
+        return [{k: v for k, v in r.items() if k not in drop} for r in recs] == \
+            [{k: v for k, v in r.items() if k not in drop} for r in default]
+
+    assert same(results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "-ngl", "0")))
+    assert same(results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--device", "none", "-ngl", "all")))
+    build_has_gpu = bool(paths.build_info().get("build", {}).get("GGML_CUDA"))
+    if not build_has_gpu:
+        proc = sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--n-gpu-layers", "99")
+        assert same(results(proc))
+        assert "warning: no usable GPU found, -ngl is ignored" in proc.stderr
+        line = _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--device", "CUDA0"),
+                               "unknown device 'CUDA0'", "none in this build")
+        assert line.startswith("error: --device:")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "-dev", "NoSuchGPU7"),
+                    "unknown device 'NoSuchGPU7'")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--device", "CPU"), "is the CPU")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "-ngl", "auto"), "-ngl", "'auto'")
+    _one_error_line(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--gpu-layers", "-3"), "--gpu-layers")
+    listed = subprocess.run([str(paths.binary("llama-sensitivity")), "--list-devices"], capture_output=True,
+                            text=True, env=runner.tool_env(), timeout=60)
+    assert listed.returncode == 0 and listed.stdout.startswith("Available devices:")
+    if not build_has_gpu:
+        assert "none (this build offloads to no device)" in listed.stdout

@@ -7,7 +7,13 @@
 // tensor quantized computes), measures the KL divergence of the model's output against the
 // reference and restores the original weights. No model file is written per candidate.
 //
-// One JSON line per finished pair goes to stdout; progress and logs go to stderr.
+// One JSON line per finished pair goes to stdout; progress and logs go to stderr. With --pairs -, the pairs
+// are read from stdin one per line and each is measured as soon as its line is in (a long-lived worker: the
+// model is loaded and the reference computed once); the tool exits on end of input.
+//
+// The weights may live on an offload device (-ngl, --device): a tensor is read and written with
+// ggml_backend_tensor_get/set, which works on any buffer whose layout is ggml's own (not a repacked or
+// split buffer type, which are refused).
 
 #include "llama.h"
 #include "llama-cpp.h"
@@ -27,12 +33,14 @@
 #include <chrono>
 #include <cfloat>
 #include <cinttypes>
+#include <climits>
 #include <clocale>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -50,6 +58,8 @@ struct sensitivity_params {
     std::string text;
     std::string pairs;
     std::string imatrix;
+    std::string devices;             // --device: comma-separated offload devices, or none; empty = all available
+    int32_t     n_gpu_layers = 0;    // -ngl: layers stored on the offload devices (-1 = all)
     int32_t     n_ctx       = 256;
     int32_t     n_chunks    = 2;
     int32_t     n_threads   = 0;     // 0 = hardware concurrency
@@ -96,7 +106,7 @@ struct sensitivity_stats {
 
 static void sensitivity_print_usage(const char * argv0) {
     sensitivity_params params;
-    fprintf(stderr, "usage: %s -m REF.gguf -f TEXT --pairs PAIRS.tsv [options]\n", argv0);
+    fprintf(stderr, "usage: %s -m REF.gguf -f TEXT --pairs PAIRS.tsv|- [options]\n", argv0);
     fprintf(stderr, "\n");
     fprintf(stderr, "For each line 'tensor<TAB>type' of PAIRS.tsv, quantize -> dequantize that tensor of the reference\n");
     fprintf(stderr, "model to the type, measure the KL divergence of the output against the reference, restore it,\n");
@@ -106,7 +116,8 @@ static void sensitivity_print_usage(const char * argv0) {
     fprintf(stderr, "  -h, --help            show this help message and exit\n");
     fprintf(stderr, "  -m, --model FNAME     reference model (tensors stored as F32, F16 or BF16)\n");
     fprintf(stderr, "  -f, --file FNAME      text to evaluate on\n");
-    fprintf(stderr, "  --pairs FNAME         pairs to measure, one 'tensor<TAB>type' per line (ggml type names)\n");
+    fprintf(stderr, "  --pairs FNAME         pairs to measure, one 'tensor<TAB>type' per line (ggml type names);\n");
+    fprintf(stderr, "                        - reads them from stdin, each measured as its line arrives, until end of input\n");
     fprintf(stderr, "  -c, --ctx-size N      tokens per chunk (default: %d)\n", params.n_ctx);
     fprintf(stderr, "  --chunks N            number of chunks (default: %d)\n", params.n_chunks);
     fprintf(stderr, "  --all-positions       score every position but the last of each chunk (every token after the first)\n");
@@ -117,6 +128,12 @@ static void sensitivity_print_usage(const char * argv0) {
     fprintf(stderr, "                        (default: %d; 0 = none: the result is a lower bound)\n", params.n_samp);
     fprintf(stderr, "  --imatrix FNAME       importance matrix (GGUF or legacy .dat) passed to the quantizer\n");
     fprintf(stderr, "  -t, --threads N       number of threads (default: all cores)\n");
+    fprintf(stderr, "  -ngl, --gpu-layers, --n-gpu-layers N\n");
+    fprintf(stderr, "                        layers to store on the offload devices, a number or 'all' (default: %d:\n", params.n_gpu_layers);
+    fprintf(stderr, "                        every weight in host memory, computed on the CPU)\n");
+    fprintf(stderr, "  -dev, --device <dev1,dev2,..>\n");
+    fprintf(stderr, "                        comma-separated list of devices to offload to (none = don't offload)\n");
+    fprintf(stderr, "  --list-devices        print the list of available devices and exit\n");
     fprintf(stderr, "  -v, --verbose         show the llama.cpp log\n");
 }
 
@@ -163,6 +180,104 @@ static bool sensitivity_type_supported(ggml_type type) {
 
 static bool sensitivity_storage_supported(ggml_type type) {
     return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+
+// the offload devices of this build, "CUDA0, CUDA1" (the CPU is not one)
+static std::string sensitivity_device_names() {
+    std::string names;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+            names += (names.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev));
+        }
+    }
+    return names.empty() ? "none in this build" : names;
+}
+
+static void sensitivity_list_devices() {
+    printf("Available devices:\n");
+    size_t n = 0;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+            continue;
+        }
+        size_t free  = 0;
+        size_t total = 0;
+        ggml_backend_dev_memory(dev, &free, &total);
+        printf("  %s: %s (%zu MiB, %zu MiB free)\n", ggml_backend_dev_name(dev), ggml_backend_dev_description(dev),
+                total/(1024*1024), free/(1024*1024));
+        ++n;
+    }
+    if (n == 0) {
+        printf("  none (this build offloads to no device)\n");
+    }
+}
+
+// --device as llama.cpp's tools read it: "none", or offload device names separated by commas;
+// out is the nullptr-terminated list of llama_model_params.devices
+static bool sensitivity_parse_devices(const std::string & value, std::vector<ggml_backend_dev_t> & out) {
+    out.clear();
+    if (value == "none") {
+        out.push_back(nullptr);
+        return true;
+    }
+    std::stringstream ss(value);
+    std::string name;
+    while (std::getline(ss, name, ',')) {
+        ggml_backend_dev_t dev = ggml_backend_dev_by_name(name.c_str());
+        if (dev == nullptr) {
+            fprintf(stderr, "error: --device: unknown device '%s' (offload devices: %s; or none)\n", name.c_str(),
+                    sensitivity_device_names().c_str());
+            return false;
+        }
+        if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+            fprintf(stderr, "error: --device: '%s' is the CPU, not an offload device (--device none keeps every "
+                    "weight on the CPU)\n", name.c_str());
+            return false;
+        }
+        out.push_back(dev);
+    }
+    if (out.empty()) {
+        fprintf(stderr, "error: --device needs a list of devices, or none\n");
+        return false;
+    }
+    out.push_back(nullptr);
+    return true;
+}
+
+// the type and contiguous strides of a tensor stored as `type`
+static void sensitivity_set_type(ggml_tensor * t, ggml_type type) {
+    t->type  = type;
+    t->nb[0] = ggml_type_size(type);
+    t->nb[1] = ggml_row_size(type, t->ne[0]);
+    for (int i = 2; i < GGML_MAX_DIMS; ++i) {
+        t->nb[i] = t->nb[i - 1]*t->ne[i - 1];
+    }
+}
+
+// whether the tensor's buffer holds its bytes in ggml's own layout, so that another type's bytes can be put in
+// place: host memory or a device's default buffer type. Not a repacked buffer (CPU_REPACK, AMX: their own
+// layout, made when the tensor is set), nor a split one (rows over several devices), which both keep a
+// per-tensor extra built for the tensor's type
+static bool sensitivity_buffer_swappable(const ggml_tensor * t) {
+    if (t->buffer == nullptr || t->extra != nullptr || t->view_src != nullptr) {
+        return false;
+    }
+    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(t->buffer);
+    if (ggml_backend_buft_is_host(buft)) {
+        return true;
+    }
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+    return dev != nullptr && ggml_backend_dev_buffer_type(dev) == buft;
+}
+
+// the bytes a candidate of `type` takes in the tensor's buffer: its size plus the buffer's padding (CUDA pads a
+// quantized tensor's last row to a multiple of 512 values and expects that padding zeroed)
+static size_t sensitivity_alloc_size(const ggml_tensor * t, ggml_type type) {
+    ggml_tensor cand = *t;
+    sensitivity_set_type(&cand, type);
+    return ggml_backend_buffer_get_alloc_size(t->buffer, &cand);
 }
 
 // a JSON string literal; names read from user files may be invalid UTF-8, which is replaced, not thrown
@@ -356,79 +471,108 @@ static bool sensitivity_eval(llama_context * ctx, const std::vector<llama_token>
     return true;
 }
 
-static bool sensitivity_read_pairs(const std::string & fname, const llama_model * model,
-        const std::unordered_map<std::string, std::vector<float>> & imatrix, std::vector<sensitivity_pair> & pairs) {
-    std::ifstream in(fname);
-    if (!in) {
-        fprintf(stderr, "error: cannot open pairs file '%s'\n", fname.c_str());
+using sensitivity_tensor_map  = std::unordered_map<std::string, ggml_tensor *>;
+using sensitivity_imatrix_map = std::unordered_map<std::string, std::vector<float>>;
+
+// one line 'tensor<TAB>type' -> pair; false (and one error line naming `where`) for anything that cannot be measured
+static bool sensitivity_parse_pair(const std::string & line, const std::string & where, const sensitivity_tensor_map & tensors,
+        const sensitivity_imatrix_map & imatrix, sensitivity_pair & pair) {
+    const char * at = where.c_str();
+    const size_t tab = line.find('\t');
+    if (tab == std::string::npos || line.find('\t', tab + 1) != std::string::npos) {
+        fprintf(stderr, "error: %s: expected 'tensor<TAB>type', got '%s'\n", at, line.c_str());
         return false;
     }
-    std::unordered_map<std::string, ggml_tensor *> tensors;
-    for (const auto & it : llama_internal_get_tensor_map(model)) {
-        tensors[it.first] = it.second;
+    const std::string name      = line.substr(0, tab);
+    const std::string type_name = line.substr(tab + 1);
+
+    const auto it = tensors.find(name);
+    if (it == tensors.end()) {
+        fprintf(stderr, "error: %s: the model has no tensor '%s'\n", at, name.c_str());
+        return false;
     }
-    std::string line;
-    int line_no = 0;
+    ggml_tensor * t = it->second;
+    if (!sensitivity_storage_supported(t->type)) {
+        fprintf(stderr, "error: %s: tensor '%s' is stored as %s; the reference must be F32, F16 or BF16\n",
+                at, name.c_str(), ggml_type_name(t->type));
+        return false;
+    }
+    if (!sensitivity_buffer_swappable(t)) {
+        fprintf(stderr, "error: %s: tensor '%s' is in a %s buffer, whose layout is not ggml's own (a repacked or split "
+                "buffer type): its weights cannot be swapped in place\n", at, name.c_str(),
+                t->buffer ? ggml_backend_buffer_name(t->buffer) : "missing");
+        return false;
+    }
+    const ggml_type type = sensitivity_parse_type(type_name);
+    if (type == GGML_TYPE_COUNT || !sensitivity_type_supported(type)) {
+        fprintf(stderr, "error: %s: unknown or unsupported type '%s'\n", at, type_name.c_str());
+        return false;
+    }
+    if (ggml_n_dims(t) < 2 && type != t->type) {
+        fprintf(stderr, "error: %s: tensor '%s' is not a matrix; only matrices take another type\n", at, name.c_str());
+        return false;
+    }
+    const int64_t blck_size = ggml_blck_size(type);
+    if (t->ne[0] % blck_size != 0) {
+        fprintf(stderr, "error: %s: type %s does not fit tensor '%s': row length %" PRId64 " is not a multiple of %" PRId64 "\n",
+                at, ggml_type_name(type), name.c_str(), t->ne[0], blck_size);
+        return false;
+    }
+    if (ggml_row_size(type, t->ne[0]) <= ggml_row_size(t->type, t->ne[0])) {
+        // the candidate's bytes go in the tensor's place (an F32 candidate of a 16-bit tensor is the tensor itself)
+        const size_t need = sensitivity_alloc_size(t, type);
+        if (need > ggml_nbytes(t)) {
+            fprintf(stderr, "error: %s: type %s of tensor '%s' takes %zu bytes in a %s buffer, more than the %zu the "
+                    "tensor holds\n", at, ggml_type_name(type), name.c_str(), need, ggml_backend_buffer_name(t->buffer),
+                    ggml_nbytes(t));
+            return false;
+        }
+    }
+    if (ggml_quantize_requires_imatrix(type) && imatrix.find(name) == imatrix.end()) {
+        fprintf(stderr, "error: %s: type %s needs an importance matrix for tensor '%s' (--imatrix)\n",
+                at, ggml_type_name(type), name.c_str());
+        return false;
+    }
+    const auto im = imatrix.find(name);
+    if (im != imatrix.end() && (int64_t) im->second.size() != t->ne[0]*t->ne[2]) {
+        fprintf(stderr, "error: %s: the importance matrix of '%s' has %zu values, expected %" PRId64 "\n",
+                at, name.c_str(), im->second.size(), t->ne[0]*t->ne[2]);
+        return false;
+    }
+    const int64_t nrows = ggml_nelements(t)/t->ne[0];
+    pair = { name, t, type, ggml_row_size(type, t->ne[0])*nrows };
+    return true;
+}
+
+// the next line of a pairs file that is not blank nor a comment, without its '\r'; false at the end of input
+static bool sensitivity_next_line(std::istream & in, std::string & line, int & line_no) {
     while (std::getline(in, line)) {
         ++line_no;
         if (!line.empty() && line.back() == '\r') {
             line.pop_back();
         }
-        if (line.empty() || line[0] == '#') {
-            continue;
+        if (!line.empty() && line[0] != '#') {
+            return true;
         }
-        const size_t tab = line.find('\t');
-        if (tab == std::string::npos || line.find('\t', tab + 1) != std::string::npos) {
-            fprintf(stderr, "error: %s:%d: expected 'tensor<TAB>type', got '%s'\n", fname.c_str(), line_no, line.c_str());
-            return false;
-        }
-        const std::string name      = line.substr(0, tab);
-        const std::string type_name = line.substr(tab + 1);
+    }
+    return false;
+}
 
-        const auto it = tensors.find(name);
-        if (it == tensors.end()) {
-            fprintf(stderr, "error: %s:%d: the model has no tensor '%s'\n", fname.c_str(), line_no, name.c_str());
+static bool sensitivity_read_pairs(const std::string & fname, const sensitivity_tensor_map & tensors,
+        const sensitivity_imatrix_map & imatrix, std::vector<sensitivity_pair> & pairs) {
+    std::ifstream in(fname);
+    if (!in) {
+        fprintf(stderr, "error: cannot open pairs file '%s'\n", fname.c_str());
+        return false;
+    }
+    std::string line;
+    int line_no = 0;
+    while (sensitivity_next_line(in, line, line_no)) {
+        sensitivity_pair pair;
+        if (!sensitivity_parse_pair(line, fname + ":" + std::to_string(line_no), tensors, imatrix, pair)) {
             return false;
         }
-        ggml_tensor * t = it->second;
-        if (!sensitivity_storage_supported(t->type)) {
-            fprintf(stderr, "error: %s:%d: tensor '%s' is stored as %s; the reference must be F32, F16 or BF16\n",
-                    fname.c_str(), line_no, name.c_str(), ggml_type_name(t->type));
-            return false;
-        }
-        if (t->buffer == nullptr || !ggml_backend_buffer_is_host(t->buffer)) {
-            fprintf(stderr, "error: %s:%d: tensor '%s' is not in host memory\n", fname.c_str(), line_no, name.c_str());
-            return false;
-        }
-        const ggml_type type = sensitivity_parse_type(type_name);
-        if (type == GGML_TYPE_COUNT || !sensitivity_type_supported(type)) {
-            fprintf(stderr, "error: %s:%d: unknown or unsupported type '%s'\n", fname.c_str(), line_no, type_name.c_str());
-            return false;
-        }
-        if (ggml_n_dims(t) < 2 && type != t->type) {
-            fprintf(stderr, "error: %s:%d: tensor '%s' is not a matrix; only matrices take another type\n",
-                    fname.c_str(), line_no, name.c_str());
-            return false;
-        }
-        const int64_t blck_size = ggml_blck_size(type);
-        if (t->ne[0] % blck_size != 0) {
-            fprintf(stderr, "error: %s:%d: type %s does not fit tensor '%s': row length %" PRId64 " is not a multiple of %" PRId64 "\n",
-                    fname.c_str(), line_no, ggml_type_name(type), name.c_str(), t->ne[0], blck_size);
-            return false;
-        }
-        if (ggml_quantize_requires_imatrix(type) && imatrix.find(name) == imatrix.end()) {
-            fprintf(stderr, "error: %s:%d: type %s needs an importance matrix for tensor '%s' (--imatrix)\n",
-                    fname.c_str(), line_no, ggml_type_name(type), name.c_str());
-            return false;
-        }
-        const auto im = imatrix.find(name);
-        if (im != imatrix.end() && (int64_t) im->second.size() != t->ne[0]*t->ne[2]) {
-            fprintf(stderr, "error: %s:%d: the importance matrix of '%s' has %zu values, expected %" PRId64 "\n",
-                    fname.c_str(), line_no, name.c_str(), im->second.size(), t->ne[0]*t->ne[2]);
-            return false;
-        }
-        const int64_t nrows = ggml_nelements(t)/t->ne[0];
-        pairs.push_back({ name, t, type, ggml_row_size(type, t->ne[0])*nrows });
+        pairs.push_back(pair);
     }
     if (pairs.empty()) {
         fprintf(stderr, "error: %s: no pairs to measure\n", fname.c_str());
@@ -438,7 +582,7 @@ static bool sensitivity_read_pairs(const std::string & fname, const llama_model 
 }
 
 // importance per column, normalised as llama-quantize does (sums / counts)
-static bool sensitivity_load_imatrix(const std::string & fname, std::unordered_map<std::string, std::vector<float>> & out) {
+static bool sensitivity_load_imatrix(const std::string & fname, sensitivity_imatrix_map & out) {
     common_imatrix loaded;
     if (!common_imatrix_load(fname, loaded)) {
         fprintf(stderr, "error: failed to load the importance matrix '%s'\n", fname.c_str());
@@ -523,17 +667,26 @@ struct sensitivity_swap {
         memcpy(nb, t->nb, sizeof(nb));
     }
 
-    // the quantized bytes never need more room than the original: the candidates are at most 16 bits
-    // per weight on a 16-bit reference (an F32 candidate of an F16/BF16 tensor is the tensor itself)
-    void set(ggml_type qtype, const std::vector<uint8_t> & data) {
-        GGML_ASSERT(data.size() <= original.size());
-        t->type  = qtype;
-        t->nb[0] = ggml_type_size(qtype);
-        t->nb[1] = ggml_row_size(qtype, t->ne[0]);
-        for (int i = 2; i < GGML_MAX_DIMS; ++i) {
-            t->nb[i] = t->nb[i - 1]*t->ne[i - 1];
+    // the quantized bytes, with the buffer's padding zeroed, never need more room than the original bytes,
+    // which the destructor writes back (checked for each pair when it is read: sensitivity_parse_pair)
+    void set(ggml_type qtype, std::vector<uint8_t> & data) {
+        const size_t nbytes = data.size();
+        const size_t alloc  = sensitivity_alloc_size(t, qtype);
+        GGML_ASSERT(nbytes <= alloc && alloc <= original.size());
+        sensitivity_set_type(t, qtype);
+        GGML_ASSERT(nbytes == ggml_nbytes(t));
+        // the bytes as a flat I8 tensor at the same place, so that the padding past ggml_nbytes is written too
+        ggml_tensor bytes = *t;
+        bytes.type  = GGML_TYPE_I8;
+        bytes.ne[0] = (int64_t) alloc;
+        bytes.nb[0] = 1;
+        for (int i = 1; i < GGML_MAX_DIMS; ++i) {
+            bytes.ne[i] = 1;
+            bytes.nb[i] = alloc;
         }
-        ggml_backend_tensor_set(t, data.data(), 0, data.size());
+        data.resize(alloc, 0);
+        ggml_backend_tensor_set(&bytes, data.data(), 0, alloc);
+        data.resize(nbytes);
     }
 
     ~sensitivity_swap() {
@@ -547,6 +700,7 @@ static int sensitivity_main(int argc, char ** argv) {
     std::setlocale(LC_NUMERIC, "C");
 
     sensitivity_params params;
+    bool list_devices = false;
 
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
@@ -578,6 +732,22 @@ static int sensitivity_main(int argc, char ** argv) {
             params.n_top = std::atoi(next());
         } else if (arg == "-t" || arg == "--threads") {
             params.n_threads = std::atoi(next());
+        } else if (arg == "-ngl" || arg == "--gpu-layers" || arg == "--n-gpu-layers") {
+            const std::string value = next();
+            char * end = nullptr;
+            const long n = std::strtol(value.c_str(), &end, 10);
+            if (value == "all") {
+                params.n_gpu_layers = -1;
+            } else if (!value.empty() && *end == '\0' && n >= 0 && n <= INT32_MAX) {
+                params.n_gpu_layers = (int32_t) n;
+            } else {
+                fprintf(stderr, "error: %s: expected a number of layers >= 0 or 'all', got '%s'\n", arg.c_str(), value.c_str());
+                return 1;
+            }
+        } else if (arg == "-dev" || arg == "--device") {
+            params.devices = next();
+        } else if (arg == "--list-devices") {
+            list_devices = true;
         } else if (arg == "--all-positions") {
             params.all_pos = true;
         } else if (arg == "--second-half") {
@@ -588,6 +758,13 @@ static int sensitivity_main(int argc, char ** argv) {
             fprintf(stderr, "error: unknown argument '%s' (see --help)\n", arg.c_str());
             return 1;
         }
+    }
+    sensitivity_verbose = params.verbose;
+    if (list_devices) {
+        llama_log_set(sensitivity_log_callback, nullptr);
+        ggml_backend_load_all();
+        sensitivity_list_devices();
+        return 0;
     }
     if (params.model.empty() || params.text.empty() || params.pairs.empty()) {
         fprintf(stderr, "error: -m, -f and --pairs are required (see --help)\n");
@@ -600,10 +777,13 @@ static int sensitivity_main(int argc, char ** argv) {
     if (params.n_threads <= 0) {
         params.n_threads = (int32_t) std::max(1u, std::thread::hardware_concurrency());
     }
-    sensitivity_verbose = params.verbose;
+    const bool from_stdin = params.pairs == "-";
 
     // fail on unreadable inputs before loading anything
     for (const std::string * fname : { &params.model, &params.text, &params.pairs }) {
+        if (fname == &params.pairs && from_stdin) {
+            continue;
+        }
         std::ifstream f(*fname);
         if (!f) {
             fprintf(stderr, "error: cannot open '%s'\n", fname->c_str());
@@ -611,19 +791,45 @@ static int sensitivity_main(int argc, char ** argv) {
         }
     }
 
+    // a measurement changes a weight's type in place: every decode must build its graph anew, or a
+    // reused graph would keep views of the weight made with its previous type; nor may CUDA replay a
+    // captured graph, whose kernels were chosen for the previous type (two types of one block size,
+    // q4_0 and iq4_nl, give the same strides, which is all CUDA compares)
+#if defined(_WIN32)
+    _putenv_s("LLAMA_GRAPH_REUSE_DISABLE", "1");
+    _putenv_s("GGML_CUDA_DISABLE_GRAPHS", "1");
+#else
+    setenv("LLAMA_GRAPH_REUSE_DISABLE", "1", 1);
+    setenv("GGML_CUDA_DISABLE_GRAPHS", "1", 1);
+#endif
+
     llama_log_set(sensitivity_log_callback, nullptr);
+    ggml_backend_load_all();
     llama_backend_init();
 
-    std::unordered_map<std::string, std::vector<float>> imatrix;
+    std::vector<ggml_backend_dev_t> devices;
+    if (!params.devices.empty() && !sensitivity_parse_devices(params.devices, devices)) {
+        return 1;
+    }
+    if (params.n_gpu_layers != 0 && !llama_supports_gpu_offload()) {
+        fprintf(stderr, "warning: no usable GPU found, -ngl is ignored: every weight stays on the CPU\n");
+    }
+
+    sensitivity_imatrix_map imatrix;
     if (!params.imatrix.empty() && !sensitivity_load_imatrix(params.imatrix, imatrix)) {
         return 1;
     }
 
-    // writable weights in plain host memory: no mmap, no repacked buffers, no offload
+    // writable weights (no mmap) in ggml's own layout (no repacked buffers), on the CPU or, with -ngl, on the
+    // offload devices in their default buffer type (layers split over several devices, not rows)
     llama_model_params mparams = llama_model_default_params();
     mparams.load_mode       = LLAMA_LOAD_MODE_NONE;
     mparams.use_extra_bufts = false;
-    mparams.n_gpu_layers    = 0;
+    mparams.n_gpu_layers    = params.n_gpu_layers;
+    mparams.split_mode      = LLAMA_SPLIT_MODE_LAYER;
+    if (!devices.empty()) {
+        mparams.devices = devices.data();
+    }
 
     const auto t_load = std::chrono::steady_clock::now();
     llama_model_ptr model_ptr(llama_model_load_from_file(params.model.c_str(), mparams));
@@ -633,8 +839,12 @@ static int sensitivity_main(int argc, char ** argv) {
         return 1;
     }
 
+    sensitivity_tensor_map tensors;
+    for (const auto & it : llama_internal_get_tensor_map(model)) {
+        tensors[it.first] = it.second;
+    }
     std::vector<sensitivity_pair> pairs;
-    if (!sensitivity_read_pairs(params.pairs, model, imatrix, pairs)) {
+    if (!from_stdin && !sensitivity_read_pairs(params.pairs, tensors, imatrix, pairs)) {
         return 1;
     }
 
@@ -646,13 +856,6 @@ static int sensitivity_main(int argc, char ** argv) {
     cparams.n_threads       = params.n_threads;
     cparams.n_threads_batch = params.n_threads;
 
-    // a measurement changes a weight's type in place: every decode must build its graph anew, or a
-    // reused graph would keep views of the weight made with its previous type
-#if defined(_WIN32)
-    _putenv_s("LLAMA_GRAPH_REUSE_DISABLE", "1");
-#else
-    setenv("LLAMA_GRAPH_REUSE_DISABLE", "1", 1);
-#endif
     llama_context_ptr ctx_ptr(llama_init_from_model(model, cparams));
     llama_context * ctx = ctx_ptr.get();
     if (ctx == nullptr) {
@@ -682,8 +885,13 @@ static int sensitivity_main(int argc, char ** argv) {
     const int64_t n_total = (int64_t) n_pos*params.n_chunks;
     const int     n_threads = params.n_threads;
 
-    fprintf(stderr, "%s: %zu pairs, %d chunks x %d tokens, scoring %d positions per chunk (%" PRId64 " in all), %d threads\n",
-            __func__, pairs.size(), params.n_chunks, n_ctx, n_pos, n_total, n_threads);
+    if (from_stdin) {
+        fprintf(stderr, "%s: pairs from stdin, %d chunks x %d tokens, scoring %d positions per chunk (%" PRId64 " in all), %d threads\n",
+                __func__, params.n_chunks, n_ctx, n_pos, n_total, n_threads);
+    } else {
+        fprintf(stderr, "%s: %zu pairs, %d chunks x %d tokens, scoring %d positions per chunk (%" PRId64 " in all), %d threads\n",
+                __func__, pairs.size(), params.n_chunks, n_ctx, n_pos, n_total, n_threads);
+    }
     // reference pass
     sensitivity_reference ref;
     ref.n_vocab = n_vocab;
@@ -750,8 +958,8 @@ static int sensitivity_main(int argc, char ** argv) {
     std::vector<double>  kld(n_pos);
     std::vector<uint8_t> same_top(n_pos);
 
-    for (size_t ip = 0; ip < pairs.size(); ++ip) {
-        const sensitivity_pair & pair = pairs[ip];
+    // measure one pair, print its JSON line; false (after one error line) on a failure
+    auto measure = [&](const sensitivity_pair & pair, const std::string & label) -> bool {
         ggml_tensor * t = pair.tensor;
         const auto t_start = std::chrono::steady_clock::now();
 
@@ -763,7 +971,7 @@ static int sensitivity_main(int argc, char ** argv) {
             } catch (const std::bad_alloc &) {
                 fprintf(stderr, "error: out of memory for a copy of tensor '%s' (%zu bytes and %" PRId64 " floats)\n",
                         pair.name.c_str(), ggml_nbytes(t), ggml_nelements(t));
-                return 1;
+                return false;
             }
             cur_tensor = t;
         }
@@ -802,7 +1010,7 @@ static int sensitivity_main(int argc, char ** argv) {
             // the swap's destructor restores the exact original type, strides and bytes here
         }
         if (!ok_pair) {
-            return 1;
+            return false;
         }
 
         const double mean = stats.sum_kld/stats.count;
@@ -814,9 +1022,37 @@ static int sensitivity_main(int argc, char ** argv) {
                 sensitivity_json_string(pair.name).c_str(), sensitivity_json_string(ggml_type_name(pair.type)).c_str(),
                 pair.nbytes, mean, pm, (double) stats.n_same_top/stats.count, secs);
         fflush(stdout);
-        fprintf(stderr, "[%4zu/%4zu] %-32s %-10s KLD %.6f +/- %.6f  %.2f s\n", ip + 1, pairs.size(),
+        fprintf(stderr, "[%s] %-32s %-10s KLD %.6f +/- %.6f  %.2f s\n", label.c_str(),
                 pair.name.c_str(), ggml_type_name(pair.type), mean, pm, secs);
         fflush(stderr);
+        return true;
+    };
+
+    if (from_stdin) {
+        // one pair per line as it comes, each checked and measured before the next line is read
+        std::string line;
+        int line_no = 0;
+        size_t n_done = 0;
+        while (sensitivity_next_line(std::cin, line, line_no)) {
+            sensitivity_pair pair;
+            if (!sensitivity_parse_pair(line, "stdin:" + std::to_string(line_no), tensors, imatrix, pair)) {
+                return 1;
+            }
+            char label[32];
+            snprintf(label, sizeof(label), "%4zu", ++n_done);
+            if (!measure(pair, label)) {
+                return 1;
+            }
+        }
+        fprintf(stderr, "%s: end of input after %zu pairs\n", __func__, n_done);
+    } else {
+        for (size_t ip = 0; ip < pairs.size(); ++ip) {
+            char label[64];
+            snprintf(label, sizeof(label), "%4zu/%4zu", ip + 1, pairs.size());
+            if (!measure(pairs[ip], label)) {
+                return 1;
+            }
+        }
     }
 
     ctx_ptr.reset();
