@@ -499,3 +499,29 @@ def test_offload_flags_on_a_cpu_build(built, tiny_model, tiny_text, tmp_path):
     assert listed.returncode == 0 and listed.stdout.startswith("Available devices:")
     if not build_has_gpu:
         assert "none (this build offloads to no device)" in listed.stdout
+
+
+def test_measured_analyze_passes_ngl_and_device_to_the_tool(built, tiny_model, tiny_text, tmp_path):
+    from hifikit.errors import HifikitError
+    from hifikit.sweep.analyze import AnalyzeOptions, analyze
+
+    opts = dict(types=["q4_K"], tensors=r"blk\.0\.ffn_down", text=tiny_text, ctx=CTX, chunks=CHUNKS, threads=1)
+    plain = analyze(AnalyzeOptions(tiny_model, "measured", **opts))
+    offload = analyze(AnalyzeOptions(tiny_model, "measured", ngl=0, device="none", **opts))
+
+    def points(res):
+        return {(c.tensor, p.type): (p.nbytes, p.error, p.error_pm) for c in res.sweep.curves for p in c.points}
+
+    assert points(offload) == points(plain)
+    spec = next(s["spec"] for s in offload.run["steps"] if s["name"] == "sweep")
+    assert spec["ngl"] == 0 and spec["device"] == "none"
+    # the tool sees the device: an unknown one fails the run with the tool's own line
+    with pytest.raises(Exception, match="unknown device 'NoSuchGPU7'"):
+        analyze(AnalyzeOptions(tiny_model, "measured", device="NoSuchGPU7", **opts))
+    with pytest.raises(HifikitError, match="--ngl and --device are for --mode measured or calibrated"):
+        analyze(AnalyzeOptions(tiny_model, "proxy", ngl=2))
+    with pytest.raises(HifikitError, match="--ngl must be a number of layers >= 0"):
+        analyze(AnalyzeOptions(tiny_model, "measured", ngl=-2, **opts))
+    assert measured.tool_args(tiny_model, tiny_text, "-", ctx=8, chunks=1, imatrix=None, threads=None,
+                              ngl=measured.ALL_LAYERS, device="CUDA0,CUDA1")[-4:] == \
+        ["-ngl", "all", "--device", "CUDA0,CUDA1"]

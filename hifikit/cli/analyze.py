@@ -34,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", type=Path, default=None, help="measured mode: evaluation text")
     p.add_argument("--ctx", type=int, default=512, help="measured mode: context per chunk (default 512)")
     p.add_argument("--chunks", type=int, default=None, help="measured mode: chunks to score (default: all that fit)")
+    p.add_argument("--ngl", type=int, default=None, metavar="N",
+                   help="measured mode: layers llama-sensitivity stores and computes on the GPU (its -ngl; 999 = "
+                        "all; default 0, every weight on the CPU; with --ray on a cluster with GPUs: all)")
+    p.add_argument("--device", default=None, metavar="DEV[,DEV..]",
+                   help="measured mode: llama-sensitivity's offload devices (its --device, e.g. CUDA0; none = "
+                        "no offload; llama-sensitivity --list-devices lists them)")
     p.add_argument("--plots", type=Path, default=None, metavar="DIR",
                    help="write per-tensor curve plots and an overview (PNG) into DIR")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
@@ -52,7 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     res = analyze(AnalyzeOptions(args.model, args.mode, args.types, args.tensors, args.imatrix, args.text, args.ctx,
                                  args.chunks, args.threads, args.points, args.layers, args.plots,
-                                 ray=args.ray, batch=args.batch, workers=args.workers),
+                                 ray=args.ray, batch=args.batch, workers=args.workers, ngl=args.ngl,
+                                 device=args.device),
                   progress=progress_mode(args))
     render(res, args.json)
     return 0

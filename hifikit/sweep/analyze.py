@@ -27,7 +27,7 @@ import numpy as np
 from .. import db, gguf_io, grid, jobs, kld
 from ..errors import HifikitError
 from ..frontier import lower_hull, pareto_front
-from . import curves, proxy
+from . import curves, measured, proxy
 
 # bpw levels of the summary table: the best candidate at or below each
 BPW_LEVELS = (3.5, 4.5, 5.5, 8.5)
@@ -136,6 +136,9 @@ class AnalyzeOptions:
     batch: int | None = None           # with ray, measured: pairs per tool run (default cluster.DEFAULT_BATCH)
     workers: int | None = None         # with ray: measured actors (default: one per GPU, else cluster CPUs /
     #                                    threads); proxy tasks in flight (default: the cluster's CPUs)
+    ngl: int | None = None             # measured: layers llama-sensitivity offloads (-ngl; default 0, with ray
+    #                                    on a cluster with GPUs: all)
+    device: str | None = None          # measured: llama-sensitivity's --device list (e.g. CUDA0, or none)
 
 
 @dataclasses.dataclass
@@ -196,6 +199,9 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
     jobs.check_positive(layers=opts.layers, batch=opts.batch, workers=opts.workers)
     if (opts.batch or opts.workers) and not opts.ray:
         raise HifikitError("--batch and --workers are for --ray (a Ray cluster sweep)")
+    measured.check_offload(opts.ngl, opts.device)
+    if (opts.ngl is not None or opts.device) and opts.mode == "proxy":
+        raise HifikitError("--ngl and --device are for --mode measured or calibrated (a proxy sweep runs no model)")
     if opts.batch and opts.mode == "proxy":
         raise HifikitError("--batch is for --mode measured or calibrated (a proxy sweep's Ray tasks are chunks "
                            "of one tensor)")
@@ -213,7 +219,7 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
         jobs.check_positive(ctx=opts.ctx, chunks=opts.chunks)
         chunks = kld.check_text(model, opts.text, opts.ctx, opts.chunks)
         measured_spec = {**spec, "text": str(Path(opts.text).resolve()), "ctx": opts.ctx, "chunks": chunks,
-                         "threads": opts.threads}
+                         "threads": opts.threads, "ngl": opts.ngl, "device": opts.device}
         if opts.ray:
             measured_spec.update(ray=opts.ray, batch=opts.batch, ray_workers=opts.workers)
         steps = []

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 MODE = "measured"
 TOOL = "llama-sensitivity"
 
+# -ngl all: every layer on the offload devices
+ALL_LAYERS = -1
+
 _PROGRESS_RE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]", re.MULTILINE)
 
 
@@ -55,10 +58,15 @@ def group_by_tensor(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(tensor, t) for tensor, types in order.items() for t in types]
 
 
+def check_pair(tensor: str, type_name: str) -> None:
+    """A pair the tool can read as one 'tensor<TAB>type' line."""
+    if not tensor or not type_name or any(c in tensor + type_name for c in "\t\r\n") or tensor.startswith("#"):
+        raise HifikitError(f"invalid sweep pair ({tensor!r}, {type_name!r})")
+
+
 def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
     for tensor, type_name in pairs:
-        if not tensor or not type_name or any(c in tensor + type_name for c in "\t\r\n"):
-            raise HifikitError(f"invalid sweep pair ({tensor!r}, {type_name!r})")
+        check_pair(tensor, type_name)
     atomic.write_text(path, "".join(f"{t}\t{ty}\n" for t, ty in pairs))
     return path
 
@@ -76,19 +84,33 @@ def parse_line(line: str) -> tuple[str, curves.CurvePoint] | None:
         raise HifikitError(f"{TOOL} printed a malformed result line: {line[:200]}") from exc
 
 
-def tool_args(model: Path, text: Path, pairs_path: Path, *, ctx: int, chunks: int, imatrix: Path | None,
-              threads: int | None) -> list[str]:
+def tool_args(model: Path, text: Path, pairs_path: Path | str, *, ctx: int, chunks: int, imatrix: Path | None,
+              threads: int | None, ngl: int | None = None, device: str | None = None) -> list[str]:
+    """The tool's arguments; pairs_path ``-``: the pairs come on stdin, one per line (a long-lived worker).
+    ngl: layers on the offload devices (the tool's default 0: all on the CPU); device: its --device list."""
     args = ["-m", str(model), "-f", str(text), "--pairs", str(pairs_path), "-c", str(ctx), "--chunks", str(chunks)]
     if imatrix is not None:
         args += ["--imatrix", str(imatrix)]
     if threads:
         args += ["-t", str(threads)]
+    if ngl is not None:
+        args += ["-ngl", "all" if ngl == ALL_LAYERS else str(ngl)]
+    if device:
+        args += ["--device", device]
     return args
+
+
+def check_offload(ngl: int | None, device: str | None) -> None:
+    """--ngl is a layer count >= 0; --device a non-empty comma-separated list (the tool checks the names)."""
+    if ngl is not None and (isinstance(ngl, bool) or not isinstance(ngl, int) or ngl < 0):
+        raise HifikitError(f"--ngl must be a number of layers >= 0, got {ngl!r}")
+    if device is not None and (not device.strip() or any(c.isspace() for c in device)):
+        raise HifikitError(f"--device must be a comma-separated list of device names (or none), got {device!r}")
 
 
 def run_sweep(conn: sqlite3.Connection, run_id: int, model: Path, text: Path, pairs: list[tuple[str, str]], *,
               ctx: int, chunks: int, imatrix: Path | None, threads: int | None, log_path: Path,
-              progress: bool | None) -> None:
+              progress: bool | None, ngl: int | None = None, device: str | None = None) -> None:
     """Measure every pair not stored yet for this run; each result is committed as it arrives."""
     todo = group_by_tensor(pending_pairs(conn, run_id, pairs))
     n_all = len({(t, ty.lower()) for t, ty in pairs})
@@ -124,7 +146,7 @@ def run_sweep(conn: sqlite3.Connection, run_id: int, model: Path, text: Path, pa
     bar = Progress("measured sweep", enabled=progress)
     bar.update(n_done, n_all)
     runner.run_tool(TOOL, tool_args(model, text, pairs_path, ctx=ctx, chunks=chunks, imatrix=imatrix,
-                                    threads=threads),
+                                    threads=threads, ngl=ngl, device=device),
                     log_path=log_path, progress=bar, watcher=watcher, on_line=on_line)
     missing = wanted - stored
     if missing:

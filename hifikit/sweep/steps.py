@@ -74,7 +74,8 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                 ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage, address=spec["ray"],
                 batch=spec.get("batch") or cluster.DEFAULT_BATCH, workers=spec.get("ray_workers"), **kw)))
         else:
-            measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage, **kw)
+            measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage,
+                               ngl=spec.get("ngl"), device=spec.get("device"), **kw)
     result = {**proxy.candidate_summary(cands), "measured_pairs": len(stages[-1])}
     if ray_stats:
         result["ray"] = ray_stats
