@@ -168,6 +168,9 @@ def test_distributed_sweep_equals_the_single_process_one(ray_cluster, reference,
     stats = cluster.run_sweep(conn, run_id, tiny_model, tiny_text, PAIRS, log_path=tmp_path / "ray.log",
                               address=ray_cluster.address, batch=3, **KW)
     assert stats.workers == 2 and stats.pairs == len(PAIRS) and stats.batches == 4 and stats.requeued == 0
+    # one long-lived tool per actor that got work: 4 batches, at most 2 tool processes (a fast actor may
+    # take every batch before the other one has started)
+    assert 1 <= stats.tool_starts <= 2
     assert _points(conn, run_id) == reference
     # a second call finds everything stored and starts nothing
     again = cluster.run_sweep(conn, run_id, tiny_model, tiny_text, PAIRS, log_path=tmp_path / "ray.log",
@@ -238,6 +241,8 @@ def test_a_killed_worker_loses_only_its_batch(ray_cluster, reference, tiny_model
         t.join()
     assert killed, "no worker was killed: the sweep finished first"
     assert stats.replaced == (1 if victim == "actor" else 0) and 0 < stats.requeued < len(PAIRS), stats
+    # the two first tools, and at most one more for the killed one's batch
+    assert 2 <= stats.tool_starts <= 3, stats
     assert stats.pairs == len(PAIRS)
     rows = conn.execute("SELECT COUNT(*) FROM curve_points WHERE run_id=? AND mode='measured'", (run_id,)).fetchone()
     assert rows[0] == len(PAIRS)
@@ -317,3 +322,22 @@ def test_proxy_sweep_on_ray_equals_the_local_one(ray_cluster, tiny_model):
     assert remote.figures["workers"] == 2 and remote.figures["points"] == len(PAIRS) + len(TYPES)
     assert points(remote, "nbytes") == points(local, "nbytes")
     assert points(remote, "error") == pytest.approx(points(local, "error"), rel=1e-12)
+
+
+class _FakeRay:
+    def __init__(self, resources: dict[str, float]) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+def test_actors_reserve_a_gpu_and_offload_where_the_cluster_has_gpus():
+    n, opts = cluster.worker_options(_FakeRay({"CPU": 64.0, "GPU": 8.0}), 4, None)
+    assert n == 8 and opts["num_gpus"] == 1 and opts["num_cpus"] == 4
+    assert cluster.tool_ngl(opts, None) == measured.ALL_LAYERS
+    assert cluster.tool_ngl(opts, 10) == 10
+    n, opts = cluster.worker_options(_FakeRay({"CPU": 8.0}), 2, None)
+    assert n == 4 and "num_gpus" not in opts
+    assert cluster.tool_ngl(opts, None) is None  # the tool's default: every weight on the CPU
+    assert cluster.tool_ngl(opts, 0) == 0

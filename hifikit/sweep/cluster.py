@@ -1,21 +1,29 @@
-"""Sweeps on a Ray cluster: actors run ``llama-sensitivity`` on batches of pairs; proxy chunks are tasks.
+"""Sweeps on a Ray cluster: actors feed pairs to a long-lived ``llama-sensitivity``; proxy chunks are tasks.
 
 ``run_sweep`` is ``measured.run_sweep`` spread over a cluster. The driver (this
 process) keeps a queue of batches of the pairs not stored yet
 (``measured.pending_pairs``), each batch one tensor's pairs where it can
 (``measured.group_by_tensor``), and hands the next batch to whichever actor is
-idle. An actor runs the tool once per batch (the model is loaded and the
-reference pass computed once per batch) and yields each result line as the
-tool prints it (a Ray streaming generator), so results reach the driver pair
-by pair. Only the driver writes the runs database, in the same table and rows
+idle. Each actor keeps one ``llama-sensitivity --pairs -`` process for its
+whole life (the model is loaded and the reference pass computed once per
+actor, not per batch), writes it one pair at a time on its stdin and yields
+each result line as the tool prints it (a Ray streaming generator), so results
+reach the driver pair by pair; a tool that died is started again at the next
+batch. Only the driver writes the runs database, in the same table and rows
 as the single-process sweep (``curves.store_points``, mode ``measured``).
+
+Offload: on a cluster with GPUs each actor reserves one (``num_gpus=1``, Ray
+sets its CUDA_VISIBLE_DEVICES) and runs the tool with every layer on it
+(``-ngl all``) unless ``ngl`` says otherwise; ``device`` is passed as the
+tool's ``--device``.
 
 Failures:
 
 - an actor that dies (its process or node killed, out of memory) loses only
-  the pairs of its batch that it had not reported yet: they go back to the
-  front of the queue and a new actor takes the dead one's place;
-- a tool killed by a signal on a live actor is the same;
+  the pair it was measuring; the pairs of its batch it had not reported go
+  back to the front of the queue and a new actor takes the dead one's place;
+- a tool killed by a signal on a live actor is the same, and the actor starts
+  a new tool for its next batch;
 - a tool that fails on its own (a bad pair, a missing file) fails the sweep
   with its error line, as the single-process sweep does;
 - a batch retried MAX_ATTEMPTS times fails the sweep;
@@ -40,6 +48,7 @@ import dataclasses
 import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,10 +78,31 @@ class ClusterStats:
     replaced: int           # actors started in place of dead ones
     seconds: float
     address: str            # the --ray address
+    tool_starts: int = 0    # llama-sensitivity processes started (one per actor, plus one per restart)
 
 
 class ToolKilled(RuntimeError):
     """The tool on an actor died of a signal: its batch is re-queued (not a problem of the pairs)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolConfig:
+    """What an actor's llama-sensitivity is started with (the same for its whole life)."""
+    model: str
+    text: str
+    ctx: int
+    chunks: int
+    imatrix: str | None
+    threads: int
+    ngl: int | None = None      # -ngl (None: the tool's default, 0; measured.ALL_LAYERS: all)
+    device: str | None = None   # --device
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolStart:
+    """Yielded by SensitivityWorker.measure when it starts a tool process (the driver counts them)."""
+    pid: int
+    host: str
 
 
 def import_ray() -> Any:
@@ -126,44 +156,105 @@ def connect(address: str) -> Any:
 
 
 class SensitivityWorker:
-    """The actor: runs llama-sensitivity on one batch at a time and yields each result as it is printed."""
+    """The actor: one long-lived ``llama-sensitivity --pairs -``, fed one pair at a time; yields each result."""
 
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
+    def __init__(self, config: ToolConfig) -> None:
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+        self.err: Any = None            # the tool's stderr, a file of this actor's temp folder
+        self.busy = False               # a pair was written and its result not read
+        self.starts = 0
+        self.tmp = tempfile.mkdtemp(prefix="hifikit-sens-")
 
     def node(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname()}
 
-    def measure(self, model: str, text: str, pairs: list[tuple[str, str]], ctx: int, chunks: int,
-                imatrix: str | None) -> Iterator[tuple[str, str, int, float, float, float]]:
-        with tempfile.TemporaryDirectory(prefix="hifikit-sens-") as tmp:
-            pairs_path = measured.write_pairs(Path(tmp) / "pairs.tsv", [tuple(p) for p in pairs])
-            args = measured.tool_args(Path(model), Path(text), pairs_path, ctx=ctx, chunks=chunks,
-                                      imatrix=Path(imatrix) if imatrix else None, threads=self.threads)
-            argv = [str(paths.binary(measured.TOOL)), *args]
-            with open(Path(tmp) / "stderr.log", "w+", encoding="utf-8", errors="replace") as err:
-                proc = subprocess.Popen(
-                    argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                    env=runner.tool_env(),
-                    preexec_fn=functools.partial(runner.die_with_parent, int(signal.SIGKILL), os.getpid()))
-                try:
-                    for line in proc.stdout:
-                        parsed = measured.parse_line(line)
-                        if parsed is not None:
-                            tensor, p = parsed
-                            yield tensor, p.type, p.nbytes, p.error, p.error_pm, p.seconds
-                    rc = proc.wait()
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
-                err.seek(0)
-                stderr = err.read()
+    def _start(self) -> subprocess.Popen:
+        c = self.config
+        args = measured.tool_args(Path(c.model), Path(c.text), "-", ctx=c.ctx, chunks=c.chunks,
+                                  imatrix=Path(c.imatrix) if c.imatrix else None, threads=c.threads, ngl=c.ngl,
+                                  device=c.device)
+        self.starts += 1
+        self.err = open(Path(self.tmp) / f"stderr-{self.starts}.log", "w+", encoding="utf-8", errors="replace")
+        # the tool dies with this process (PR_SET_PDEATHSIG): a killed actor leaves no tool computing
+        self.proc = subprocess.Popen(
+            [str(paths.binary(measured.TOOL)), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.err, text=True, bufsize=1, env=runner.tool_env(),
+            preexec_fn=functools.partial(runner.die_with_parent, int(signal.SIGKILL), os.getpid()))
+        self.busy = False
+        return self.proc
+
+    def _stop(self, timeout: float = 10.0) -> int | None:
+        """End of input for the tool (it exits by itself), killed if it does not within `timeout`."""
+        proc, self.proc = self.proc, None
+        rc = None
+        if proc is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            proc.stdout.close()
+        if self.err is not None:
+            self.err.close()
+            Path(self.err.name).unlink(missing_ok=True)
+            self.err = None
+        return rc
+
+    def _died(self) -> None:
+        """The tool ended while a pair was in flight: ToolKilled for a signal, else its error line."""
+        proc = self.proc
+        rc = proc.wait()
+        self.err.seek(0)
+        stderr = self.err.read()
+        self._stop()
         if rc < 0:
             raise ToolKilled(f"{measured.TOOL} was killed by signal {-rc}")
-        if rc != 0:
-            raise HifikitError(f"{measured.TOOL} failed with exit code {rc} on {socket.gethostname()}: "
-                               f"{runner._error_line('', stderr)}")
+        raise HifikitError(f"{measured.TOOL} failed with exit code {rc} on {socket.gethostname()}: "
+                           f"{runner._error_line('', stderr)}")
+
+    def measure(self, pairs: list[tuple[str, str]]) -> Iterator[tuple[str, str, int, float, float, float] | ToolStart]:
+        for tensor, type_name in pairs:
+            measured.check_pair(tensor, type_name)
+        if self.proc is not None and (self.busy or self.proc.poll() is not None):
+            # it died between batches, or a result of an abandoned batch is still to come: a fresh tool
+            self._stop(timeout=0.0)
+        if self.proc is None:
+            proc = self._start()
+            yield ToolStart(proc.pid, socket.gethostname())
+        proc = self.proc
+        for tensor, type_name in pairs:
+            self.busy = True
+            line = ""
+            try:
+                proc.stdin.write(f"{tensor}\t{type_name}\n")
+                proc.stdin.flush()
+                while not line.startswith("{"):  # the JSON result line (nothing else goes to stdout)
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+            except (BrokenPipeError, OSError):
+                line = ""
+            if not line:
+                self._died()
+            self.busy = False
+            parsed = measured.parse_line(line)
+            if parsed is None or parsed[0] != tensor or parsed[1].type.lower() != type_name.lower():
+                self._stop(timeout=0.0)
+                raise HifikitError(f"{measured.TOOL} answered {line.strip()[:200]!r} to the pair {tensor} {type_name}")
+            p = parsed[1]
+            yield tensor, p.type, p.nbytes, p.error, p.error_pm, p.seconds
+
+    def close(self) -> int | None:
+        """End the tool cleanly (end of its input); its exit status. (A killed actor leaves its temp folder
+        with the last tool's stderr behind.)"""
+        rc = self._stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return rc
 
 
 def _batches(pairs: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
@@ -183,9 +274,17 @@ def worker_options(ray: Any, threads: int, workers: int | None) -> tuple[int, di
     return (workers or fit), opts
 
 
+def tool_ngl(opts: dict[str, Any], ngl: int | None) -> int | None:
+    """The tool's -ngl on an actor of these options: `ngl` if given, else every layer when it holds a GPU."""
+    if ngl is not None:
+        return ngl
+    return measured.ALL_LAYERS if opts.get("num_gpus") else None
+
+
 def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str, str]], *, ctx: int, chunks: int,
               imatrix: Path | None, threads: int | None, log_path: Path, progress: bool | None, address: str,
-              batch: int = DEFAULT_BATCH, workers: int | None = None) -> ClusterStats:
+              batch: int = DEFAULT_BATCH, workers: int | None = None, ngl: int | None = None,
+              device: str | None = None) -> ClusterStats:
     """Measure every pair not stored yet for this run on the Ray cluster at `address`; the driver stores each
     result as it arrives."""
     start = time.monotonic()
@@ -220,15 +319,17 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
     idle: list[Any] = []
     inflight: dict[Any, tuple[Any, list[tuple[str, str]]]] = {}
 
+    config = ToolConfig(str(model), str(text), ctx, chunks, str(imatrix) if imatrix else None, threads,
+                        tool_ngl(opts, ngl), device)
+
     def new_actor() -> None:
-        actor = actor_cls.options(**opts).remote(threads)
+        actor = actor_cls.options(**opts).remote(config)
         starting[actor.node.remote()] = actor
 
     for _ in range(n_workers):
         new_actor()
     failed_starts = 0
     waiting_since = time.monotonic()
-    args = (str(model), str(text))
     bar = Progress("measured sweep (ray)", enabled=progress)
     bar.update(n_done, n_all)
 
@@ -239,15 +340,14 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
             logf.flush()
 
         note(f"# measured sweep of run {run_id} on Ray: {len(todo)} of {n_all} pairs, {len(queue)} batches of "
-             f"<= {batch}, {n_workers} workers, {opts}")
+             f"<= {batch}, {n_workers} workers, {opts}, -ngl {config.ngl}, --device {config.device}")
         try:
             while queue or inflight:  # (actors still starting are not work: they are killed at the end)
                 while idle and queue:
                     actor, todo_batch = idle.pop(), queue.popleft()
                     for p in todo_batch:
                         attempts[(p[0], p[1].lower())] += 1
-                    gen = actor.measure.options(num_returns="streaming").remote(
-                        *args, todo_batch, ctx, chunks, str(imatrix) if imatrix else None)
+                    gen = actor.measure.options(num_returns="streaming").remote(todo_batch)
                     inflight[gen] = (actor, list(todo_batch))
                     stats.batches += 1
                 ready, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=5.0)
@@ -304,6 +404,9 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
                         else:
                             idle.append(actor)
                         continue
+                    if isinstance(rec, ToolStart):
+                        stats.tool_starts += 1
+                        continue
                     tensor, type_name, nbytes, kld, kld_pm, seconds = rec
                     key = (tensor, type_name.lower())
                     if key not in wanted or key in stored:
@@ -324,6 +427,11 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
                     ray.cancel(gen, force=True)
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
+            # idle actors end their tools cleanly (end of input); then every actor goes
+            try:
+                ray.get([a.close.remote() for a in idle], timeout=15)
+            except Exception:  # noqa: BLE001 - best effort on the way out: the tools die with their actors
+                pass
             for actor in idle + list(starting.values()) + [a for a, _ in inflight.values()]:
                 try:
                     ray.kill(actor, no_restart=True)

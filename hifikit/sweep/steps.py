@@ -65,7 +65,7 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     for stage in stages:
         kw = dict(ctx=spec["ctx"], chunks=spec["chunks"],
                   imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None, threads=spec.get("threads"),
-                  log_path=ctx.log_path, progress=ctx.progress)
+                  log_path=ctx.log_path, progress=ctx.progress, ngl=spec.get("ngl"), device=spec.get("device"))
         if spec.get("ray"):
             # the same pairs and points on a Ray cluster (cluster.py); Ray is imported only there
             from . import cluster
@@ -74,8 +74,7 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                 ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage, address=spec["ray"],
                 batch=spec.get("batch") or cluster.DEFAULT_BATCH, workers=spec.get("ray_workers"), **kw)))
         else:
-            measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage,
-                               ngl=spec.get("ngl"), device=spec.get("device"), **kw)
+            measured.run_sweep(ctx.conn, ctx.run_id, Path(spec["model"]), Path(spec["text"]), stage, **kw)
     result = {**proxy.candidate_summary(cands), "measured_pairs": len(stages[-1])}
     if ray_stats:
         result["ray"] = ray_stats
