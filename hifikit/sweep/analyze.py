@@ -133,7 +133,7 @@ class AnalyzeOptions:
     layers: int | None = None          # calibrated: measure K layers of each kind (default: every layer)
     plots: Path | None = None          # write per-tensor curve plots and an overview into this folder
     ray: str | None = None             # run the sweep on this Ray cluster (auto | HOST:PORT), cluster.py
-    batch: int | None = None           # with ray, measured: pairs per tool run (default cluster.DEFAULT_BATCH)
+    batch: int | None = None           # with ray, measured: pairs an actor takes at a time (cluster.DEFAULT_BATCH)
     workers: int | None = None         # with ray: measured actors (default: one per GPU, else cluster CPUs /
     #                                    threads); proxy tasks in flight (default: the cluster's CPUs)
     ngl: int | None = None             # measured: layers llama-sensitivity offloads (-ngl; default 0, with ray
