@@ -4,8 +4,12 @@
 Starts a local Ray node in this process (ray.init with --cpus CPUs, no dashboard), then measures the same
 pairs three times, each into a fresh run of a private runs database: the single-process sweep
 (measured.run_sweep, one thread), the Ray sweep with 1 worker and with 2 workers (one thread and one CPU
-each). Wall time includes starting the actors (they load the model once per batch); "steady" is the sum of
-the tool's own per-pair seconds divided by the workers, i.e. the wall time without start-up and model loads.
+each). Wall time includes starting the actors and their tools (one long-lived llama-sensitivity per actor,
+which loads the model once); "steady" is the sum of the tool's own per-pair seconds divided by the workers,
+i.e. the wall time without start-up and model loads.
+
+The machine is shared: "others" is how many CPUs other processes kept busy in the 3 s before the runs
+(from /proc/stat), "busy" how many were busy during each row (this benchmark's included).
 
   bench/cluster.py [--model GGUF --text TXT] [--pairs 24] [--batch 12] [--ctx 128] [--chunks 4] [--json] [--no-doc]
 
@@ -18,12 +22,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot (Linux /proc/stat; idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def _cpus_busy(since: tuple[int, int]) -> float:
+    """CPUs busy on average since `since` (a _cpu_ticks reading)."""
+    busy, total = _cpu_ticks()
+    return (busy - since[0]) / max(1, total - since[1]) * (os.cpu_count() or 1)
 
 
 def _new_run(conn, model: Path) -> int:
@@ -58,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    import os
     import secrets
 
     # a token of this run's own for the local node (Ray would otherwise write ~/.ray/auth_token)
@@ -87,39 +104,47 @@ def main(argv: list[str] | None = None) -> int:
         s = conn.execute("SELECT SUM(seconds) FROM curve_points WHERE run_id=?", (run_id,)).fetchone()[0]
         return s / workers
 
+    quiet = _cpu_ticks()
+    time.sleep(3.0)
+    others = _cpus_busy(quiet)
     run_id = _new_run(conn, model)
-    t0 = time.monotonic()
+    t0, ticks = time.monotonic(), _cpu_ticks()
     measured.run_sweep(conn, run_id, model, text, pairs, log_path=tmp / "local.log", **kw)
     wall = time.monotonic() - t0
     rows.append({"sweep": "single process", "workers": 1, "pairs": len(pairs), "wall_s": wall,
-                 "pairs_per_s": len(pairs) / wall, "steady_pairs_per_s": len(pairs) / steady(run_id, 1)})
+                 "pairs_per_s": len(pairs) / wall, "steady_pairs_per_s": len(pairs) / steady(run_id, 1),
+                 "tools": 1, "cpus_busy": _cpus_busy(ticks)})
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              _temp_dir=str(tmp / "ray"))
     try:
         for workers in (1, 2):
             run_id = _new_run(conn, model)
+            ticks = _cpu_ticks()
             stats = cluster.run_sweep(conn, run_id, model, text, pairs, log_path=tmp / f"ray-{workers}.log",
                                       address="auto", batch=args.batch, workers=workers, **kw)
             rows.append({"sweep": "ray", "workers": workers, "pairs": stats.pairs, "wall_s": stats.seconds,
                          "pairs_per_s": stats.pairs / stats.seconds,
-                         "steady_pairs_per_s": stats.pairs / steady(run_id, workers)})
+                         "steady_pairs_per_s": stats.pairs / steady(run_id, workers), "tools": stats.tool_starts,
+                         "cpus_busy": _cpus_busy(ticks)})
     finally:
         ray.shutdown()
     one = next(r for r in rows if r["sweep"] == "ray" and r["workers"] == 1)
     for r in rows:
         r["speedup_vs_1_worker"] = r["pairs_per_s"] / one["pairs_per_s"]
     setup = {"model": str(model), "pairs": len(pairs), "batch": args.batch, "ctx": args.ctx, "chunks": args.chunks,
-             "cpus": args.cpus}
+             "cpus": args.cpus, "cpus_busy_by_others_before": others, "machine_cpus": os.cpu_count()}
     if args.json:
         print(json.dumps({"setup": setup, "rows": rows}, indent=2))
         return 0
     lines = [f"{len(pairs)} pairs of {model.name}, ctx {args.ctx}, {args.chunks} chunks, batch {args.batch}, "
-             f"one thread per worker, local Ray node of {args.cpus} CPUs",
-             f"{'sweep':<16}{'workers':>8}{'wall s':>9}{'pairs/s':>9}{'steady pairs/s':>16}{'× 1 worker':>12}"]
+             f"one thread per worker, local Ray node of {args.cpus} CPUs; machine: {os.cpu_count()} CPUs, "
+             f"{others:.2f} busy with other work before the runs",
+             f"{'sweep':<16}{'workers':>8}{'tools':>6}{'wall s':>9}{'pairs/s':>9}{'steady pairs/s':>16}"
+             f"{'× 1 worker':>12}{'CPUs busy':>11}"]
     for r in rows:
-        lines.append(f"{r['sweep']:<16}{r['workers']:>8}{r['wall_s']:>9.2f}{r['pairs_per_s']:>9.2f}"
-                     f"{r['steady_pairs_per_s']:>16.2f}{r['speedup_vs_1_worker']:>12.2f}")
+        lines.append(f"{r['sweep']:<16}{r['workers']:>8}{r['tools']:>6}{r['wall_s']:>9.2f}{r['pairs_per_s']:>9.2f}"
+                     f"{r['steady_pairs_per_s']:>16.2f}{r['speedup_vs_1_worker']:>12.2f}{r['cpus_busy']:>11.2f}")
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
@@ -127,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 
         body = ("The same pairs measured by the single-process sweep and by the Ray sweep with 1 and 2 workers "
                 "(docs/scale.md). Wall time includes the actors' start-up and one model load + reference pass per "
-                "batch; steady = the tool's per-pair seconds summed over the workers. The machine's load is in "
-                f"the line above; a worker with no free core of its own gains nothing.\n\n```\n{text}\n```\n")
+                "actor (one long-lived llama-sensitivity each: `tools`); steady = the tool's per-pair seconds "
+                "summed over the workers. The CPUs other work kept busy are in the first line, those busy during "
+                "each row in the last column; a worker with no free core of its own gains nothing."
+                f"\n\n```\n{text}\n```\n")
         doc = benchmd.update("cluster", "Cluster: measured-sweep pairs per second, 1 vs 2 Ray workers "
                              "(bench/cluster.py)", body)
         print(f"wrote the cluster section of {doc}", file=sys.stderr)
