@@ -17,7 +17,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 BINARIES = (
     "llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench",
-    "llama-tokenize", "llama-sensitivity", "llama-costs", "test-quantize-fns", "test-backend-ops",
+    "llama-tokenize", "llama-server", "llama-cli", "llama-gguf-split", "llama-sensitivity", "llama-costs",
+    "test-quantize-fns", "test-backend-ops",
 )
 
 
@@ -62,3 +63,4 @@ def build_info() -> dict:
 @lru_cache(maxsize=8)
 def _read_json(path: str, mtime_ns: int) -> dict:
     return json.loads(Path(path).read_text())
+

@@ -16,6 +16,7 @@ from conftest import REPO, run_hifikit
 HELP_EXIT = {
     "llama-quantize": 1, "llama-imatrix": 0, "llama-perplexity": 0, "llama-bench": 0,
     "llama-tokenize": 0, "llama-sensitivity": 0, "llama-costs": 0, "test-backend-ops": 1,
+    "llama-server": 0, "llama-cli": 0, "llama-gguf-split": 0,
 }
 
 
