@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import ipaddress
 import logging
 import secrets
 from pathlib import Path
@@ -31,21 +30,13 @@ from typing import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import HifikitError
+from ..net import is_loopback
 
 log = logging.getLogger(__name__)
 
 COOKIE = "hifikit_token"
 HEADER = "x-hifikit-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def new_token() -> str:

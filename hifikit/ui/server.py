@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import HifikitError
-from .security import Policy, is_loopback
+from ..net import is_loopback
+from .security import Policy
 
 log = logging.getLogger(__name__)
 
