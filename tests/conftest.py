@@ -60,6 +60,20 @@ def tiny_model(built, tmp_path_factory) -> Path:
     return write_model(tmp_path_factory.mktemp("models") / "tiny-f16.gguf")
 
 
+@pytest.fixture(scope="session")
+def hifi_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model in Q4_K_HIFI (this build's llama-quantize): HIFI tensors for the runtimes to run."""
+    from hifikit import gguf_io, paths
+
+    out = tmp_path_factory.mktemp("hifi") / "tiny-Q4_K_HIFI.gguf"
+    proc = subprocess.run([str(paths.binary("llama-quantize")), str(tiny_model), str(out), "Q4_K_HIFI", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hifi = {n.upper() for n in gguf_io.hifi_type_ids()}
+    assert {t.upper() for _, _, t in gguf_io.tensor_types(out)} & hifi, "no HIFI tensor in the Q4_K_HIFI file"
+    return out
+
+
 @pytest.fixture(scope="session", params=["llama", "gemma3"])
 def arch_model(request, built, tmp_path_factory) -> Path:
     """A small runnable F16 model of each architecture degrid supports, with GQA and its own head_dim."""

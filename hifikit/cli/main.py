@@ -9,8 +9,8 @@ import sys
 from .. import __version__
 from ..errors import HifikitError
 from ..upstream import UpstreamError
-from . import (analyze, bench, calib, compare, costs, degrid, demo, fetch, imatrix, info, inspect, plan, pr, publish,
-               quantize, recipes, report, runs, tool, ui)
+from . import (analyze, bench, calib, chat, compare, costs, degrid, demo, fetch, imatrix, info, inspect, plan, pr,
+               publish, quantize, recipes, report, runs, serve, tool, ui)
 from . import eval as eval_
 
 # the exceptions shown as one line, "hifikit: error: MESSAGE", exit status 1 (HIFIKIT_DEBUG=1: the traceback).
@@ -20,7 +20,11 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (HifikitError, UpstreamError,
 
 # each module registers one noun: add_parser(subparsers) sets args.func
 COMMANDS = (info, tool, inspect, quantize, imatrix, eval_, compare, bench, calib, fetch, degrid, analyze, plan, recipes,
-            costs, runs, report, publish, demo, pr, ui)
+            costs, runs, report, publish, demo, pr, ui, serve, chat)
+
+# the commands that hand everything after the first `--` to the tool they run (args.extra_args); argparse
+# cannot take options after a positional and a `--` at once
+PASSTHROUGH_COMMANDS = ("serve", "chat")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """argv without the `--` of a PASSTHROUGH_COMMANDS command and what follows it (None: no `--`)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in PASSTHROUGH_COMMANDS or "--" not in argv:
+        return argv, None
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `hifikit tool NAME ARGS...` passes everything after NAME through untouched
     if argv[:1] == ["tool"]:
         return tool.passthrough(argv[1:])
+    argv, extra = split_passthrough(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if extra is not None:
+        args.extra_args = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpx2", "httpcore", "huggingface_hub", "filelock"):
