@@ -64,3 +64,33 @@ def build_info() -> dict:
 def _read_json(path: str, mtime_ns: int) -> dict:
     return json.loads(Path(path).read_text())
 
+
+def llama_cpp_lib_dir(dest: Path | None = None) -> Path:
+    """A folder for llama-cpp-python's ``LLAMA_CPP_LIB_PATH``: a symbolic link to every library of lib_dir(),
+    under its own name and its plain one (``libllama.so``, ``libggml.so``, ...). llama-cpp-python loads
+    exactly ``libllama.so`` from that variable's folder, which ``hifikit/lib`` does not hold (it ships the
+    versioned names the binaries link to; a wheel cannot carry the plain-name links). The links keep the
+    libraries' own ``$ORIGIN`` lookups inside the folder. Default folder: ``$HIFIKIT_HOME/llama-cpp-lib``."""
+    from .db import home
+
+    src = lib_dir().resolve()
+    if not any(src.glob("libllama.so*")):
+        raise NotBuiltError(f"libllama not found in {src}: reinstall hifikit or set HIFIKIT_LIB_DIR")
+    dest = Path(dest) if dest is not None else home() / "llama-cpp-lib"
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted: dict[str, Path] = {}
+    for lib in sorted(src.glob("lib*.so*")):
+        wanted[lib.name] = lib
+        plain = lib.name.split(".so", 1)[0] + ".so"
+        # the plain name points at the SONAME file (libllama.so.0) when there is one, as a namelink would
+        if plain not in wanted or lib.name.count(".") < wanted[plain].name.count("."):
+            wanted[plain] = lib
+    for name, target in wanted.items():
+        link = dest / name
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        tmp = dest / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        tmp.replace(link)
+    return dest
