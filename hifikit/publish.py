@@ -92,6 +92,7 @@ class FileEntry:
     imatrix: str | None = None
     source: str | None = None             # the quantize run's input
     split: bool = False                   # over split_bytes
+    shards: list[str] = dataclasses.field(default_factory=list)   # split: the shards' names in the repo
     uploadable: bool = True               # False: too large and no llama-gguf-split in the build
 
 
@@ -366,8 +367,10 @@ def front_matter(metadata: dict[str, Any]) -> str:
     return "\n".join(lines + ["---", ""])
 
 
-def build_card(conn: sqlite3.Connection, opts: PublishOptions, files: list[Path] | None = None) -> Card:
-    """The model card of the folder, its files matched to the runs database (nothing is written)."""
+def build_card(conn: sqlite3.Connection, opts: PublishOptions, files: list[Path] | None = None,
+               shards: dict[str, list[str]] | None = None) -> Card:
+    """The model card of the folder, its files matched to the runs database (nothing is written); shards:
+    the shard names of each split file, once split (the card lists them)."""
     from .info import build_report
 
     files = files if files is not None else gguf_files(opts.directory)
@@ -382,6 +385,7 @@ def build_card(conn: sqlite3.Connection, opts: PublishOptions, files: list[Path]
         e = FileEntry(f.name, str(path), size, db.file_sha256(conn, path))
         _match(conn, e, runs)
         e.split, e.uploadable = split_decision(size, opts.split_bytes, tool)
+        e.shards = list((shards or {}).get(f.name, []))
         if not e.uploadable:
             notes.append(too_large_note(f.name, size, opts.split_bytes))
         entries.append(e)
@@ -437,6 +441,14 @@ def _render(opts: PublishOptions, metadata: dict[str, Any], entries: list[FileEn
                      *[pm(*e.tps[t], ".2f") if t in e.tps else "" for t in tests]]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    split = [e for e in entries if e.split and e.uploadable]
+    if split:
+        out += [f"Files over {opts.split_bytes:,} bytes are uploaded as the shards of `{SPLIT_TOOL}`; llama.cpp "
+                "loads the first shard as the whole model, and `llama-gguf-split --merge FIRST OUT` joins them:", ""]
+        for e in split:
+            parts = ", ".join(f"`{n}`" for n in e.shards) if e.shards else "shards made at upload"
+            out.append(f"- `{e.name}`: {parts}")
+        out.append("")
     evals = [e for e in entries if e.eval_run is not None]
     if evals:
         refs = sorted({(Path(e.reference).name if e.reference else "none", Path(e.text or "").name, e.ctx, e.chunks)
@@ -517,7 +529,14 @@ def _options(spec: dict[str, Any]) -> PublishOptions:
 def card_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     """Write the card into the folder and split what is over the limit (when llama-gguf-split is built)."""
     opts = _options(spec)
-    card = build_card(ctx.conn, opts)
+    # split first, so the card names the shards that go up
+    tool = split_tool()
+    shards: dict[str, list[Path]] = {}
+    for f in gguf_files(opts.directory):
+        split, uploadable = split_decision(f.stat().st_size, opts.split_bytes, tool)
+        if split and uploadable:
+            shards[f.name] = _split(ctx, f.resolve(), opts.split_bytes)
+    card = build_card(ctx.conn, opts, shards={n: [p.name for p in ps] for n, ps in shards.items()})
     target = Path(opts.directory) / CARD
     atomic.write_text(target, card.text)
     uploads: dict[str, list[list[str]]] = {}
@@ -525,7 +544,7 @@ def card_step(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         if not e.uploadable:
             continue
         if e.split:
-            uploads[e.name] = [[str(p), p.name] for p in _split(ctx, Path(e.path), opts.split_bytes)]
+            uploads[e.name] = [[str(p), p.name] for p in shards[e.name]]
         else:
             uploads[e.name] = [[e.path, e.name]]
     uploads[CARD] = [[str(target.resolve()), CARD]]

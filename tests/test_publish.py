@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from hifikit import db, grid, jobs, publish, report
+from hifikit import db, gguf_io, grid, jobs, publish, report
 from hifikit.errors import HifikitError
 from hifikit.evaluate import BenchOptions, EvalOptions, bench, evaluate
 from hifikit.quantize import QuantizeOptions, quantize
@@ -192,9 +193,9 @@ def test_split_decision():
     assert publish.split_decision(49 * 10**9) == (False, True) and publish.SPLIT_BYTES == 50 * 10**9
 
 
-def test_files_over_the_limit_without_the_split_tool(folder, hub):
-    if publish.split_tool() is not None:
-        pytest.skip("this build has llama-gguf-split")
+def test_files_over_the_limit_without_the_split_tool(folder, hub, monkeypatch):
+    # a build without llama-gguf-split (this one ships it)
+    monkeypatch.setattr(publish, "split_tool", lambda: None)
     size = (folder / "a.gguf").stat().st_size
     res = publish.publish(publish.PublishOptions(folder, "org/tiny-GGUF", split_bytes=size - 1), progress=False)
     assert res.uploaded == ["README.md"] and sorted(hub.repos["org/tiny-GGUF"]) == ["README.md"]
@@ -261,3 +262,46 @@ def test_library_publish_follows_hf_endpoint(folder, tmp_path, monkeypatch):
             res = publish.publish(publish.PublishOptions(folder, "org/tiny-GGUF"), progress=False)
             assert res.uploaded == ["a.gguf", "b.gguf", "README.md"] and sorted(server.repos["org/tiny-GGUF"]) == \
                 ["README.md", "a.gguf", "b.gguf"]
+
+
+def test_files_over_the_limit_go_up_as_shards_that_merge_back(folder, hub, tmp_path):
+    """A file over split_bytes is uploaded as llama-gguf-split's shards (not itself), the card names them, and
+    `llama-gguf-split --merge` of what the Hub received gives back the file's tensors and metadata."""
+    gguf = gguf_io.require_gguf()
+    tool = publish.split_tool()
+    assert tool is not None, "this build ships llama-gguf-split"
+    for name in ("b.gguf", "notes.txt"):
+        (folder / name).unlink()
+    size = (folder / "a.gguf").stat().st_size
+    limit = size // 2                    # llama-gguf-split counts in MB (10**6 bytes): the tiny model is larger
+    assert limit >= 2 * 10**6
+    res = publish.publish(publish.PublishOptions(folder, "org/tiny-GGUF", split_bytes=limit), progress=False)
+    repo = hub.repos["org/tiny-GGUF"]
+    (entry,) = res.files
+    assert entry.split and entry.uploadable and len(entry.shards) >= 2
+    assert sorted(repo) == sorted([*entry.shards, "README.md"]) and "a.gguf" not in repo
+    assert res.uploaded == [*entry.shards, "README.md"]
+    n = len(entry.shards)
+    assert entry.shards == [f"a-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
+    card = repo["README.md"].decode()
+    assert card == (folder / "README.md").read_text()
+    (line,) = [ln for ln in card.splitlines() if ln.startswith("- `a.gguf`:")]
+    assert all(f"`{s}`" in line for s in entry.shards)
+
+    got = tmp_path / "from-hub"
+    got.mkdir()
+    for s in entry.shards:
+        (got / s).write_bytes(repo[s])
+    merged = tmp_path / "merged.gguf"
+    proc = subprocess.run([str(tool), "--merge", str(got / entry.shards[0]), str(merged)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, m = gguf.GGUFReader(folder / "a.gguf"), gguf.GGUFReader(merged)
+    assert [(t.name, t.tensor_type, list(t.shape)) for t in a.tensors] == \
+        [(t.name, t.tensor_type, list(t.shape)) for t in m.tensors]
+    assert all(bytes(x.data.tobytes()) == bytes(y.data.tobytes()) for x, y in zip(a.tensors, m.tensors))
+    # the merge keeps the split.* keys (split.count set to 0): every other key is the original's
+    kv = {k: f.contents() for k, f in a.fields.items() if not k.startswith("GGUF.")}
+    kv_merged = {k: f.contents() for k, f in m.fields.items() if not k.startswith(("GGUF.", "split."))}
+    assert kv == kv_merged
+    assert {k for k in m.fields if k.startswith("split.")} == {"split.no", "split.count", "split.tensors.count"}
