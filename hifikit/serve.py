@@ -277,11 +277,12 @@ def serve(opts: ServeOptions, announce: Callable[[ServerInfo], None] | None = No
     stops it and propagates; its exiting by itself with an error status is an error."""
     with _signals_interrupt(), Server(opts) as srv:
         assert srv.info is not None
-        if announce is not None:
-            announce(srv.info)
         t0 = time.monotonic()
         stopped_by = "stop_after"
         try:
+            # a signal once the server is ready is a stop, also while it is being announced
+            if announce is not None:
+                announce(srv.info)
             code = srv.wait(opts.stop_after)
         except KeyboardInterrupt:
             code, stopped_by = None, "interrupt"

@@ -124,6 +124,25 @@ def test_cli_serves_until_interrupted_and_leaves_nothing(cli, hifi_model):
     assert servers_of(hifi_model) == []
 
 
+def test_a_signal_right_after_ready_is_a_stop_too(cli, hifi_model):
+    """SIGTERM (here; SIGINT in the test above) as soon as the ready line is out, while hifikit may still be
+    announcing: the same orderly stop, exit 0, not an interrupted command."""
+    proc = subprocess.Popen(cli.argv("serve", hifi_model, "--port", "0", "--threads", "2", "--ctx", "256", "--json",
+                                     "--stop-after", "120"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env())
+    try:
+        ready = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["stopped_by"] == "interrupt"
+    assert ready["pid"] not in servers_of(hifi_model)
+
+
 @pytest.fixture
 def busy_port():
     sock = socket.socket()
