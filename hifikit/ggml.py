@@ -77,7 +77,11 @@ class GGML:
     def _traits(self, type_id: int) -> _TypeTraits:
         if not 0 <= type_id < self.type_count:
             raise HifikitError(f"unknown ggml type id {type_id}")
-        return self.base.ggml_get_type_traits(type_id).contents
+        traits = self.base.ggml_get_type_traits(type_id).contents
+        # ids in the gaps of the enum (removed types, ids left free for upstream's next types) have no traits
+        if not traits.type_name or traits.blck_size == 0:
+            raise HifikitError(f"ggml type id {type_id} is not a type of this build")
+        return traits
 
     def type_name(self, type_id: int) -> str:
         """ggml_type_name of a type id (an error for an id the library does not have)."""

@@ -100,7 +100,7 @@ RECIPES = {
     )),
 }
 HIFI_FTYPES = tuple(RECIPES)
-FTYPE_IDS = {"Q3_K_HIFI": 42, "Q4_K_HIFI": 43, "Q4_K_XM": 44, "Q4_K_HIFI_L": 45}
+FTYPE_IDS = {"Q3_K_HIFI": 128, "Q4_K_HIFI": 129, "Q4_K_XM": 130, "Q4_K_HIFI_L": 131}
 
 
 def role(name: str, tied: bool) -> str:
@@ -438,7 +438,7 @@ TINY = fm.ModelSpec(n_layer=4, n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
 GGML_TYPE_IDS = {
     "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
     "q2_K": 10, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14, "iq4_nl": 20,
-    "q3_K_hifi": 43, "q4_K_hifi": 44, "q5_K_hifi": 45, "q6_K_hifi": 46,
+    "q3_K_hifi": 128, "q4_K_hifi": 129, "q5_K_hifi": 130, "q6_K_hifi": 131,
 }
 
 
