@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 
+# llama-quantize writes this key in every file with HIFI tensors (native/src/llama-hifi-format.h); a file
+# with another version, or with HIFI tensors and no key, is refused here as by the build's model loader
+HIFI_FORMAT_KEY = "hifi.format_version"
+HIFI_FORMAT_VERSION = 1
+_GGUF_UINT32 = 4
+_GGUF_TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "str",
+                    9: "arr", 10: "u64", 11: "i64", 12: "f64"}
+
 
 @dataclasses.dataclass
 class TensorInfo:
@@ -53,6 +61,7 @@ class ModelInfo:
     tensors: list[TensorInfo]
     types: dict[str, int]     # type name -> tensor count
     metadata: dict[str, Any]
+    hifi_format: int | None = None  # the file's HIFI format version; None: no HIFI tensors and no key
 
     @property
     def bits_per_weight(self) -> float:
@@ -87,6 +96,43 @@ def type_names() -> dict[int, str]:
         return {int(t): t.name for t in require_gguf().GGMLQuantizationType}
 
 
+def _hifi_type_ids() -> set[int]:
+    hifi = {n.lower() for n in ggml.HIFI_TYPES}
+    return {type_id for type_id, name in type_names().items() if name.lower() in hifi}
+
+
+def check_hifi_format(path: Path | str, value: Any, value_type: int | None,
+                      tensors: list[tuple[str, int]]) -> int | None:
+    """The HIFI format version of a file from its HIFI_FORMAT_KEY (value and GGUF value type, None if absent)
+    and its (tensor name, type id) pairs; None for a file without HIFI tensors or key. A version this hifikit
+    does not read, a key that is not a u32 and HIFI tensors without the key are one-line errors."""
+    if value_type is not None:
+        if value_type != _GGUF_UINT32:
+            raise HifikitError(f"{path}: {HIFI_FORMAT_KEY} is a {_GGUF_TYPE_NAMES.get(value_type, value_type)}, "
+                               "expected a u32: not a HIFI file this hifikit can read")
+        if value != HIFI_FORMAT_VERSION:
+            raise HifikitError(f"{path}: HIFI format version {value} is unknown to this hifikit, which reads "
+                               f"version {HIFI_FORMAT_VERSION}: the file needs a hifikit (HIFI-enabled "
+                               "llama.cpp) that knows that version")
+        return int(value)
+    hifi = _hifi_type_ids()
+    names = type_names()
+    for name, type_id in tensors:
+        if type_id in hifi:
+            raise HifikitError(f"{path}: tensor {name} has the HIFI type {names[type_id]} (id {type_id}) but the "
+                               f"file has no {HIFI_FORMAT_KEY} key: it was not written by a HIFI-enabled "
+                               "llama.cpp, refusing to read it as HIFI")
+    return None
+
+
+def hifi_format(reader, path: Path | str) -> int | None:
+    """check_hifi_format of a GGUFReader of path."""
+    field = reader.fields.get(HIFI_FORMAT_KEY)
+    value_type = int(field.types[0]) if field is not None and field.types else None
+    value = _field_value(field) if field is not None else None
+    return check_hifi_format(path, value, value_type, [(t.name, int(t.tensor_type)) for t in reader.tensors])
+
+
 def check_file(path: Path | str) -> Path:
     """A readable file that starts with the GGUF magic, or one clear error."""
     path = Path(path)
@@ -117,6 +163,9 @@ def open_reader(path: Path | str):
     except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "type" in msg.lower() and ("not" in msg.lower() or "unknown" in msg.lower()) and "valid" in msg.lower():
+            if g.__name__ == "hifikit._gguf":
+                raise HifikitError(f"{path}: uses a tensor type this hifikit does not know ({msg}): a type of a "
+                                   "newer llama.cpp, or a file of another fork") from exc
             raise HifikitError(f"{path}: uses a tensor type this gguf-py does not know ({msg}); "
                                "install hifikit with its build so the patched gguf-py is used") from exc
         raise HifikitError(f"{path}: truncated or malformed GGUF ({msg})") from exc
@@ -124,6 +173,7 @@ def open_reader(path: Path | str):
     end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     if end > size:
         raise HifikitError(f"{path}: truncated GGUF (tensor data ends at byte {end}, file has {size})")
+    hifi_format(reader, path)
     return reader
 
 
@@ -159,7 +209,7 @@ def read_info(path: Path | str) -> ModelInfo:
         file_type=int(ftype) if isinstance(ftype, int) else None,
         n_tensors=len(tensors), n_elements=sum(t.n_elements for t in tensors),
         tensor_bytes=sum(t.n_bytes for t in tensors), tensors=tensors, types=counts,
-        metadata=metadata)
+        metadata=metadata, hifi_format=hifi_format(reader, path))
 
 
 def tensor_types(path: Path | str) -> list[tuple[str, list[int], str]]:
@@ -305,10 +355,13 @@ def tensor_index(path: Path | str) -> TensorIndex:
             keys: list[str] = []
             values: dict[str, Any] = {}
             kv_sizes: dict[str, int] = {}
+            hifi_vtype = None
             for _ in range(n_kv):
                 kv_start = pos
                 key, vtype = string(), take("<I")
                 keys.append(key)
+                if key == HIFI_FORMAT_KEY:
+                    hifi_vtype = vtype
                 if vtype == _STRING:
                     values[key] = string()
                 elif vtype in _SCALAR_FMT:
@@ -347,11 +400,13 @@ def tensor_index(path: Path | str) -> TensorIndex:
     lib_sizes = _row_sizes({t.type_id for t in tensors})
     for t in tensors:
         if t.type_id not in lib_sizes:
-            raise HifikitError(f"{path}: tensor {t.name} has unknown type id {t.type_id}")
+            raise HifikitError(f"{path}: tensor {t.name} has type id {t.type_id}, which this hifikit does not "
+                               "know: a type of a newer llama.cpp, or a file of another fork")
         block, type_size = lib_sizes[t.type_id]
         end = t.offset + t.n_elements // block * type_size
         if end > size:
             raise HifikitError(f"{path}: truncated GGUF (tensor {t.name} ends at byte {end}, file has {size})")
+    check_hifi_format(path, values.get(HIFI_FORMAT_KEY), hifi_vtype, [(t.name, t.type_id) for t in tensors])
     return TensorIndex(str(path), arch, tensors, version, n_kv, kv_end, info_end, alignment, start, tuple(keys),
                        values, kv_sizes)
 

@@ -1,4 +1,4 @@
-"""``hifikit inspect MODEL.gguf``: tensors, shapes, types and sizes."""
+"""``hifikit inspect MODEL.gguf``: tensors, shapes, types and sizes, and whether the file needs a HIFI build."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
     say(f"{info.path}: {info.architecture or '?'} '{info.name or ''}', {info.n_tensors} tensors, "
         f"{info.n_elements / 1e6:.2f} M weights, {info.size_mib:.2f} MiB of tensors ({info.bits_per_weight:.3f} BPW)")
     say("types: " + ", ".join(f"{k} ×{v}" for k, v in sorted(info.types.items())))
+    if info.hifi_format is not None:
+        say(f"HIFI format {info.hifi_format}: needs hifikit or a HIFI-enabled llama.cpp "
+            "(stock llama.cpp and the gguf package refuse its tensor types)")
     if args.metadata:
         for k, v in info.metadata.items():
             say(f"  {k} = {v}")
