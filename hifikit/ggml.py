@@ -146,6 +146,7 @@ class GGML:
 
     def validate(self, type_id: int, blob: bytes) -> bool:
         """ggml_validate_row_data: False for non-finite scales or malformed data."""
+        self._traits(type_id)  # a gap id has type size 0: ggml would divide by it
         buf = ctypes.create_string_buffer(bytes(blob), len(blob))
         return bool(self.base.ggml_validate_row_data(type_id, buf, len(blob)))
 

@@ -418,9 +418,9 @@ def read_rows(path: Path | str, offset: int, type_id: int, n_per_row: int, row0:
     import numpy as np
 
     lib = ggml.load()
+    name = lib.type_name(type_id)  # first: refuses an id without traits before ggml divides by its block size
     row_bytes = lib.base.ggml_row_size(type_id, n_per_row)
     start = offset + row0 * row_bytes
-    name = lib.type_name(type_id)
     if name in ("f32", "f16"):
         dtype = np.float32 if name == "f32" else np.float16
         raw = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(n_rows, n_per_row))

@@ -123,8 +123,10 @@ def test_free_ids_are_refused_by_the_ctypes_table(built):
     from hifikit import ggml
     lib = ggml.load()
     for type_id in (43, 100, 127, 4, 31):
-        with pytest.raises(HifikitError, match=f"ggml type id {type_id} is not a type of this build"):
-            lib.type_name(type_id)
+        for call in (lambda: lib.type_name(type_id), lambda: lib.validate(type_id, bytes(64)),
+                     lambda: lib.dequantize(type_id, bytes(64), 256)):
+            with pytest.raises(HifikitError, match=f"ggml type id {type_id} is not a type of this build"):
+                call()
     assert lib.type_name(129) == "q4_K_hifi"
 
 
