@@ -6,6 +6,7 @@ left running afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -103,21 +104,29 @@ def test_a_streamed_chat_completion(server):
     assert finish == "length"
 
 
-def test_cli_serves_until_interrupted_and_leaves_nothing(cli, hifi_model):
-    proc = subprocess.Popen(cli.argv("serve", hifi_model, "--port", "0", "--threads", "2", "--ctx", "256",
-                                     "--json", "--stop-after", "120"),
+@contextlib.contextmanager
+def serving_cli(cli, model):
+    """`hifikit serve MODEL --json` as a process of its own (bounded by --stop-after), killed if a test leaves
+    it running."""
+    proc = subprocess.Popen(cli.argv("serve", model, "--port", "0", "--threads", "2", "--ctx", "256", "--json",
+                                     "--stop-after", "120"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env())
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serves_until_interrupted_and_leaves_nothing(cli, hifi_model):
+    with serving_cli(cli, hifi_model) as proc:
         ready = json.loads(proc.stdout.readline())
         assert ready["event"] == "ready" and ready["host"] == "127.0.0.1"
         assert get_json(ready["url"] + "/health") == {"status": "ok"}
         assert servers_of(hifi_model) == [ready["pid"]]
         proc.send_signal(signal.SIGINT)                   # what Ctrl-C sends
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     stopped = json.loads(out.strip().splitlines()[-1])
     assert stopped["event"] == "stopped" and stopped["stopped_by"] == "interrupt"
@@ -127,17 +136,10 @@ def test_cli_serves_until_interrupted_and_leaves_nothing(cli, hifi_model):
 def test_a_signal_right_after_ready_is_a_stop_too(cli, hifi_model):
     """SIGTERM (here; SIGINT in the test above) as soon as the ready line is out, while hifikit may still be
     announcing: the same orderly stop, exit 0, not an interrupted command."""
-    proc = subprocess.Popen(cli.argv("serve", hifi_model, "--port", "0", "--threads", "2", "--ctx", "256", "--json",
-                                     "--stop-after", "120"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env())
-    try:
+    with serving_cli(cli, hifi_model) as proc:
         ready = json.loads(proc.stdout.readline())
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["stopped_by"] == "interrupt"
     assert ready["pid"] not in servers_of(hifi_model)

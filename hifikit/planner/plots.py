@@ -79,7 +79,8 @@ def front_plot(res: FrontResult, path: Path) -> Path:
     positive = [e for e in err if e > 0]
     if positive and len(positive) == len(err):
         ax.set_yscale("log")
-    elif positive:  # a lossless point (error 0, every tensor kept) has no place on a log axis: linear below the least error
+    elif positive:
+        # a lossless point (error 0, every tensor kept) has no place on a log axis: linear below the least error
         ax.set_yscale("symlog", linthresh=min(positive))
         ax.set_ylim(bottom=0)
     ax.set_xlabel("predicted file size (MiB)")
