@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .. import ggml, gguf_io
 from ..quant_rules import allows_quantization, n_dims
@@ -125,10 +125,14 @@ class FileLayout:
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
 
-    def kv_bytes(self, imatrix: ImatrixKeys | None = None) -> int:
-        kv = {k: v for k, v in self.kv.items() if k not in REMOVED_KEYS}
+    def kv_bytes(self, imatrix: ImatrixKeys | None = None, hifi: bool = False) -> int:
+        """The output's KV pairs; hifi: whether it has HIFI tensors (llama-quantize then writes the format
+        version key, and drops one the input had when it has none)."""
+        kv = {k: v for k, v in self.kv.items() if k not in REMOVED_KEYS and k != gguf_io.HIFI_FORMAT_KEY}
         for key in SET_U32_KEYS:
             kv[key] = kv_u32_bytes(key)
+        if hifi:
+            kv[gguf_io.HIFI_FORMAT_KEY] = kv_u32_bytes(gguf_io.HIFI_FORMAT_KEY)
         if imatrix is not None:
             kv[KEY_IMATRIX_FILE] = kv_str_bytes(KEY_IMATRIX_FILE, _cut(imatrix.file))
             if imatrix.dataset is not None:
@@ -138,9 +142,9 @@ class FileLayout:
                 kv[KEY_IMATRIX_CHUNKS] = kv_u32_bytes(KEY_IMATRIX_CHUNKS)
         return sum(kv.values())
 
-    def meta_bytes(self, imatrix: ImatrixKeys | None = None) -> int:
+    def meta_bytes(self, imatrix: ImatrixKeys | None = None, hifi: bool = False) -> int:
         """Header, KV pairs and tensor infos, padded: where the tensor data starts."""
-        return pad(HEADER_BYTES + self.kv_bytes(imatrix) + sum(t.info_bytes for t in self.tensors))
+        return pad(HEADER_BYTES + self.kv_bytes(imatrix, hifi) + sum(t.info_bytes for t in self.tensors))
 
 
 def tensor_bytes(slot: TensorSlot, type_name: str) -> int:
@@ -162,7 +166,14 @@ def file_size(layout: FileLayout, types: Mapping[str, str], imatrix: ImatrixKeys
     missing = [t.name for t in layout.tensors if t.name not in types]
     if missing:
         raise HifikitError(f"no type for {len(missing)} tensor(s): {', '.join(missing[:5])}")
-    return layout.meta_bytes(imatrix) + sum(padded_bytes(t, types[t.name]) for t in layout.tensors)
+    return (layout.meta_bytes(imatrix, has_hifi(types.values()))
+            + sum(padded_bytes(t, types[t.name]) for t in layout.tensors))
+
+
+def has_hifi(type_names: Iterable[str]) -> bool:
+    """Whether any of the types is a HIFI type (the file then carries the HIFI format version key)."""
+    hifi = {n.lower() for n in ggml.HIFI_TYPES}
+    return any(n.lower() in hifi for n in type_names)
 
 
 def tensor_types(path: Path | str) -> dict[str, str]:

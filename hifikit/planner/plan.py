@@ -288,7 +288,8 @@ class PlanInputs:
     slots: dict[str, filesize.TensorSlot]
     planned: list[tuple[str, list[Option]]]     # tensor -> its candidates, in the model's order
     fixed: dict[str, str]                       # tensor -> type, not chosen by the planner
-    meta_bytes: int
+    meta_bytes: int                             # with the HIFI format key when a HIFI type may be chosen
+    meta_bytes_stock: int                       # without it: the metadata of a plan that chooses none
     fixed_bytes: int                            # padded data of the fixed tensors
     n_weights: int
     knees: dict[str, str | None]
@@ -322,11 +323,16 @@ def prepare(sweep: curves.Sweep, model: Path, layout: filesize.FileLayout, base_
                                f"(sweep types: {', '.join(p.type for p in curve.points)})")
         planned.append((slot.name, opts))
         knee_of[slot.name] = knees(curve) if knees else None
-    meta = layout.meta_bytes(imatrix_keys)
+    # the budget holds the metadata with the HIFI format key whenever a HIFI type can end up in the file
+    # (llama-quantize writes it then); a plan that chooses none is predicted without it
+    may_be_hifi = filesize.has_hifi([*fixed.values(), *(o.type for _, opts in planned for o in opts)])
+    meta = layout.meta_bytes(imatrix_keys, hifi=may_be_hifi)
+    meta_stock = layout.meta_bytes(imatrix_keys)
     fixed_bytes = sum(filesize.padded_bytes(slots[n], t) for n, t in fixed.items())
     largest = max((o.weighted for _, opts in planned for o in opts), default=0.0)
     return PlanInputs(str(model), sweep.run_id, sweep.mode, base_ftype, str(imatrix) if imatrix else None,
-                      error_scale, slots, planned, fixed, meta, fixed_bytes, total, knee_of, TIE_SHARE * largest)
+                      error_scale, slots, planned, fixed, meta, meta_stock, fixed_bytes, total, knee_of,
+                      TIE_SHARE * largest)
 
 
 PINNED = "pinned by the user"
@@ -420,6 +426,8 @@ def plan_from(inputs: PlanInputs, target: Target, budget: int, pins: Mapping[str
         else:
             reason = _reason(stage, opts, j, knee)
         plans.append(TensorPlan(name, slot.shape, slot.n_elements, opts[j].type, reason, opts, knee))
+    if not filesize.has_hifi([*fixed.values(), *(p.type for p in plans)]):
+        meta = inputs.meta_bytes_stock
     predicted = meta + fixed_bytes + alloc.bytes
     return Plan(inputs.model, target, budget, inputs.base_ftype, inputs.imatrix, inputs.run_id, inputs.mode,
                 inputs.error_scale, plans, dict(fixed), meta, fixed_bytes, predicted, alloc.error,
