@@ -16,6 +16,13 @@ from .errors import HifikitError
 
 # the ggml types the patch series adds (patch 0001), ggml_type_name spelling
 HIFI_TYPES = ("q3_K_hifi", "q4_K_hifi", "q5_K_hifi", "q6_K_hifi")
+_HIFI_LOWER = frozenset(n.lower() for n in HIFI_TYPES)
+
+
+def is_hifi_type(type_name: str) -> bool:
+    """Whether a type name (any case: ggml's q3_K_hifi, gguf-py's Q3_K_HIFI) is one of HIFI_TYPES."""
+    return type_name.lower() in _HIFI_LOWER
+
 
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
 

@@ -97,8 +97,7 @@ def type_names() -> dict[int, str]:
 
 
 def _hifi_type_ids() -> set[int]:
-    hifi = {n.lower() for n in ggml.HIFI_TYPES}
-    return {type_id for type_id, name in type_names().items() if name.lower() in hifi}
+    return {type_id for type_id, name in type_names().items() if ggml.is_hifi_type(name)}
 
 
 def check_hifi_format(path: Path | str, value: Any, value_type: int | None,
@@ -209,7 +208,8 @@ def read_info(path: Path | str) -> ModelInfo:
         file_type=int(ftype) if isinstance(ftype, int) else None,
         n_tensors=len(tensors), n_elements=sum(t.n_elements for t in tensors),
         tensor_bytes=sum(t.n_bytes for t in tensors), tensors=tensors, types=counts,
-        metadata=metadata, hifi_format=hifi_format(reader, path))
+        # open_reader checked the key: absent, or the u32 version this hifikit reads
+        metadata=metadata, hifi_format=metadata.get(HIFI_FORMAT_KEY))
 
 
 def tensor_types(path: Path | str) -> list[tuple[str, list[int], str]]:

@@ -172,8 +172,7 @@ def file_size(layout: FileLayout, types: Mapping[str, str], imatrix: ImatrixKeys
 
 def has_hifi(type_names: Iterable[str]) -> bool:
     """Whether any of the types is a HIFI type (the file then carries the HIFI format version key)."""
-    hifi = {n.lower() for n in ggml.HIFI_TYPES}
-    return any(n.lower() in hifi for n in type_names)
+    return any(ggml.is_hifi_type(n) for n in type_names)
 
 
 def tensor_types(path: Path | str) -> dict[str, str]:
