@@ -248,3 +248,72 @@ def test_reference_out_is_written_whole_or_not_at_all(built, tiny_model, tiny_te
     with_out = results(sensitivity(tiny_model, tiny_text, pairs, tmp_path, "--reference-out", str(out)))
     assert _figures(with_out) == _figures(results(sensitivity(tiny_model, tiny_text, pairs, tmp_path)))
     assert out.read_bytes() == reference.read_bytes()
+
+
+# the driver -------------------------------------------------------------------
+
+def _points(conn, run_id: int) -> dict[tuple[str, str], tuple[int, float, float | None]]:
+    return {(r["tensor"], r["type"]): (r["nbytes"], r["error"], r["error_pm"]) for r in conn.execute(
+        "SELECT tensor, type, nbytes, error, error_pm FROM curve_points WHERE run_id=? AND mode='measured'",
+        (run_id,))}
+
+
+def test_analyze_on_a_baseline_stores_the_tools_figures_and_resumes_on_it(cli, tiny_model, tiny_text, q8_model,
+                                                                          reference, tmp_path):
+    from hifikit import db, jobs
+
+    types = ["q4_K", "q8_0", "f16"]
+    out = cli.json("analyze", tiny_model, "--mode", "measured", "--baseline", q8_model, "--types", *types,
+                   "--tensors", r"blk\.0\.ffn_down", "--text", tiny_text, "--ctx", CTX, "--chunks", CHUNKS,
+                   "--threads", "1")
+    conn = db.connect()
+    run = jobs.get_run(conn, out["run"])
+    sweep = next(s for s in run["steps"] if s["name"] == "sweep")
+    assert run["args"]["baseline"] == sweep["spec"]["baseline"] == str(q8_model.resolve())
+    # f16 needs more bytes than the Q8_0 tensor it would replace: left out, not stored as 0
+    assert sweep["result"]["left_out_pairs"] == 1
+    stored = _points(conn, out["run"])
+    assert set(stored) == {(TENSOR, "q4_K"), (TENSOR, "q8_0")}
+    # the driver's reference is the F16 model's, the one the tool writes; the points are the tool's figures
+    ref = Path(run["run_dir"]) / "reference.bin"
+    assert ref.read_bytes() == reference.read_bytes()
+    assert {a["path"] for a in jobs.run_record(conn, out["run"])["artifacts"] if a["kind"] == "reference"} == {str(ref)}
+    direct = results(sensitivity(q8_model, tiny_text, [(TENSOR, "q4_K"), (TENSOR, "q8_0")], tmp_path, "--source",
+                                 str(tiny_model), "--reference-in", str(reference)))
+    assert {(TENSOR, r["type"]): (r["nbytes"], r["kld"], r["kld_pm"]) for r in direct} == stored
+    # measured on the F16 model instead, q4_K is another figure (Q8_0 is not everywhere else)
+    plain = results(sensitivity(tiny_model, tiny_text, [(TENSOR, "q4_K")], tmp_path))[0]
+    assert plain["kld"] < stored[TENSOR, "q4_K"][1]
+
+    # resume after losing a point and the reference: the same baseline, the same figure
+    with db.transaction(conn):
+        conn.execute("DELETE FROM curve_points WHERE run_id=? AND type='q4_K'", (out["run"],))
+        conn.execute("UPDATE steps SET status='pending' WHERE id=?", (sweep["id"],))
+        conn.execute("UPDATE runs SET status='failed' WHERE id=?", (out["run"],))
+    ref.unlink()
+    jobs.resume(out["run"], progress=False, conn=conn)
+    assert _points(conn, out["run"]) == stored
+    assert ref.read_bytes() == reference.read_bytes()
+
+
+def test_a_baseline_of_another_model_is_one_line(cli, tiny_model, tiny_text, tmp_path):
+    from synthetic import TinyConfig, write_model
+
+    args = ["--types", "q4_K", "--tensors", r"blk\.0\.ffn_down", "--text", tiny_text, "--ctx", CTX, "--chunks",
+            CHUNKS, "--threads", "1"]
+    wider = write_model(tmp_path / "wider.gguf", config=TinyConfig(n_ff=768))
+    bad = cli("analyze", tiny_model, "--mode", "measured", "--baseline", wider, *args, check=False)
+    assert bad.returncode != 0 and bad.stdout == ""
+    # the first tensor that differs, in file order
+    assert "is not a quantization of" in bad.stderr and "blk.0.ffn_gate.weight" in bad.stderr
+    assert "256x768 there, 256x512 in the model" in bad.stderr
+    deeper = write_model(tmp_path / "deeper.gguf", config=TinyConfig(n_layer=3))
+    bad = cli("analyze", tiny_model, "--mode", "measured", "--baseline", deeper, *args, check=False)
+    assert bad.returncode != 0 and "has a tensor the model lacks" in bad.stderr and "blk.2." in bad.stderr
+    same = cli("analyze", tiny_model, "--mode", "measured", "--baseline", tiny_model, *args, check=False)
+    assert same.returncode != 0 and "is the model itself" in same.stderr
+    proxy = cli("analyze", tiny_model, "--baseline", wider, "--types", "q4_K", check=False)
+    assert proxy.returncode != 0 and "--baseline is for --mode measured or calibrated" in proxy.stderr
+    # nothing was run
+    from hifikit import db
+    assert db.connect().execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
