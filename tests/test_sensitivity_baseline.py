@@ -313,7 +313,9 @@ def test_a_baseline_of_another_model_is_one_line(cli, tiny_model, tiny_text, tmp
     same = cli("analyze", tiny_model, "--mode", "measured", "--baseline", tiny_model, *args, check=False)
     assert same.returncode != 0 and "is the model itself" in same.stderr
     proxy = cli("analyze", tiny_model, "--baseline", wider, "--types", "q4_K", check=False)
-    assert proxy.returncode != 0 and "--baseline is for --mode measured or calibrated" in proxy.stderr
+    assert proxy.returncode != 0 and "--baseline is for --mode measured (a proxy sweep runs no model)" in proxy.stderr
+    calibrated = cli("analyze", tiny_model, "--mode", "calibrated", "--baseline", wider, *args, check=False)
+    assert calibrated.returncode != 0 and "--baseline is for --mode measured (a calibrated sweep" in calibrated.stderr
     # nothing was run
     from hifikit import db
     assert db.connect().execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0

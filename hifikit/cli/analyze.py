@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="measured mode: llama-sensitivity's offload devices (its --device, e.g. CUDA0; none = "
                         "no offload; llama-sensitivity --list-devices lists them)")
     p.add_argument("--baseline", type=Path, default=None, metavar="GGUF",
-                   help="measured mode: the model llama-sensitivity loads, a quantized copy of MODEL (e.g. its "
+                   help="measured mode only: the model llama-sensitivity loads, a quantized copy of MODEL (e.g. its "
                         "Q8_0, half the F16's memory); each swept tensor's values are read from MODEL and the "
                         "reference is MODEL's, computed once: a pair measures the baseline with that tensor in "
                         "the candidate type against MODEL (pairs bigger than the baseline's tensor are left out)")

@@ -204,8 +204,12 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
     measured.check_offload(opts.ngl, opts.device)
     if (opts.ngl is not None or opts.device) and opts.mode == "proxy":
         raise HifikitError("--ngl and --device are for --mode measured or calibrated (a proxy sweep runs no model)")
-    if opts.baseline is not None and opts.mode == "proxy":
-        raise HifikitError("--baseline is for --mode measured or calibrated (a proxy sweep runs no model)")
+    if opts.baseline is not None and opts.mode != "measured":
+        # a calibrated sweep scales the proxy to the KLD against the model: a baseline's figures hold the
+        # baseline's own error as well, which no scale of the proxy has
+        raise HifikitError(f"--baseline is for --mode measured (a {opts.mode} sweep "
+                           + ("runs no model)" if opts.mode == "proxy" else
+                              "scales the proxy by KLDs against the model, which a baseline's figures are not)"))
     if opts.batch and opts.mode == "proxy":
         raise HifikitError("--batch is for --mode measured or calibrated (a proxy sweep's Ray tasks are chunks "
                            "of one tensor)")

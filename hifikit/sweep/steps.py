@@ -89,8 +89,6 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
         picked = objective.pick_pairs(curves.load_sweep(ctx.conn, ctx.run_id, "proxy"),
                                       len(objective.CALIBRATION_TARGETS) if points == "all" else int(points),
                                       spec.get("calibration_layers"))
-        if baseline is not None:
-            picked = [p for p in picked if p not in set(left_out)]
         stages = [picked, pairs] if points == "all" else [picked]
     ray_stats = []
     for stage in stages:
