@@ -19,7 +19,7 @@ import pytest
 import ray
 
 from conftest import hifikit_command
-from hifikit import db, gguf_io, jobs
+from hifikit import db, gguf_io, jobs, paths, runner
 from hifikit.errors import HifikitError
 from hifikit.sweep import cluster, curves, measured
 
@@ -341,3 +341,26 @@ def test_actors_reserve_a_gpu_and_offload_where_the_cluster_has_gpus():
     assert n == 4 and "num_gpus" not in opts
     assert cluster.tool_ngl(opts, None) is None  # the tool's default: every weight on the CPU
     assert cluster.tool_ngl(opts, 0) == 0
+
+
+def test_baseline_sweep_on_ray_equals_the_single_process_one(ray_cluster, reference, tiny_model, tiny_text, tmp_path):
+    """On a Q8_0 baseline (docs/scale.md): the actors get the driver's reference file's bytes and measure what the
+    single-process sweep on the baseline measures."""
+    q8 = tmp_path / "tiny-Q8_0.gguf"
+    subprocess.run([str(paths.binary("llama-quantize")), str(tiny_model), str(q8), "Q8_0", "1"], check=True,
+                   capture_output=True, env=runner.tool_env(), timeout=600)
+    ref = measured.write_reference(tiny_model, tiny_text, tmp_path / "ref.bin", ctx=CTX, chunks=CHUNKS, threads=1,
+                                   log_path=tmp_path / "ref.log")
+    conn = db.connect()
+    local = _new_run(conn, tiny_model)
+    measured.run_sweep(conn, local, tiny_model, tiny_text, PAIRS, log_path=tmp_path / "local.log", baseline=q8,
+                       reference=ref, **KW)
+    on_ray = _new_run(conn, tiny_model)
+    stats = cluster.run_sweep(conn, on_ray, tiny_model, tiny_text, PAIRS, log_path=tmp_path / "ray.log",
+                              address=ray_cluster.address, batch=3, baseline=q8, reference=ref, **KW)
+    assert stats.pairs == len(PAIRS) and stats.requeued == 0
+    assert _points(conn, on_ray) == _points(conn, local)
+    # and they are the baseline's figures, not the F16 model's: q8_0 of any tensor is the Q8_0 file itself
+    q8_figures = {v[1] for (t, ty), v in _points(conn, on_ray).items() if ty == "q8_0"}
+    assert len(q8_figures) == 1 and not q8_figures & {v[1] for (t, ty), v in reference.items() if ty == "q8_0"}
+    assert "baseline " + str(q8) in (tmp_path / "ray.log").read_text()

@@ -40,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, metavar="DEV[,DEV..]",
                    help="measured mode: llama-sensitivity's offload devices (its --device, e.g. CUDA0; none = "
                         "no offload; llama-sensitivity --list-devices lists them)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="GGUF",
+                   help="measured mode only: the model llama-sensitivity loads, a quantized copy of MODEL (e.g. its "
+                        "Q8_0, half the F16's memory); each swept tensor's values are read from MODEL and the "
+                        "reference is MODEL's, computed once: a pair measures the baseline with that tensor in "
+                        "the candidate type against MODEL (pairs bigger than the baseline's tensor are left out)")
     p.add_argument("--plots", type=Path, default=None, metavar="DIR",
                    help="write per-tensor curve plots and an overview (PNG) into DIR")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     res = analyze(AnalyzeOptions(args.model, args.mode, args.types, args.tensors, args.imatrix, args.text, args.ctx,
                                  args.chunks, args.threads, args.points, args.layers, args.plots,
                                  ray=args.ray, batch=args.batch, workers=args.workers, ngl=args.ngl,
-                                 device=args.device),
+                                 device=args.device, baseline=args.baseline),
                   progress=progress_mode(args))
     render(res, args.json)
     return 0

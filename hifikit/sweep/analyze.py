@@ -139,6 +139,8 @@ class AnalyzeOptions:
     ngl: int | None = None             # measured: layers llama-sensitivity offloads (-ngl; default 0, with ray
     #                                    on a cluster with GPUs: all)
     device: str | None = None          # measured: llama-sensitivity's --device list (e.g. CUDA0, or none)
+    baseline: Path | None = None       # measured: the model llama-sensitivity loads (a Q8_0 file of `model`, say),
+    #                                    each swept tensor's values read from `model` (docs/scale.md)
 
 
 @dataclasses.dataclass
@@ -202,6 +204,12 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
     measured.check_offload(opts.ngl, opts.device)
     if (opts.ngl is not None or opts.device) and opts.mode == "proxy":
         raise HifikitError("--ngl and --device are for --mode measured or calibrated (a proxy sweep runs no model)")
+    if opts.baseline is not None and opts.mode != "measured":
+        # a calibrated sweep scales the proxy to the KLD against the model: a baseline's figures hold the
+        # baseline's own error as well, which no scale of the proxy has
+        raise HifikitError(f"--baseline is for --mode measured (a {opts.mode} sweep "
+                           + ("runs no model)" if opts.mode == "proxy" else
+                              "scales the proxy by KLDs against the model, which a baseline's figures are not)"))
     if opts.batch and opts.mode == "proxy":
         raise HifikitError("--batch is for --mode measured or calibrated (a proxy sweep's Ray tasks are chunks "
                            "of one tensor)")
@@ -220,6 +228,13 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
         chunks = kld.check_text(model, opts.text, opts.ctx, opts.chunks)
         measured_spec = {**spec, "text": str(Path(opts.text).resolve()), "ctx": opts.ctx, "chunks": chunks,
                          "threads": opts.threads, "ngl": opts.ngl, "device": opts.device}
+        if opts.baseline is not None:
+            baseline = Path(gguf_io.tensor_index(opts.baseline).path).resolve()
+            if baseline == model:
+                raise HifikitError(f"--baseline {opts.baseline} is the model itself (a baseline is a quantized "
+                                   "copy, e.g. Q8_0)")
+            measured.check_baseline(model, baseline)  # the same tensors: one line now, and no run
+            measured_spec["baseline"] = spec["baseline"] = str(baseline)
         if opts.ray:
             measured_spec.update(ray=opts.ray, batch=opts.batch, ray_workers=opts.workers)
         steps = []

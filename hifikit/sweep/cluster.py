@@ -12,6 +12,12 @@ reach the driver pair by pair; a tool that died is started again at the next
 batch. Only the driver writes the runs database, in the same table and rows
 as the single-process sweep (``curves.store_points``, mode ``measured``).
 
+Baseline: with ``baseline`` (a Q8_0 file of the model, say) each actor's tool
+loads the baseline and reads the swept tensors' values from the model file;
+the model's reference distributions (``reference``, written once by the
+driver) travel to the actors through the object store, their bytes written
+into each actor's temp folder, so no node needs the driver's run folder.
+
 Offload: on a cluster with GPUs each actor reserves one (``num_gpus=1``, Ray
 sets its CUDA_VISIBLE_DEVICES) and runs the tool with every layer on it
 (``-ngl all``) unless ``ngl`` says otherwise; ``device`` is passed as the
@@ -96,6 +102,7 @@ class ToolConfig:
     threads: int
     ngl: int | None = None      # -ngl (None: the tool's default, 0; measured.ALL_LAYERS: all)
     device: str | None = None   # --device
+    baseline: str | None = None  # the model the tool loads, `model` then its --source (measured.tool_args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,13 +165,18 @@ def connect(address: str) -> Any:
 class SensitivityWorker:
     """The actor: one long-lived ``llama-sensitivity --pairs -``, fed one pair at a time; yields each result."""
 
-    def __init__(self, config: ToolConfig) -> None:
+    def __init__(self, config: ToolConfig, reference: bytes | None = None) -> None:
         self.config = config
         self.proc: subprocess.Popen | None = None
         self.err: Any = None            # the tool's stderr, a file of this actor's temp folder
         self.busy = False               # a pair was written and its result not read
         self.starts = 0
         self.tmp = tempfile.mkdtemp(prefix="hifikit-sens-")
+        # the model's reference distributions (a baseline sweep), from the driver
+        self.reference: Path | None = None
+        if reference is not None:
+            self.reference = Path(self.tmp) / "reference.bin"
+            self.reference.write_bytes(reference)
 
     def node(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname()}
@@ -173,7 +185,8 @@ class SensitivityWorker:
         c = self.config
         args = measured.tool_args(Path(c.model), Path(c.text), "-", ctx=c.ctx, chunks=c.chunks,
                                   imatrix=Path(c.imatrix) if c.imatrix else None, threads=c.threads, ngl=c.ngl,
-                                  device=c.device)
+                                  device=c.device, baseline=Path(c.baseline) if c.baseline else None,
+                                  reference=self.reference)
         self.starts += 1
         self.err = open(Path(self.tmp) / f"stderr-{self.starts}.log", "w+", encoding="utf-8", errors="replace")
         # the tool dies with this process (PR_SET_PDEATHSIG): a killed actor leaves no tool computing
@@ -284,9 +297,11 @@ def tool_ngl(opts: dict[str, Any], ngl: int | None) -> int | None:
 def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str, str]], *, ctx: int, chunks: int,
               imatrix: Path | None, threads: int | None, log_path: Path, progress: bool | None, address: str,
               batch: int = DEFAULT_BATCH, workers: int | None = None, ngl: int | None = None,
-              device: str | None = None) -> ClusterStats:
+              device: str | None = None, baseline: Path | None = None,
+              reference: Path | None = None) -> ClusterStats:
     """Measure every pair not stored yet for this run on the Ray cluster at `address`; the driver stores each
-    result as it arrives."""
+    result as it arrives. With a baseline, the actors' tools load it and read the reference distributions of
+    `reference` (measured.tool_args), whose bytes go to each actor."""
     start = time.monotonic()
     todo = measured.group_by_tensor(measured.pending_pairs(conn, run_id, pairs))
     n_all = len({(t, ty.lower()) for t, ty in pairs})
@@ -320,10 +335,14 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
     inflight: dict[Any, tuple[Any, list[tuple[str, str]]]] = {}
 
     config = ToolConfig(str(model), str(text), ctx, chunks, str(imatrix) if imatrix else None, threads,
-                        tool_ngl(opts, ngl), device)
+                        tool_ngl(opts, ngl), device, str(baseline) if baseline else None)
+    if baseline is not None and reference is None:
+        raise HifikitError("a sweep on a baseline needs the model's reference distributions (write_reference)")
+    # put once, a top-level argument of each actor: Ray hands every actor the bytes themselves
+    reference_ref = ray.put(reference.read_bytes()) if reference is not None else None
 
     def new_actor() -> None:
-        actor = actor_cls.options(**opts).remote(config)
+        actor = actor_cls.options(**opts).remote(config, reference_ref)
         starting[actor.node.remote()] = actor
 
     for _ in range(n_workers):
@@ -340,7 +359,8 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
             logf.flush()
 
         note(f"# measured sweep of run {run_id} on Ray: {len(todo)} of {n_all} pairs, {len(queue)} batches of "
-             f"<= {batch}, {n_workers} workers, {opts}, -ngl {config.ngl}, --device {config.device}")
+             f"<= {batch}, {n_workers} workers, {opts}, -ngl {config.ngl}, --device {config.device}"
+             + (f", baseline {config.baseline}" if config.baseline else ""))
         try:
             while queue or inflight:  # (actors still starting are not work: they are killed at the end)
                 while idle and queue:

@@ -10,6 +10,13 @@ chunk, as ``hifikit eval``) and restores the weights (docs/sensitivity.md).
 It prints one JSON line per finished pair; each line is stored as a curve
 point as soon as it arrives, so a killed sweep loses at most the pair in
 flight and a second call measures only what is missing.
+
+On a quantized baseline (``baseline``, a Q8_0 file of the model, about half the
+F16's memory) the tool loads the baseline and reads each swept tensor's values
+from the model file (its ``--source``); the reference distributions are the
+model's, computed once by ``write_reference`` and read from that file
+(``--reference-in``). A pair then measures "the baseline everywhere, this
+tensor in the candidate type" against the model (docs/scale.md).
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable
 
-from .. import atomic, db, runner
+from .. import atomic, db, ggml, gguf_io, runner
 from . import curves
 from ..errors import HifikitError
 from ..progress import Progress
@@ -85,10 +92,22 @@ def parse_line(line: str) -> tuple[str, curves.CurvePoint] | None:
 
 
 def tool_args(model: Path, text: Path, pairs_path: Path | str, *, ctx: int, chunks: int, imatrix: Path | None,
-              threads: int | None, ngl: int | None = None, device: str | None = None) -> list[str]:
+              threads: int | None, ngl: int | None = None, device: str | None = None, baseline: Path | None = None,
+              reference: Path | None = None) -> list[str]:
     """The tool's arguments; pairs_path ``-``: the pairs come on stdin, one per line (a long-lived worker).
-    ngl: layers on the offload devices (the tool's default 0: all on the CPU); device: its --device list."""
-    args = ["-m", str(model), "-f", str(text), "--pairs", str(pairs_path), "-c", str(ctx), "--chunks", str(chunks)]
+    ngl: layers on the offload devices (the tool's default 0: all on the CPU); device: its --device list.
+    baseline: the model the tool loads, `model` then the source of the swept tensors' values; it needs
+    reference, the model's reference distributions (write_reference), which the tool reads instead of
+    computing them."""
+    if baseline is not None and reference is None:
+        raise HifikitError("a sweep on a baseline needs the model's reference distributions (write_reference)")
+    if baseline is not None:
+        args = ["-m", str(baseline), "--source", str(model)]
+    else:
+        args = ["-m", str(model)]
+    if reference is not None:
+        args += ["--reference-in", str(reference)]
+    args += ["-f", str(text), "--pairs", str(pairs_path), "-c", str(ctx), "--chunks", str(chunks)]
     if imatrix is not None:
         args += ["--imatrix", str(imatrix)]
     if threads:
@@ -98,6 +117,48 @@ def tool_args(model: Path, text: Path, pairs_path: Path | str, *, ctx: int, chun
     if device:
         args += ["--device", device]
     return args
+
+
+def write_reference(model: Path, text: Path, out: Path, *, ctx: int, chunks: int, threads: int | None,
+                    log_path: Path, ngl: int | None = None, device: str | None = None) -> Path:
+    """The model's reference distributions on the text, written to `out` by the tool (a run with no pairs and
+    --reference-out; the file appears whole or not at all). The sweep's later runs read them with the same
+    ctx and chunks."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pairs_path = out.with_name(out.name + ".pairs.tsv")
+    atomic.write_text(pairs_path, "")
+    try:
+        runner.run_tool(TOOL, [*tool_args(model, text, pairs_path, ctx=ctx, chunks=chunks, imatrix=None,
+                                          threads=threads, ngl=ngl, device=device),
+                               "--reference-out", str(out)], log_path=log_path)
+    finally:
+        pairs_path.unlink(missing_ok=True)
+    if not out.is_file():
+        raise HifikitError(f"{TOOL} did not write the reference {out} (log: {log_path})")
+    log.info("reference distributions of %s: %s (%d bytes)", model.name, out, out.stat().st_size)
+    return out
+
+
+def check_baseline(model: Path, baseline: Path) -> dict[str, int]:
+    """A baseline holds the model's tensors, the same names and shapes (in any type); its bytes per tensor: the
+    room a candidate has in the tensor's place."""
+    ours = {t.name: t for t in gguf_io.tensor_index(model).tensors}
+    theirs = {t.name: t for t in gguf_io.tensor_index(baseline).tensors}
+    missing = sorted(set(ours) - set(theirs))
+    extra = sorted(set(theirs) - set(ours))
+    if missing or extra:
+        what = f"lacks tensor {missing[0]!r}" if missing else f"has a tensor the model lacks, {extra[0]!r}"
+        raise HifikitError(f"the baseline {baseline} is not a quantization of {model}: it {what} "
+                           f"({len(missing)} missing, {len(extra)} extra)")
+    for name, t in ours.items():
+        if theirs[name].shape != t.shape:
+            raise HifikitError(f"the baseline {baseline} is not a quantization of {model}: tensor {name!r} is "
+                               f"{'x'.join(map(str, theirs[name].shape))} there, "
+                               f"{'x'.join(map(str, t.shape))} in the model")
+    types = {t.id: t for t in ggml.load().types()}
+    return {name: types[t.type_id].row_size(t.shape[0]) * (t.n_elements // t.shape[0])
+            for name, t in theirs.items()}
 
 
 def check_offload(ngl: int | None, device: str | None) -> None:
@@ -110,8 +171,10 @@ def check_offload(ngl: int | None, device: str | None) -> None:
 
 def run_sweep(conn: sqlite3.Connection, run_id: int, model: Path, text: Path, pairs: list[tuple[str, str]], *,
               ctx: int, chunks: int, imatrix: Path | None, threads: int | None, log_path: Path,
-              progress: bool | None, ngl: int | None = None, device: str | None = None) -> None:
-    """Measure every pair not stored yet for this run; each result is committed as it arrives."""
+              progress: bool | None, ngl: int | None = None, device: str | None = None,
+              baseline: Path | None = None, reference: Path | None = None) -> None:
+    """Measure every pair not stored yet for this run; each result is committed as it arrives. With a
+    baseline, on it (tool_args), against the reference distributions in `reference`."""
     todo = group_by_tensor(pending_pairs(conn, run_id, pairs))
     n_all = len({(t, ty.lower()) for t, ty in pairs})
     n_done = n_all - len(todo)
@@ -146,7 +209,8 @@ def run_sweep(conn: sqlite3.Connection, run_id: int, model: Path, text: Path, pa
     bar = Progress("measured sweep", enabled=progress)
     bar.update(n_done, n_all)
     runner.run_tool(TOOL, tool_args(model, text, pairs_path, ctx=ctx, chunks=chunks, imatrix=imatrix,
-                                    threads=threads, ngl=ngl, device=device),
+                                    threads=threads, ngl=ngl, device=device, baseline=baseline,
+                                    reference=reference),
                     log_path=log_path, progress=bar, watcher=watcher, on_line=on_line)
     missing = wanted - stored
     if missing:

@@ -41,17 +41,46 @@ def sweep_proxy(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
                                                    model=spec["model"])])
 
 
+def _baseline_pairs(cands: list[proxy.TensorCandidates],
+                    room: dict[str, int]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """On a baseline: the pairs whose bytes fit in the baseline's tensor, and those that do not (f16 in a Q8_0
+    tensor's place), which cannot be measured there."""
+    fit, left_out = [], []
+    for c in cands:
+        for t in c.types:
+            (fit if c.nbytes[t] <= room[c.tensor] else left_out).append((c.tensor, t))
+    return fit, left_out
+
+
 def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     cands, _ = _candidates(spec)
     proxy.store_tensors(ctx.conn, ctx.run_id, cands)
-    # a tensor in its own (source) type is the reference itself: KLD 0 by construction, nothing to measure
-    exact = [c for c in cands if c.source_type in c.types]
-    with db.transaction(ctx.conn):
-        for c in exact:
-            curves.store_points(ctx.conn, ctx.run_id, "measured", c.tensor,
-                                [curves.CurvePoint(c.source_type, c.nbytes[c.source_type], 0.0, 0.0, 0.0)])
-    exact_pairs = {(c.tensor, c.source_type) for c in exact}
-    pairs = [pair for pair in proxy.sweep_pairs(cands) if pair not in exact_pairs]
+    baseline = Path(spec["baseline"]) if spec.get("baseline") else None
+    reference = None
+    left_out: list[tuple[str, str]] = []
+    if baseline is None:
+        # a tensor in its own (source) type is the reference itself: KLD 0 by construction, nothing to measure
+        exact = [c for c in cands if c.source_type in c.types]
+        with db.transaction(ctx.conn):
+            for c in exact:
+                curves.store_points(ctx.conn, ctx.run_id, "measured", c.tensor,
+                                    [curves.CurvePoint(c.source_type, c.nbytes[c.source_type], 0.0, 0.0, 0.0)])
+        exact_pairs = {(c.tensor, c.source_type) for c in exact}
+        pairs = [pair for pair in proxy.sweep_pairs(cands) if pair not in exact_pairs]
+    else:
+        # on a baseline every pair is measured (the source type too is the baseline plus that tensor), but only
+        # those whose bytes fit in the baseline tensor's place; the reference is the model's, computed once
+        pairs, left_out = _baseline_pairs(cands, measured.check_baseline(Path(spec["model"]), baseline))
+        if left_out:
+            log.info("measured sweep on the baseline %s: %d pair(s) bigger than the baseline's tensor left out, "
+                     "e.g. %s %s", baseline.name, len(left_out), *left_out[0])
+        reference = ctx.run_dir / "reference.bin"
+        if reference.is_file():
+            log.info("reference distributions: %s, from before (the tool checks they are this sweep's)", reference)
+        else:
+            measured.write_reference(Path(spec["model"]), Path(spec["text"]), reference, ctx=spec["ctx"],
+                                     chunks=spec["chunks"], threads=spec.get("threads"), log_path=ctx.log_path,
+                                     ngl=spec.get("ngl"), device=spec.get("device"))
     points = spec.get("calibration_points")
     stages = [pairs]
     if points is not None:
@@ -65,7 +94,8 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     for stage in stages:
         kw = dict(ctx=spec["ctx"], chunks=spec["chunks"],
                   imatrix=Path(spec["imatrix"]) if spec.get("imatrix") else None, threads=spec.get("threads"),
-                  log_path=ctx.log_path, progress=ctx.progress, ngl=spec.get("ngl"), device=spec.get("device"))
+                  log_path=ctx.log_path, progress=ctx.progress, ngl=spec.get("ngl"), device=spec.get("device"),
+                  baseline=baseline, reference=reference)
         if spec.get("ray"):
             # the same pairs and points on a Ray cluster (cluster.py); Ray is imported only there
             from . import cluster
@@ -78,7 +108,11 @@ def sweep_measured(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:
     result = {**proxy.candidate_summary(cands), "measured_pairs": len(stages[-1])}
     if ray_stats:
         result["ray"] = ray_stats
-    return StepOutput(result=result)
+    artifacts = []
+    if baseline is not None:
+        result.update(baseline=str(baseline), left_out_pairs=len(left_out))
+        artifacts.append(db.Artifact(str(reference), "reference"))
+    return StepOutput(result=result, artifacts=artifacts)
 
 
 def knees(ctx: StepContext, spec: dict[str, Any]) -> StepOutput:

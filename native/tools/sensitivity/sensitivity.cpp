@@ -11,6 +11,13 @@
 // are read from stdin one per line and each is measured as soon as its line is in (a long-lived worker: the
 // model is loaded and the reference computed once); the tool exits on end of input.
 //
+// With --source F16.gguf the loaded model (-m) may be a quantized baseline, Q8_0 say, about half the F16's memory:
+// each swept tensor's values are then read from the source file, one tensor at a time, and quantized to the
+// candidate type in place of the baseline's bytes. The reference distributions must then be those of the source
+// model: --reference-out writes them to a file after the reference pass (a run on the F16 model, where it fits),
+// --reference-in reads them instead of running that pass. A pair then measures "the baseline everywhere, this
+// tensor in the candidate type" against the source model.
+//
 // The weights may live on an offload device (-ngl, --device): a tensor is read and written with
 // ggml_backend_tensor_get/set, which works on any buffer whose layout is ggml's own (not a repacked or
 // split buffer type, which are refused).
@@ -25,11 +32,14 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
+#include "ggml-cpp.h"
+#include "gguf.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cfloat>
 #include <cinttypes>
@@ -58,6 +68,9 @@ struct sensitivity_params {
     std::string text;
     std::string pairs;
     std::string imatrix;
+    std::string source;              // --source: the swept tensors' values come from this file (F32/F16/BF16)
+    std::string reference_in;        // --reference-in: the reference distributions, read instead of computed
+    std::string reference_out;       // --reference-out: write the reference distributions to this file
     std::string devices;             // --device: comma-separated offload devices, or none; empty = all available
     int32_t     n_gpu_layers = 0;    // -ngl: layers stored on the offload devices (-1 = all)
     int32_t     n_ctx       = 256;
@@ -74,6 +87,7 @@ struct sensitivity_pair {
     ggml_tensor * tensor;
     ggml_type     type;
     size_t        nbytes; // the tensor's exact size in this type
+    int64_t       source_id; // with --source: the tensor's id in the source file, else -1
 };
 
 // the reference distribution of every scored position, in O(n_top) per position
@@ -107,6 +121,7 @@ struct sensitivity_stats {
 static void sensitivity_print_usage(const char * argv0) {
     sensitivity_params params;
     fprintf(stderr, "usage: %s -m REF.gguf -f TEXT --pairs PAIRS.tsv|- [options]\n", argv0);
+    fprintf(stderr, "       %s -m BASELINE.gguf --source REF.gguf --reference-in REF.bin -f TEXT --pairs PAIRS.tsv|- [options]\n", argv0);
     fprintf(stderr, "\n");
     fprintf(stderr, "For each line 'tensor<TAB>type' of PAIRS.tsv, quantize -> dequantize that tensor of the reference\n");
     fprintf(stderr, "model to the type, measure the KL divergence of the output against the reference, restore it,\n");
@@ -114,7 +129,16 @@ static void sensitivity_print_usage(const char * argv0) {
     fprintf(stderr, "\n");
     fprintf(stderr, "options:\n");
     fprintf(stderr, "  -h, --help            show this help message and exit\n");
-    fprintf(stderr, "  -m, --model FNAME     reference model (tensors stored as F32, F16 or BF16)\n");
+    fprintf(stderr, "  -m, --model FNAME     reference model (tensors stored as F32, F16 or BF16); with --source, the\n");
+    fprintf(stderr, "                        baseline whose swept tensors are replaced (quantized, e.g. Q8_0, or not)\n");
+    fprintf(stderr, "  --source FNAME        read each swept tensor's values from this GGUF (tensors stored as F32, F16\n");
+    fprintf(stderr, "                        or BF16, the same names and shapes as -m) instead of the loaded model;\n");
+    fprintf(stderr, "                        needs --reference-in (the reference of this source model)\n");
+    fprintf(stderr, "  --reference-out FNAME write the reference distributions to FNAME after the reference pass\n");
+    fprintf(stderr, "                        (with an empty pairs file, that is all the run does)\n");
+    fprintf(stderr, "  --reference-in FNAME  read the reference distributions from FNAME (written by --reference-out\n");
+    fprintf(stderr, "                        with the same text, -c, --chunks, positions, --top-k and --tail-samples)\n");
+    fprintf(stderr, "                        instead of computing them from the loaded model\n");
     fprintf(stderr, "  -f, --file FNAME      text to evaluate on\n");
     fprintf(stderr, "  --pairs FNAME         pairs to measure, one 'tensor<TAB>type' per line (ggml type names);\n");
     fprintf(stderr, "                        - reads them from stdin, each measured as its line arrives, until end of input\n");
@@ -474,9 +498,328 @@ static bool sensitivity_eval(llama_context * ctx, const std::vector<llama_token>
 using sensitivity_tensor_map  = std::unordered_map<std::string, ggml_tensor *>;
 using sensitivity_imatrix_map = std::unordered_map<std::string, std::vector<float>>;
 
+// n values stored as type (F32, F16 or BF16) -> float
+static void sensitivity_values_to_float(ggml_type type, const void * data, float * out, int64_t n) {
+    switch (type) {
+        case GGML_TYPE_F32:  memcpy(out, data, n*sizeof(float)); break;
+        case GGML_TYPE_F16:  ggml_fp16_to_fp32_row((const ggml_fp16_t *) data, out, n); break;
+        case GGML_TYPE_BF16: ggml_bf16_to_fp32_row((const ggml_bf16_t *) data, out, n); break;
+        default: GGML_ABORT("unsupported storage type");
+    }
+}
+
+// "4096x14336", the dimensions a tensor has
+static std::string sensitivity_shape(const int64_t * ne) {
+    int n_dims = GGML_MAX_DIMS;
+    while (n_dims > 1 && ne[n_dims - 1] == 1) {
+        --n_dims;
+    }
+    std::string out;
+    for (int i = 0; i < n_dims; ++i) {
+        out += (i ? "x" : "") + std::to_string(ne[i]);
+    }
+    return out;
+}
+
+// --source: the file the swept tensors' values are read from, one tensor at a time; a user's file, so its metadata
+// is checked before it is used (the name, type and shape of each tensor, and that its bytes lie inside the file)
+struct sensitivity_source {
+    std::string      fname;
+    gguf_context_ptr meta;
+    std::ifstream    file;
+    uint64_t         file_size = 0;
+};
+
+static bool sensitivity_open_source(const std::string & fname, sensitivity_source & src) {
+    std::ifstream f(fname, std::ios::binary | std::ios::ate);
+    const std::streamoff size = f ? (std::streamoff) f.tellg() : (std::streamoff) -1;
+    if (!f || size < 0) {
+        fprintf(stderr, "error: --source: cannot open '%s'\n", fname.c_str());
+        return false;
+    }
+    gguf_init_params gparams = { /*.no_alloc =*/ true, /*.ctx =*/ nullptr };
+    src.meta.reset(gguf_init_from_file(fname.c_str(), gparams));
+    if (!src.meta) {
+        fprintf(stderr, "error: --source: '%s' is not a readable GGUF file\n", fname.c_str());
+        return false;
+    }
+    src.fname     = fname;
+    src.file      = std::move(f);
+    src.file_size = (uint64_t) size;
+    return true;
+}
+
+// where tensor `id` of the source starts in its file, and its size; false if it does not lie inside the file
+static bool sensitivity_source_extent(const sensitivity_source & src, int64_t id, int64_t n_elements, uint64_t & offset,
+        uint64_t & nbytes) {
+    const uint64_t data_offset   = gguf_get_data_offset(src.meta.get());
+    const uint64_t tensor_offset = gguf_get_tensor_offset(src.meta.get(), id);
+    const uint64_t type_size     = ggml_type_size(gguf_get_tensor_type(src.meta.get(), id));
+    if (tensor_offset > UINT64_MAX - data_offset || n_elements < 0 || (uint64_t) n_elements > UINT64_MAX/type_size) {
+        return false;
+    }
+    offset = data_offset + tensor_offset;
+    nbytes = (uint64_t) n_elements*type_size;
+    return offset <= src.file_size && nbytes <= src.file_size - offset;
+}
+
+// the source tensor of the loaded tensor t: its id, once its type, shape and extent are checked; -1 (and one error
+// line naming `at`) when it cannot be used
+static int64_t sensitivity_source_tensor(const sensitivity_source & src, const char * at, const std::string & name,
+        const ggml_tensor * t) {
+    const char * fname = src.fname.c_str();
+    const int64_t id = gguf_find_tensor(src.meta.get(), name.c_str());
+    if (id < 0) {
+        fprintf(stderr, "error: %s: the source '%s' has no tensor '%s'\n", at, fname, name.c_str());
+        return -1;
+    }
+    const ggml_type type = gguf_get_tensor_type(src.meta.get(), id);
+    if (!sensitivity_storage_supported(type)) {
+        fprintf(stderr, "error: %s: tensor '%s' of the source '%s' is stored as %s; the source must be F32, F16 or BF16\n",
+                at, name.c_str(), fname, ggml_type_name(type));
+        return -1;
+    }
+    const int64_t * ne = gguf_get_tensor_ne(src.meta.get(), id);
+    for (int i = 0; i < GGML_MAX_DIMS; ++i) {
+        if (ne[i] != t->ne[i]) {
+            fprintf(stderr, "error: %s: tensor '%s' is %s in the source '%s' but %s in the model\n", at, name.c_str(),
+                    sensitivity_shape(ne).c_str(), fname, sensitivity_shape(t->ne).c_str());
+            return -1;
+        }
+    }
+    uint64_t offset = 0;
+    uint64_t nbytes = 0;
+    if (!sensitivity_source_extent(src, id, ggml_nelements(t), offset, nbytes)) {
+        fprintf(stderr, "error: %s: tensor '%s' of the source '%s' lies past the end of the file (%" PRIu64 " bytes)\n",
+                at, name.c_str(), fname, src.file_size);
+        return -1;
+    }
+    return id;
+}
+
+// the values of source tensor `id` (checked by sensitivity_source_tensor) as float, read in slices
+static bool sensitivity_source_read(sensitivity_source & src, int64_t id, const std::string & name, int64_t n,
+        std::vector<float> & out) {
+    const ggml_type type = gguf_get_tensor_type(src.meta.get(), id);
+    uint64_t offset = 0;
+    uint64_t nbytes = 0;
+    GGML_ASSERT(sensitivity_source_extent(src, id, n, offset, nbytes));
+    out.resize(n);
+    const size_t  type_size = ggml_type_size(type);
+    const int64_t per_read  = (int64_t) ((16u << 20)/type_size);
+    std::vector<char> buf((size_t) std::min<int64_t>(per_read, n)*type_size);
+    src.file.clear();
+    src.file.seekg((std::streamoff) offset);
+    for (int64_t i0 = 0; i0 < n; i0 += per_read) {
+        const int64_t m = std::min(per_read, n - i0);
+        if (!src.file.read(buf.data(), (std::streamsize) (m*type_size))) {
+            fprintf(stderr, "error: failed to read tensor '%s' from the source '%s'\n", name.c_str(), src.fname.c_str());
+            return false;
+        }
+        sensitivity_values_to_float(type, buf.data(), out.data() + i0, m);
+    }
+    return true;
+}
+
+// the reference distributions in a file (--reference-out, --reference-in), in the writing host's byte order:
+//   header:  magic "HKSREF\0\0", uint32 format version, uint32 scored positions (0: from ctx/2 on, 1: all),
+//            int64 n_vocab, ctx, chunks, top-k, tail samples, scored positions in all (n_total),
+//            uint64 FNV-1a 64 of the evaluated tokens (int32 each), uint64 FNV-1a 64 of the payload
+//   payload: idx int32 [n_total][top-k], logp f64 [n_total][top-k], tail f64 [n_total], top int32 [n_total],
+//            samp int32 [n_total][tail samples], samp_logp f64 [n_total][tail samples]
+static const char     sensitivity_ref_magic[8] = { 'H', 'K', 'S', 'R', 'E', 'F', '\0', '\0' };
+static const uint32_t sensitivity_ref_version  = 1;
+
+struct sensitivity_ref_header {
+    char     magic[8];
+    uint32_t version;
+    uint32_t all_pos;
+    int64_t  n_vocab;
+    int64_t  n_ctx;
+    int64_t  n_chunks;
+    int64_t  n_top;
+    int64_t  n_samp;
+    int64_t  n_total;
+    uint64_t tokens_hash;
+    uint64_t data_hash;
+};
+static_assert(sizeof(sensitivity_ref_header) == 80, "the header has no padding");
+
+static uint64_t sensitivity_fnv1a(const void * data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
+    const uint8_t * p = (const uint8_t *) data;
+    for (size_t i = 0; i < n; ++i) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+// the payload's arrays, in file order
+static std::vector<std::pair<void *, size_t>> sensitivity_ref_arrays(sensitivity_reference & ref) {
+    return {
+        { ref.idx.data(),       ref.idx.size()*sizeof(int32_t)      },
+        { ref.logp.data(),      ref.logp.size()*sizeof(double)      },
+        { ref.tail.data(),      ref.tail.size()*sizeof(double)      },
+        { ref.top.data(),       ref.top.size()*sizeof(int32_t)      },
+        { ref.samp.data(),      ref.samp.size()*sizeof(int32_t)     },
+        { ref.samp_logp.data(), ref.samp_logp.size()*sizeof(double) },
+    };
+}
+
+// --reference-out: the file is opened (as FNAME.tmp) before any work, so that an unwritable path fails at once,
+// and renamed to FNAME once complete; a run that fails before leaves no file
+struct sensitivity_ref_writer {
+    std::string fname;
+    std::string tmp;
+    FILE *      f = nullptr;
+
+    bool open(const std::string & name) {
+        fname = name;
+        tmp   = name + ".tmp";
+        f     = fopen(tmp.c_str(), "wb");
+        if (f == nullptr) {
+            fprintf(stderr, "error: --reference-out: cannot write '%s': %s\n", tmp.c_str(), strerror(errno));
+            return false;
+        }
+        return true;
+    }
+
+    bool commit(sensitivity_ref_header hdr, sensitivity_reference & ref) {
+        const auto arrays = sensitivity_ref_arrays(ref);
+        hdr.data_hash = 0xcbf29ce484222325ull;
+        for (const auto & a : arrays) {
+            hdr.data_hash = sensitivity_fnv1a(a.first, a.second, hdr.data_hash);
+        }
+        bool ok = fwrite(&hdr, sizeof(hdr), 1, f) == 1;
+        for (const auto & a : arrays) {
+            ok = ok && (a.second == 0 || fwrite(a.first, a.second, 1, f) == 1);
+        }
+        ok = fflush(f) == 0 && ok;
+        ok = fclose(f) == 0 && ok;
+        f = nullptr;
+#if defined(_WIN32)
+        std::remove(fname.c_str()); // rename does not replace a file there
+#endif
+        if (!ok || std::rename(tmp.c_str(), fname.c_str()) != 0) {
+            fprintf(stderr, "error: --reference-out: failed to write '%s': %s\n", fname.c_str(), strerror(errno));
+            std::remove(tmp.c_str());
+            return false;
+        }
+        tmp.clear();
+        return true;
+    }
+
+    ~sensitivity_ref_writer() {
+        if (f != nullptr) {
+            fclose(f);
+        }
+        if (!tmp.empty()) {
+            std::remove(tmp.c_str());
+        }
+    }
+};
+
+// --reference-in: the reference written for the run that `want` describes (every field but data_hash), into ref
+// (sized by the caller); any difference, a wrong size or a changed byte is one error line
+static bool sensitivity_read_reference(const std::string & fname, const sensitivity_ref_header & want,
+        sensitivity_reference & ref) {
+    const char * at = fname.c_str();
+    std::ifstream f(fname, std::ios::binary | std::ios::ate);
+    const std::streamoff end = f ? (std::streamoff) f.tellg() : (std::streamoff) -1;
+    if (!f || end < 0) {
+        fprintf(stderr, "error: --reference-in: cannot open '%s'\n", at);
+        return false;
+    }
+    const uint64_t size = (uint64_t) end;
+    sensitivity_ref_header hdr;
+    memset(&hdr, 0, sizeof(hdr));
+    const size_t n_head = (size_t) std::min<uint64_t>(size, sizeof(hdr));
+    f.seekg(0);
+    if (!f.read((char *) &hdr, (std::streamsize) n_head)) {
+        fprintf(stderr, "error: --reference-in: failed to read '%s'\n", at);
+        return false;
+    }
+    if (memcmp(hdr.magic, sensitivity_ref_magic, std::min(n_head, sizeof(hdr.magic))) != 0) {
+        fprintf(stderr, "error: --reference-in: '%s' is not a llama-sensitivity reference file (bad magic)\n", at);
+        return false;
+    }
+    if (n_head < sizeof(hdr)) {
+        fprintf(stderr, "error: --reference-in: '%s' is truncated: %" PRIu64 " bytes, shorter than its %zu-byte header\n",
+                at, size, sizeof(hdr));
+        return false;
+    }
+    if (hdr.version != want.version) {
+        fprintf(stderr, "error: --reference-in: '%s' has format version %u, this tool reads version %u\n", at,
+                hdr.version, want.version);
+        return false;
+    }
+    struct field { const char * what; int64_t got; int64_t expected; };
+    const field fields[] = {
+        { "a vocabulary of n tokens",           hdr.n_vocab,  want.n_vocab  },
+        { "-c",                                 hdr.n_ctx,    want.n_ctx    },
+        { "--chunks",                           hdr.n_chunks, want.n_chunks },
+        { "--all-positions (1) or not (0)",     hdr.all_pos,  want.all_pos  },
+        { "the top-k tokens kept per position", hdr.n_top,    want.n_top    },
+        { "--tail-samples",                     hdr.n_samp,   want.n_samp   },
+        { "scored positions in all",            hdr.n_total,  want.n_total  },
+    };
+    for (const field & fd : fields) {
+        if (fd.got != fd.expected) {
+            fprintf(stderr, "error: --reference-in: '%s' was written for %s = %" PRId64 ", this run has %" PRId64 "\n",
+                    at, fd.what, fd.got, fd.expected);
+            return false;
+        }
+    }
+    if (hdr.tokens_hash != want.tokens_hash) {
+        fprintf(stderr, "error: --reference-in: '%s' was written for another text or tokenizer (token hash %016" PRIx64
+                ", this run's %016" PRIx64 ")\n", at, hdr.tokens_hash, want.tokens_hash);
+        return false;
+    }
+    const auto arrays = sensitivity_ref_arrays(ref);
+    uint64_t payload = 0;
+    for (const auto & a : arrays) {
+        payload += a.second;
+    }
+    if (size != sizeof(hdr) + payload) {
+        fprintf(stderr, "error: --reference-in: '%s' is %s: %" PRIu64 " bytes, its header says %" PRIu64 "\n", at,
+                size < sizeof(hdr) + payload ? "truncated" : "longer than its header says", size, sizeof(hdr) + payload);
+        return false;
+    }
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (const auto & a : arrays) {
+        if (a.second > 0 && !f.read((char *) a.first, (std::streamsize) a.second)) {
+            fprintf(stderr, "error: --reference-in: failed to read '%s'\n", at);
+            return false;
+        }
+        hash = sensitivity_fnv1a(a.first, a.second, hash);
+    }
+    if (hash != hdr.data_hash) {
+        fprintf(stderr, "error: --reference-in: '%s' is corrupted (its data does not match the hash in its header)\n", at);
+        return false;
+    }
+    // the token ids index the logits: each one is checked, whatever the hash says
+    const int64_t n_vocab = want.n_vocab;
+    auto in_vocab = [n_vocab](int32_t id) { return id >= 0 && id < n_vocab; };
+    bool ok = std::all_of(ref.top.begin(), ref.top.end(), in_vocab) && std::all_of(ref.samp.begin(), ref.samp.end(), in_vocab);
+    for (int64_t k = 0; ok && k < want.n_total; ++k) {
+        const int32_t * idx = ref.idx.data() + k*ref.n_top;
+        for (int64_t i = 0; ok && i < ref.n_top; ++i) {
+            ok = in_vocab(idx[i]) && (i == 0 || idx[i] > idx[i - 1]);
+        }
+        ok = ok && ref.tail[k] >= 0.0 && ref.tail[k] <= 1.0;
+    }
+    if (!ok) {
+        fprintf(stderr, "error: --reference-in: '%s' is corrupted (a token id out of range or a tail mass outside [0, 1])\n", at);
+        return false;
+    }
+    return true;
+}
+
 // one line 'tensor<TAB>type' -> pair; false (and one error line naming `where`) for anything that cannot be measured
+// with a source, the tensor's values come from it: the loaded tensor may be of any type, and every candidate's bytes
+// go in its place (none may need more room than the loaded tensor holds)
 static bool sensitivity_parse_pair(const std::string & line, const std::string & where, const sensitivity_tensor_map & tensors,
-        const sensitivity_imatrix_map & imatrix, sensitivity_pair & pair) {
+        const sensitivity_imatrix_map & imatrix, const sensitivity_source * source, sensitivity_pair & pair) {
     const char * at = where.c_str();
     const size_t tab = line.find('\t');
     if (tab == std::string::npos || line.find('\t', tab + 1) != std::string::npos) {
@@ -492,7 +835,7 @@ static bool sensitivity_parse_pair(const std::string & line, const std::string &
         return false;
     }
     ggml_tensor * t = it->second;
-    if (!sensitivity_storage_supported(t->type)) {
+    if (source == nullptr && !sensitivity_storage_supported(t->type)) {
         fprintf(stderr, "error: %s: tensor '%s' is stored as %s; the reference must be F32, F16 or BF16\n",
                 at, name.c_str(), ggml_type_name(t->type));
         return false;
@@ -518,13 +861,14 @@ static bool sensitivity_parse_pair(const std::string & line, const std::string &
                 at, ggml_type_name(type), name.c_str(), t->ne[0], blck_size);
         return false;
     }
-    if (ggml_row_size(type, t->ne[0]) <= ggml_row_size(t->type, t->ne[0])) {
-        // the candidate's bytes go in the tensor's place (an F32 candidate of a 16-bit tensor is the tensor itself)
+    if (source != nullptr || ggml_row_size(type, t->ne[0]) <= ggml_row_size(t->type, t->ne[0])) {
+        // the candidate's bytes go in the tensor's place (an F32 candidate of a 16-bit tensor is the tensor itself,
+        // unless its values come from a source)
         const size_t need = sensitivity_alloc_size(t, type);
         if (need > ggml_nbytes(t)) {
             fprintf(stderr, "error: %s: type %s of tensor '%s' takes %zu bytes in a %s buffer, more than the %zu the "
-                    "tensor holds\n", at, ggml_type_name(type), name.c_str(), need, ggml_backend_buffer_name(t->buffer),
-                    ggml_nbytes(t));
+                    "tensor holds as %s\n", at, ggml_type_name(type), name.c_str(), need,
+                    ggml_backend_buffer_name(t->buffer), ggml_nbytes(t), ggml_type_name(t->type));
             return false;
         }
     }
@@ -539,8 +883,12 @@ static bool sensitivity_parse_pair(const std::string & line, const std::string &
                 at, name.c_str(), im->second.size(), t->ne[0]*t->ne[2]);
         return false;
     }
+    const int64_t source_id = source != nullptr ? sensitivity_source_tensor(*source, at, name, t) : -1;
+    if (source != nullptr && source_id < 0) {
+        return false;
+    }
     const int64_t nrows = ggml_nelements(t)/t->ne[0];
-    pair = { name, t, type, ggml_row_size(type, t->ne[0])*nrows };
+    pair = { name, t, type, ggml_row_size(type, t->ne[0])*nrows, source_id };
     return true;
 }
 
@@ -558,8 +906,10 @@ static bool sensitivity_next_line(std::istream & in, std::string & line, int & l
     return false;
 }
 
+// allow_empty: a file with no pairs is no error (a run that only writes the reference)
 static bool sensitivity_read_pairs(const std::string & fname, const sensitivity_tensor_map & tensors,
-        const sensitivity_imatrix_map & imatrix, std::vector<sensitivity_pair> & pairs) {
+        const sensitivity_imatrix_map & imatrix, const sensitivity_source * source, bool allow_empty,
+        std::vector<sensitivity_pair> & pairs) {
     std::ifstream in(fname);
     if (!in) {
         fprintf(stderr, "error: cannot open pairs file '%s'\n", fname.c_str());
@@ -569,12 +919,12 @@ static bool sensitivity_read_pairs(const std::string & fname, const sensitivity_
     int line_no = 0;
     while (sensitivity_next_line(in, line, line_no)) {
         sensitivity_pair pair;
-        if (!sensitivity_parse_pair(line, fname + ":" + std::to_string(line_no), tensors, imatrix, pair)) {
+        if (!sensitivity_parse_pair(line, fname + ":" + std::to_string(line_no), tensors, imatrix, source, pair)) {
             return false;
         }
         pairs.push_back(pair);
     }
-    if (pairs.empty()) {
+    if (pairs.empty() && !allow_empty) {
         fprintf(stderr, "error: %s: no pairs to measure\n", fname.c_str());
         return false;
     }
@@ -620,12 +970,7 @@ static bool sensitivity_load_imatrix(const std::string & fname, sensitivity_imat
 static void sensitivity_to_float(const ggml_tensor * t, const std::vector<uint8_t> & data, std::vector<float> & out) {
     const int64_t n = ggml_nelements(t);
     out.resize(n);
-    switch (t->type) {
-        case GGML_TYPE_F32:  memcpy(out.data(), data.data(), n*sizeof(float)); break;
-        case GGML_TYPE_F16:  ggml_fp16_to_fp32_row((const ggml_fp16_t *) data.data(), out.data(), n); break;
-        case GGML_TYPE_BF16: ggml_bf16_to_fp32_row((const ggml_bf16_t *) data.data(), out.data(), n); break;
-        default: GGML_ABORT("unsupported storage type");
-    }
+    sensitivity_values_to_float(t->type, data.data(), out.data(), n);
 }
 
 // src quantized to type, row by row, as llama-quantize's ggml_quantize_chunk writes it
@@ -722,6 +1067,12 @@ static int sensitivity_main(int argc, char ** argv) {
             params.pairs = next();
         } else if (arg == "--imatrix") {
             params.imatrix = next();
+        } else if (arg == "--source") {
+            params.source = next();
+        } else if (arg == "--reference-in") {
+            params.reference_in = next();
+        } else if (arg == "--reference-out") {
+            params.reference_out = next();
         } else if (arg == "-c" || arg == "--ctx-size") {
             params.n_ctx = std::atoi(next());
         } else if (arg == "--chunks") {
@@ -774,14 +1125,19 @@ static int sensitivity_main(int argc, char ** argv) {
         fprintf(stderr, "error: need --ctx-size >= 8, --chunks >= 1, --top-k >= 0 and --tail-samples >= 0\n");
         return 1;
     }
+    if (!params.source.empty() && params.reference_in.empty()) {
+        fprintf(stderr, "error: --source needs --reference-in: the reference must be the source model's (written by "
+                "a run on it with --reference-out), not the loaded model's\n");
+        return 1;
+    }
     if (params.n_threads <= 0) {
         params.n_threads = (int32_t) std::max(1u, std::thread::hardware_concurrency());
     }
     const bool from_stdin = params.pairs == "-";
 
     // fail on unreadable inputs before loading anything
-    for (const std::string * fname : { &params.model, &params.text, &params.pairs }) {
-        if (fname == &params.pairs && from_stdin) {
+    for (const std::string * fname : { &params.model, &params.text, &params.pairs, &params.source, &params.reference_in }) {
+        if ((fname == &params.pairs && from_stdin) || fname->empty()) {
             continue;
         }
         std::ifstream f(*fname);
@@ -819,6 +1175,18 @@ static int sensitivity_main(int argc, char ** argv) {
     if (!params.imatrix.empty() && !sensitivity_load_imatrix(params.imatrix, imatrix)) {
         return 1;
     }
+    sensitivity_source source_file;
+    const sensitivity_source * source = nullptr;
+    if (!params.source.empty()) {
+        if (!sensitivity_open_source(params.source, source_file)) {
+            return 1;
+        }
+        source = &source_file;
+    }
+    sensitivity_ref_writer ref_writer;
+    if (!params.reference_out.empty() && !ref_writer.open(params.reference_out)) {
+        return 1;
+    }
 
     // writable weights (no mmap) in ggml's own layout (no repacked buffers), on the CPU or, with -ngl, on the
     // offload devices in their default buffer type (layers split over several devices, not rows)
@@ -844,7 +1212,7 @@ static int sensitivity_main(int argc, char ** argv) {
         tensors[it.first] = it.second;
     }
     std::vector<sensitivity_pair> pairs;
-    if (!from_stdin && !sensitivity_read_pairs(params.pairs, tensors, imatrix, pairs)) {
+    if (!from_stdin && !sensitivity_read_pairs(params.pairs, tensors, imatrix, source, !params.reference_out.empty(), pairs)) {
         return 1;
     }
 
@@ -913,8 +1281,23 @@ static int sensitivity_main(int argc, char ** argv) {
         return 1;
     }
 
+    // what a reference file of this run holds: the fields a file read with --reference-in must match
+    sensitivity_ref_header ref_header;
+    memset(&ref_header, 0, sizeof(ref_header));
+    memcpy(ref_header.magic, sensitivity_ref_magic, sizeof(ref_header.magic));
+    ref_header.version     = sensitivity_ref_version;
+    ref_header.all_pos     = params.all_pos ? 1 : 0;
+    ref_header.n_vocab     = n_vocab;
+    ref_header.n_ctx       = n_ctx;
+    ref_header.n_chunks    = params.n_chunks;
+    ref_header.n_top       = ref.n_top;
+    ref_header.n_samp      = ref.n_samp;
+    ref_header.n_total     = n_total;
+    ref_header.tokens_hash = sensitivity_fnv1a(tokens.data(), n_needed*sizeof(llama_token));
+
     const auto t_ref = std::chrono::steady_clock::now();
-    const bool ok = sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
+    const bool ok = !params.reference_in.empty() ? sensitivity_read_reference(params.reference_in, ref_header, ref) :
+        sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
         [&](int c, const float * logits, int n) {
             sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
                 thread_local std::vector<int32_t> scratch;
@@ -936,7 +1319,16 @@ static int sensitivity_main(int argc, char ** argv) {
     if (!ok) {
         return 1;
     }
+    if (!params.reference_out.empty() && !ref_writer.commit(ref_header, ref)) {
+        return 1;
+    }
     const double t_ref_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_ref).count();
+    if (!params.reference_in.empty()) {
+        fprintf(stderr, "%s: reference distributions read from %s\n", __func__, params.reference_in.c_str());
+    }
+    if (!params.reference_out.empty()) {
+        fprintf(stderr, "%s: reference distributions written to %s\n", __func__, params.reference_out.c_str());
+    }
     {
         double sum_tail = 0.0;
         double max_tail = 0.0;
@@ -947,8 +1339,10 @@ static int sensitivity_main(int argc, char ** argv) {
         fprintf(stderr, "%s: reference tail mass P(R) beyond the top %" PRId64 ": mean %.3g, max %.3g\n", __func__,
                 ref.n_top, sum_tail/n_total, max_tail);
     }
-    fprintf(stderr, "%s: model loaded and reference computed in %.2f s (reference pass %.2f s)\n", __func__,
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), t_ref_s);
+    fprintf(stderr, "%s: model loaded and reference %s in %.2f s (reference %s %.2f s)\n", __func__,
+            params.reference_in.empty() ? "computed" : "read",
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(),
+            params.reference_in.empty() ? "pass" : "file", t_ref_s);
 
     // the pairs
     const ggml_tensor *  cur_tensor = nullptr;
@@ -967,7 +1361,13 @@ static int sensitivity_main(int argc, char ** argv) {
             try {
                 original.resize(ggml_nbytes(t));
                 ggml_backend_tensor_get(t, original.data(), 0, original.size());
-                sensitivity_to_float(t, original, weights);
+                if (source != nullptr) {
+                    if (!sensitivity_source_read(source_file, pair.source_id, pair.name, ggml_nelements(t), weights)) {
+                        return false;
+                    }
+                } else {
+                    sensitivity_to_float(t, original, weights);
+                }
             } catch (const std::bad_alloc &) {
                 fprintf(stderr, "error: out of memory for a copy of tensor '%s' (%zu bytes and %" PRId64 " floats)\n",
                         pair.name.c_str(), ggml_nbytes(t), ggml_nelements(t));
@@ -981,7 +1381,7 @@ static int sensitivity_main(int argc, char ** argv) {
         {
             // an F32 candidate of an F16/BF16 tensor has the tensor's own values: the tensor is left as it is
             sensitivity_swap swap(t, original);
-            if (ggml_row_size(pair.type, t->ne[0]) <= ggml_row_size(t->type, t->ne[0])) {
+            if (source != nullptr || ggml_row_size(pair.type, t->ne[0]) <= ggml_row_size(t->type, t->ne[0])) {
                 const auto im = imatrix.find(pair.name);
                 sensitivity_quantize(t, pair.type, weights, im != imatrix.end() ? im->second.data() : nullptr,
                         n_threads, quantized);
@@ -1035,7 +1435,7 @@ static int sensitivity_main(int argc, char ** argv) {
         size_t n_done = 0;
         while (sensitivity_next_line(std::cin, line, line_no)) {
             sensitivity_pair pair;
-            if (!sensitivity_parse_pair(line, "stdin:" + std::to_string(line_no), tensors, imatrix, pair)) {
+            if (!sensitivity_parse_pair(line, "stdin:" + std::to_string(line_no), tensors, imatrix, source, pair)) {
                 return 1;
             }
             char label[32];
