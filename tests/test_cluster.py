@@ -214,6 +214,8 @@ def test_a_killed_worker_loses_only_its_batch(ray_cluster, reference, tiny_model
     conn = db.connect()
     run_id = _new_run(conn, tiny_model)
     killed: list[int] = []
+    # what actors leave in the nodes' temp folder (the test's nodes share this machine's)
+    left_before = set(Path(tempfile.gettempdir()).glob("hifikit-sens*"))
     stop = threading.Event()
 
     def killer() -> None:
@@ -248,6 +250,8 @@ def test_a_killed_worker_loses_only_its_batch(ray_cluster, reference, tiny_model
     assert rows[0] == len(PAIRS)
     assert _points(conn, run_id) == reference
     assert "worker lost" in (tmp_path / "ray.log").read_text()
+    # the killed actor's stderr file was unlinked from the start: nothing of it, nor of the others, is left
+    assert set(Path(tempfile.gettempdir()).glob("hifikit-sens*")) == left_before
 
 
 def test_a_killed_driver_resumes_with_runs_resume(ray_cluster, reference, tiny_model, tiny_text, tmp_path):

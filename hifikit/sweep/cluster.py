@@ -16,7 +16,8 @@ Baseline: with ``baseline`` (a Q8_0 file of the model, say) each actor's tool
 loads the baseline and reads the swept tensors' values from the model file;
 the model's reference distributions (``reference``, written once by the
 driver) travel to the actors through the object store, their bytes written
-into each actor's temp folder, so no node needs the driver's run folder.
+into an unlinked temp file of each actor (the tool opens it as /dev/fd/N):
+no node needs the driver's run folder, and a killed actor leaves no file.
 
 Offload: on a cluster with GPUs each actor reserves one (``num_gpus=1``, Ray
 sets its CUDA_VISIBLE_DEVICES) and runs the tool with every layer on it
@@ -54,7 +55,6 @@ import dataclasses
 import functools
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -168,31 +168,33 @@ class SensitivityWorker:
     def __init__(self, config: ToolConfig, reference: bytes | None = None) -> None:
         self.config = config
         self.proc: subprocess.Popen | None = None
-        self.err: Any = None            # the tool's stderr, a file of this actor's temp folder
+        self.err: Any = None            # the tool's stderr, an unlinked temp file
         self.busy = False               # a pair was written and its result not read
         self.starts = 0
-        self.tmp = tempfile.mkdtemp(prefix="hifikit-sens-")
-        # the model's reference distributions (a baseline sweep), from the driver
-        self.reference: Path | None = None
+        # the model's reference distributions (a baseline sweep), from the driver: an unlinked temp file too,
+        # which the tool opens as /dev/fd/N. Nothing of the actor is left on the node's disk when it is killed
+        self.reference: Any = None
         if reference is not None:
-            self.reference = Path(self.tmp) / "reference.bin"
-            self.reference.write_bytes(reference)
+            self.reference = tempfile.TemporaryFile(prefix="hifikit-sens-ref-")
+            self.reference.write(reference)
+            self.reference.flush()
 
     def node(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname()}
 
     def _start(self) -> subprocess.Popen:
         c = self.config
+        fds = (self.reference.fileno(),) if self.reference is not None else ()
         args = measured.tool_args(Path(c.model), Path(c.text), "-", ctx=c.ctx, chunks=c.chunks,
                                   imatrix=Path(c.imatrix) if c.imatrix else None, threads=c.threads, ngl=c.ngl,
                                   device=c.device, baseline=Path(c.baseline) if c.baseline else None,
-                                  reference=self.reference)
+                                  reference=Path(f"/dev/fd/{fds[0]}") if fds else None)
         self.starts += 1
-        self.err = open(Path(self.tmp) / f"stderr-{self.starts}.log", "w+", encoding="utf-8", errors="replace")
+        self.err = tempfile.TemporaryFile("w+", prefix="hifikit-sens-err-", encoding="utf-8", errors="replace")
         # the tool dies with this process (PR_SET_PDEATHSIG): a killed actor leaves no tool computing
         self.proc = subprocess.Popen(
             [str(paths.binary(measured.TOOL)), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.err, text=True, bufsize=1, env=runner.tool_env(),
+            stderr=self.err, text=True, bufsize=1, env=runner.tool_env(), pass_fds=fds,
             preexec_fn=functools.partial(runner.die_with_parent, int(signal.SIGKILL), os.getpid()))
         self.busy = False
         return self.proc
@@ -214,7 +216,6 @@ class SensitivityWorker:
             proc.stdout.close()
         if self.err is not None:
             self.err.close()
-            Path(self.err.name).unlink(missing_ok=True)
             self.err = None
         return rc
 
@@ -263,10 +264,11 @@ class SensitivityWorker:
             yield tensor, p.type, p.nbytes, p.error, p.error_pm, p.seconds
 
     def close(self) -> int | None:
-        """End the tool cleanly (end of its input); its exit status. (A killed actor leaves its temp folder
-        with the last tool's stderr behind.)"""
+        """End the tool cleanly (end of its input); its exit status."""
         rc = self._stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.reference is not None:
+            self.reference.close()
+            self.reference = None
         return rc
 
 
