@@ -3,6 +3,7 @@ started by `ray start --block` as a process of this module, one CPU each, on 127
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -334,6 +335,20 @@ class _FakeRay:
 
     def cluster_resources(self) -> dict[str, float]:
         return self.resources
+
+
+@pytest.mark.parametrize("n, size, workers", [(96, 32, 2), (64, 32, 2), (97, 16, 2), (12, 3, 4), (5, 16, 2),
+                                              (3, 16, 8), (100, 7, 3)])
+def test_batches_end_together(n, size, workers):
+    """Batches of at most `size`, in order, each pair once; a multiple of `workers` of them (or one per pair),
+    sizes within one of each other: no worker is left measuring a last batch alone."""
+    pairs = [(f"blk.{i}.ffn_down.weight", "q4_K") for i in range(n)]
+    got = cluster._batches(pairs, size, workers)
+    assert [p for b in got for p in b] == pairs
+    sizes = [len(b) for b in got]
+    assert max(sizes) <= size and max(sizes) - min(sizes) <= 1
+    assert len(got) % workers == 0 or len(got) == n
+    assert len(got) < math.ceil(n / size) + workers    # no more batches than balance needs
 
 
 def test_actors_reserve_a_gpu_and_offload_where_the_cluster_has_gpus():

@@ -54,6 +54,7 @@ import collections
 import dataclasses
 import functools
 import logging
+import math
 import os
 import signal
 import socket
@@ -272,8 +273,21 @@ class SensitivityWorker:
         return rc
 
 
-def _batches(pairs: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
-    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+def _batches(pairs: list[tuple[str, str]], size: int, workers: int = 1) -> list[list[tuple[str, str]]]:
+    """The pairs in order, cut into batches of at most `size`: as many batches as a multiple of `workers` (or
+    one per pair when there are fewer pairs than that), their sizes differing by one at most, so that the
+    workers' last batches end together rather than one worker measuring alone at the end (96 pairs in batches
+    of 32 on 2 workers were 3 batches, one worker measured two of them; now 4 batches of 24)."""
+    n_batches = min(len(pairs), workers * math.ceil(len(pairs) / (workers * size)))
+    if n_batches == 0:
+        return []
+    base, extra = divmod(len(pairs), n_batches)
+    out, i = [], 0
+    for b in range(n_batches):
+        n = base + (b < extra)
+        out.append(pairs[i:i + n])
+        i += n
+    return out
 
 
 def worker_options(ray: Any, threads: int, workers: int | None) -> tuple[int, dict[str, Any]]:
@@ -322,7 +336,7 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
         pass
     threads = threads or 1
     n_workers, opts = worker_options(ray, threads, workers)
-    queue = collections.deque(_batches(todo, batch))
+    queue = collections.deque(_batches(todo, batch, n_workers))
     n_workers = min(n_workers, len(queue))
     actor_cls = ray.remote(SensitivityWorker)
     log_path.parent.mkdir(parents=True, exist_ok=True)
