@@ -229,7 +229,8 @@ def analyze(opts: AnalyzeOptions, *, conn: sqlite3.Connection | None = None,
         measured_spec = {**spec, "text": str(Path(opts.text).resolve()), "ctx": opts.ctx, "chunks": chunks,
                          "threads": opts.threads, "ngl": opts.ngl, "device": opts.device}
         if opts.baseline is not None:
-            baseline = Path(gguf_io.tensor_index(opts.baseline).path).resolve()
+            # check_baseline below reads the header; here only the file and the GGUF magic
+            baseline = gguf_io.check_file(opts.baseline).resolve()
             if baseline == model:
                 raise HifikitError(f"--baseline {opts.baseline} is the model itself (a baseline is a quantized "
                                    "copy, e.g. Q8_0)")
