@@ -2,6 +2,7 @@
 and --reference-in (the F16 model's reference distributions in a file), on the tiny synthetic model."""
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -65,6 +66,54 @@ def test_reference_file_layout(built, tiny_model, tiny_text, reference):
     assert n_vocab == 32000 and n_total == CHUNKS * (CTX - 1 - CTX // 2)
     # idx, logp, samp, samp_logp per kept token, tail and top per position
     assert len(data) == HEADER + n_total * (n_top * 12 + 12 + n_samp * 12)
+
+
+def _fnv1a(data: bytes) -> int:
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _whole_text_tokens(model: Path, text: Path) -> list[int]:
+    """The text's tokens as upstream's llama-tokenize gives them, the whole file at once (BOS included)."""
+    proc = subprocess.run([str(paths.binary("llama-tokenize")), "-m", str(model), "-f", str(text), "--ids",
+                           "--log-disable"], capture_output=True, text=True, env=runner.tool_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("["))
+    return [int(x) for x in line.strip("[]").split(",")]
+
+
+@pytest.mark.parametrize("kind", ["sentences", "long tokens", "one line"])
+def test_the_head_of_the_text_gives_the_whole_texts_tokens(built, tiny_model, tiny_text, tmp_path, kind):
+    # the tool tokenizes only the head of the text that its chunks need (a whole calibration file cost every
+    # worker seconds per MiB): the tokens it measures on must be those of the whole text, which eval's
+    # llama-perplexity measures on. Its reference file's header holds their hash
+    if kind == "sentences":
+        text = tiny_text
+    else:
+        # one token per 15 bytes: the first head (8 bytes per token) is too short and must grow
+        words = ["implementation"] * 4000
+        sep = "\n" if kind == "long tokens" else " "
+        text = tmp_path / "text.txt"
+        text.write_text("".join(" ".join(words[i:i + 8]) + sep for i in range(0, len(words), 8)))
+    out = tmp_path / "ref.bin"
+    proc = _write_reference(tiny_model, text, out)
+    head, size = map(int, re.search(r"tokenized the first (\d+) of (\d+) bytes", proc.stderr).groups())
+    assert size == text.stat().st_size
+    n_needed = CTX * CHUNKS
+    if kind == "one line":
+        assert head == size         # no newline to cut after: the whole text
+    else:
+        assert head < size / 2 and text.read_bytes()[head - 1:head] == b"\n"
+    if kind == "long tokens":
+        assert head > 8 * (n_needed + 512)
+    tokens = _whole_text_tokens(tiny_model, text)
+    assert len(tokens) > 2 * n_needed
+    tokens_hash = struct.unpack_from("<Q", out.read_bytes(), 64)[0]
+    assert tokens_hash == _fnv1a(struct.pack(f"<{n_needed}i", *tokens[:n_needed]))
+    # and a hash of other tokens differs: the check can fail
+    assert tokens_hash != _fnv1a(struct.pack(f"<{n_needed}i", *tokens[1:n_needed + 1]))
 
 
 def test_source_and_reference_file_give_the_plain_figures(built, tiny_model, tiny_text, reference, tmp_path):
