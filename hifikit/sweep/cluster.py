@@ -1,10 +1,11 @@
 """Sweeps on a Ray cluster: actors feed pairs to a long-lived ``llama-sensitivity``; proxy chunks are tasks.
 
 ``run_sweep`` is ``measured.run_sweep`` spread over a cluster. The driver (this
-process) keeps a queue of batches of the pairs not stored yet
-(``measured.pending_pairs``), each batch one tensor's pairs where it can
-(``measured.group_by_tensor``), and hands the next batch to whichever actor is
-idle. Each actor keeps one ``llama-sensitivity --pairs -`` process for its
+process) keeps a queue of the pairs not stored yet
+(``measured.pending_pairs``), a tensor's pairs together
+(``measured.group_by_tensor``), and hands the next batch of them to whichever
+actor is idle; batches shrink as the queue does (``_next_batch``), so the
+actors end together. Each actor keeps one ``llama-sensitivity --pairs -`` process for its
 whole life (the model is loaded and the reference pass computed once per
 actor, not per batch), writes it one pair at a time on its stdin and yields
 each result line as the tool prints it (a Ray streaming generator), so results
@@ -273,21 +274,15 @@ class SensitivityWorker:
         return rc
 
 
-def _batches(pairs: list[tuple[str, str]], size: int, workers: int = 1) -> list[list[tuple[str, str]]]:
-    """The pairs in order, cut into batches of at most `size`: as many batches as a multiple of `workers` (or
-    one per pair when there are fewer pairs than that), their sizes differing by one at most, so that the
-    workers' last batches end together rather than one worker measuring alone at the end (96 pairs in batches
-    of 32 on 2 workers were 3 batches, one worker measured two of them; now 4 batches of 24)."""
-    n_batches = min(len(pairs), workers * math.ceil(len(pairs) / (workers * size)))
-    if n_batches == 0:
-        return []
-    base, extra = divmod(len(pairs), n_batches)
-    out, i = [], 0
-    for b in range(n_batches):
-        n = base + (b < extra)
-        out.append(pairs[i:i + n])
-        i += n
-    return out
+def _next_batch(queue: collections.deque, size: int, workers: int) -> list[tuple[str, str]]:
+    """The next batch for an idle actor, from the front of the queue of pairs: at most `size` pairs and at most
+    half of one worker's share of what is left ("factoring", a guided self-scheduling), so batches shrink to
+    one pair at the end and the actors finish within about a pair of each other, whether they started at
+    different times (one waits for a free node) or their pairs cost different times (a 262144-row embedding
+    against a small projection). Small batches cost little: an actor's tool outlives its batches. (Pairs cut
+    into even batches up front left one actor measuring alone for the time the other had started late.)"""
+    n = max(1, min(size, math.ceil(len(queue) / (2 * workers))))
+    return [queue.popleft() for _ in range(min(n, len(queue)))]
 
 
 def worker_options(ray: Any, threads: int, workers: int | None) -> tuple[int, dict[str, Any]]:
@@ -336,7 +331,7 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
         pass
     threads = threads or 1
     n_workers, opts = worker_options(ray, threads, workers)
-    queue = collections.deque(_batches(todo, batch, n_workers))
+    queue = collections.deque(todo)     # the pairs to measure, in order (batches are cut as actors ask)
     n_workers = min(n_workers, len(queue))
     actor_cls = ray.remote(SensitivityWorker)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,13 +369,13 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
             logf.write(msg + "\n")
             logf.flush()
 
-        note(f"# measured sweep of run {run_id} on Ray: {len(todo)} of {n_all} pairs, {len(queue)} batches of "
-             f"<= {batch}, {n_workers} workers, {opts}, -ngl {config.ngl}, --device {config.device}"
+        note(f"# measured sweep of run {run_id} on Ray: {len(todo)} of {n_all} pairs, batches of <= {batch}, "
+             f"{n_workers} workers, {opts}, -ngl {config.ngl}, --device {config.device}"
              + (f", baseline {config.baseline}" if config.baseline else ""))
         try:
             while queue or inflight:  # (actors still starting are not work: they are killed at the end)
                 while idle and queue:
-                    actor, todo_batch = idle.pop(), queue.popleft()
+                    actor, todo_batch = idle.pop(), _next_batch(queue, batch, n_workers)
                     for p in todo_batch:
                         attempts[(p[0], p[1].lower())] += 1
                     gen = actor.measure.options(num_returns="streaming").remote(todo_batch)
@@ -431,7 +426,7 @@ def run_sweep(conn, run_id: int, model: Path, text: Path, pairs: list[tuple[str,
                                                f"{MAX_ATTEMPTS} times on Ray workers (last: "
                                                f"{type(exc).__name__})") from None
                         note(f"# worker lost ({type(exc).__name__}): {len(left)} pair(s) of its batch re-queued")
-                        queue.appendleft(left)
+                        queue.extendleft(reversed(left))
                         stats.requeued += len(left)
                         if isinstance(exc, lost_errors):
                             ray.kill(actor, no_restart=True)
