@@ -13,7 +13,7 @@ import pytest
 from hifikit import gguf_io, paths, report, runner
 from test_sensitivity_measured import CHUNKS, CTX, OTHER, TENSOR, results, sensitivity
 
-HEADER = 80  # magic, version, positions mode, 6 int64 fields, 2 hashes
+HEADER = 88  # magic, version, positions mode, 6 int64 fields, 3 hashes (tokens, model, data)
 DROP = {"seconds"}
 
 
@@ -62,7 +62,7 @@ def test_reference_file_layout(built, tiny_model, tiny_text, reference):
     data = reference.read_bytes()
     assert data[:8] == b"HKSREF\0\0"
     version, all_pos, n_vocab, n_ctx, n_chunks, n_top, n_samp, n_total = struct.unpack_from("<II6q", data, 8)
-    assert (version, all_pos, n_ctx, n_chunks, n_top, n_samp) == (1, 0, CTX, CHUNKS, 64, 64)
+    assert (version, all_pos, n_ctx, n_chunks, n_top, n_samp) == (2, 0, CTX, CHUNKS, 64, 64)
     assert n_vocab == 32000 and n_total == CHUNKS * (CTX - 1 - CTX // 2)
     # idx, logp, samp, samp_logp per kept token, tail and top per position
     assert len(data) == HEADER + n_total * (n_top * 12 + 12 + n_samp * 12)
@@ -257,6 +257,24 @@ def test_reference_for_another_run_is_one_line(built, tiny_model, tiny_text, ref
                "no.bin")
 
 
+def test_reference_of_another_model_is_one_line(built, tiny_model, tiny_text, q8_model, reference, tmp_path):
+    """A model of the same shapes, vocabulary and text but other weights: only the model's fingerprint tells its
+    reference from the tiny model's (it would give a wrong KLD for every pair)."""
+    from synthetic import write_model
+
+    pairs = [(TENSOR, "q4_K")]
+    ref = ["--reference-in", str(reference)]
+    other = write_model(tmp_path / "other-f16.gguf", seed=1)
+    _one_error(sensitivity(other, tiny_text, pairs, tmp_path, *ref), "another model", "other-f16.gguf")
+    # on a baseline, the reference must be the source's
+    _one_error(sensitivity(q8_model, tiny_text, pairs, tmp_path, "--source", str(other), *ref), "another model")
+    # the fingerprint is of the content: a copy of the model under another name is the same model
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_model.read_bytes())
+    assert _figures(results(sensitivity(copy, tiny_text, pairs, tmp_path, *ref))) == \
+        _figures(results(sensitivity(tiny_model, tiny_text, pairs, tmp_path)))
+
+
 def test_damaged_reference_file_is_one_line(built, tiny_model, tiny_text, reference, tmp_path):
     data = reference.read_bytes()
     damaged = tmp_path / "damaged.bin"
@@ -272,7 +290,7 @@ def test_damaged_reference_file_is_one_line(built, tiny_model, tiny_text, refere
         run(data[:cut], "truncated", f"{cut} bytes", str(len(data)))
     run(data + b"\0", "longer than its header says")
     run(b"X" + data[1:], "bad magic")
-    run(data[:8] + struct.pack("<I", 2) + data[12:], "format version 2", "version 1")
+    run(data[:8] + struct.pack("<I", 1) + data[12:], "format version 1", "version 2")
     # one changed byte anywhere in the data: the hash in the header no longer matches
     for at in (HEADER, HEADER + (len(data) - HEADER) // 3, len(data) - 1):
         flipped = bytearray(data)
@@ -280,6 +298,7 @@ def test_damaged_reference_file_is_one_line(built, tiny_model, tiny_text, refere
         run(bytes(flipped), "corrupted")
     # a header field changed: the file no longer says what run it was written for
     run(data[:16] + struct.pack("<q", 31999) + data[24:], "vocabulary", "31999")
+    run(data[:72] + struct.pack("<Q", struct.unpack_from("<Q", data, 72)[0] ^ 1) + data[80:], "another model")
 
 
 def test_reference_out_is_written_whole_or_not_at_all(built, tiny_model, tiny_text, reference, tmp_path):

@@ -648,11 +648,12 @@ static bool sensitivity_source_read(sensitivity_source & src, int64_t id, const 
 // the reference distributions in a file (--reference-out, --reference-in), in the writing host's byte order:
 //   header:  magic "HKSREF\0\0", uint32 format version, uint32 scored positions (0: from ctx/2 on, 1: all),
 //            int64 n_vocab, ctx, chunks, top-k, tail samples, scored positions in all (n_total),
-//            uint64 FNV-1a 64 of the evaluated tokens (int32 each), uint64 FNV-1a 64 of the payload
+//            uint64 FNV-1a 64 of the evaluated tokens (int32 each), uint64 fingerprint of the reference model
+//            (sensitivity_model_fingerprint), uint64 FNV-1a 64 of the payload
 //   payload: idx int32 [n_total][top-k], logp f64 [n_total][top-k], tail f64 [n_total], top int32 [n_total],
 //            samp int32 [n_total][tail samples], samp_logp f64 [n_total][tail samples]
 static const char     sensitivity_ref_magic[8] = { 'H', 'K', 'S', 'R', 'E', 'F', '\0', '\0' };
-static const uint32_t sensitivity_ref_version  = 1;
+static const uint32_t sensitivity_ref_version  = 2;
 
 struct sensitivity_ref_header {
     char     magic[8];
@@ -665,9 +666,10 @@ struct sensitivity_ref_header {
     int64_t  n_samp;
     int64_t  n_total;
     uint64_t tokens_hash;
+    uint64_t model_hash;
     uint64_t data_hash;
 };
-static_assert(sizeof(sensitivity_ref_header) == 80, "the header has no padding");
+static_assert(sizeof(sensitivity_ref_header) == 88, "the header has no padding");
 
 static uint64_t sensitivity_fnv1a(const void * data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
     const uint8_t * p = (const uint8_t *) data;
@@ -676,6 +678,54 @@ static uint64_t sensitivity_fnv1a(const void * data, size_t n, uint64_t h = 0xcb
         h *= 0x100000001b3ull;
     }
     return h;
+}
+
+// bytes of each tensor's data that the model's fingerprint covers
+#define SENSITIVITY_FINGERPRINT_BYTES 4096
+
+// a fingerprint of the model whose reference distributions a reference file holds: the FNV-1a 64 of each
+// tensor's name, type and shape and of the first SENSITIVITY_FINGERPRINT_BYTES of its data, in file order. Not
+// the whole file (a 70B model in F16 is 140 GB, which every worker would read at its start), but enough to tell
+// two models, or two conversions of one, apart: a reference of another model would give a wrong KLD for every
+// pair without any other field of the header differing. false (and one error line) if the file cannot be read
+static bool sensitivity_model_fingerprint(const std::string & fname, uint64_t & hash) {
+    const char * at = fname.c_str();
+    std::ifstream f(fname, std::ios::binary | std::ios::ate);
+    const std::streamoff end = f ? (std::streamoff) f.tellg() : (std::streamoff) -1;
+    gguf_init_params gparams = { /*.no_alloc =*/ true, /*.ctx =*/ nullptr };
+    gguf_context_ptr meta(end >= 0 ? gguf_init_from_file(at, gparams) : nullptr);
+    if (!meta) {
+        fprintf(stderr, "error: cannot read '%s' as a GGUF file to fingerprint it\n", at);
+        return false;
+    }
+    const uint64_t size        = (uint64_t) end;
+    const uint64_t data_offset = gguf_get_data_offset(meta.get());
+    const int64_t  n_tensors   = gguf_get_n_tensors(meta.get());
+    std::vector<char> buf(SENSITIVITY_FINGERPRINT_BYTES);
+    hash = sensitivity_fnv1a(&n_tensors, sizeof(n_tensors));
+    for (int64_t id = 0; id < n_tensors; ++id) {
+        const char *    name   = gguf_get_tensor_name(meta.get(), id);
+        const int32_t   type   = gguf_get_tensor_type(meta.get(), id);
+        const int64_t * ne     = gguf_get_tensor_ne(meta.get(), id);
+        const uint64_t  offset = gguf_get_tensor_offset(meta.get(), id);
+        const uint64_t  nbytes = gguf_get_tensor_size(meta.get(), id);
+        if (offset > UINT64_MAX - data_offset || data_offset + offset > size || nbytes > size - data_offset - offset) {
+            fprintf(stderr, "error: tensor '%s' of '%s' lies past the end of the file (%" PRIu64 " bytes)\n", name, at, size);
+            return false;
+        }
+        const size_t n = (size_t) std::min<uint64_t>(nbytes, buf.size());
+        f.clear();
+        f.seekg((std::streamoff) (data_offset + offset));
+        if (!f.read(buf.data(), (std::streamsize) n)) {
+            fprintf(stderr, "error: failed to read tensor '%s' of '%s'\n", name, at);
+            return false;
+        }
+        hash = sensitivity_fnv1a(name, strlen(name), hash);
+        hash = sensitivity_fnv1a(&type, sizeof(type), hash);
+        hash = sensitivity_fnv1a(ne, GGML_MAX_DIMS*sizeof(int64_t), hash);
+        hash = sensitivity_fnv1a(buf.data(), n, hash);
+    }
+    return true;
 }
 
 // the payload's arrays, in file order
@@ -743,10 +793,10 @@ struct sensitivity_ref_writer {
     }
 };
 
-// --reference-in: the reference written for the run that `want` describes (every field but data_hash), into ref
-// (sized by the caller); any difference, a wrong size or a changed byte is one error line
+// --reference-in: the reference written for the run that `want` describes (every field but data_hash; model_hash
+// that of `model`), into ref (sized by the caller); any difference, a wrong size or a changed byte is one error line
 static bool sensitivity_read_reference(const std::string & fname, const sensitivity_ref_header & want,
-        sensitivity_reference & ref) {
+        const std::string & model, sensitivity_reference & ref) {
     const char * at = fname.c_str();
     std::ifstream f(fname, std::ios::binary | std::ios::ate);
     const std::streamoff end = f ? (std::streamoff) f.tellg() : (std::streamoff) -1;
@@ -797,6 +847,11 @@ static bool sensitivity_read_reference(const std::string & fname, const sensitiv
     if (hdr.tokens_hash != want.tokens_hash) {
         fprintf(stderr, "error: --reference-in: '%s' was written for another text or tokenizer (token hash %016" PRIx64
                 ", this run's %016" PRIx64 ")\n", at, hdr.tokens_hash, want.tokens_hash);
+        return false;
+    }
+    if (hdr.model_hash != want.model_hash) {
+        fprintf(stderr, "error: --reference-in: '%s' was written for another model (fingerprint %016" PRIx64 ", this "
+                "run's %s has %016" PRIx64 ")\n", at, hdr.model_hash, model.c_str(), want.model_hash);
         return false;
     }
     const auto arrays = sensitivity_ref_arrays(ref);
@@ -1321,9 +1376,15 @@ static int sensitivity_main(int argc, char ** argv) {
     ref_header.n_samp      = ref.n_samp;
     ref_header.n_total     = n_total;
     ref_header.tokens_hash = sensitivity_fnv1a(tokens.data(), n_needed*sizeof(llama_token));
+    // the model the reference distributions are of: the source of the values, else the loaded model
+    const std::string & ref_model = params.source.empty() ? params.model : params.source;
+    if ((!params.reference_in.empty() || !params.reference_out.empty()) &&
+            !sensitivity_model_fingerprint(ref_model, ref_header.model_hash)) {
+        return 1;
+    }
 
     const auto t_ref = std::chrono::steady_clock::now();
-    const bool ok = !params.reference_in.empty() ? sensitivity_read_reference(params.reference_in, ref_header, ref) :
+    const bool ok = !params.reference_in.empty() ? sensitivity_read_reference(params.reference_in, ref_header, ref_model, ref) :
         sensitivity_eval(ctx, tokens, n_ctx, params.n_chunks, first,
         [&](int c, const float * logits, int n) {
             sensitivity_parallel_for(n, n_threads, [&](int64_t j) {
