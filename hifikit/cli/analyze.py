@@ -52,8 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "proxy chunks as tasks (auto: the cluster RAY_ADDRESS or a local 'ray start --head' names; "
                         "or the head's HOST:PORT); needs pip install 'hifikit[cluster]'")
     p.add_argument("--batch", type=int, default=None, metavar="N",
-                   help="with --ray: pairs an actor takes from the queue at a time (each actor's one long-lived "
-                        "llama-sensitivity loads the model once, whatever the batch; default 16)")
+                   help="with --ray: the most pairs an actor takes from the queue at a time, fewer as the queue "
+                        "empties so the actors end together (each actor's one long-lived llama-sensitivity loads "
+                        "the model once, whatever the batch; default 16)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="with --ray: measured actors (default: one per GPU of the cluster, else its CPUs / "
                         "--threads); proxy tasks in flight (default: its CPUs)")
