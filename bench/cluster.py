@@ -16,7 +16,8 @@ The machine is shared: "others" is how many CPUs other processes kept busy in th
   bench/cluster.py [--model GGUF --text TXT] [--pairs 24] [--batch 12] [--ctx 128] [--chunks 4] [--reps 3]
                    [--json] [--no-doc]
 
-It writes its section of docs/benchmarks.md (bench/benchmd.py) unless --no-doc or --json.
+It writes its section of docs/benchmarks.md (bench/benchmd.py) unless --no-doc or --json: one for the synthetic
+model, one per --model.
 
 Without --model it writes the synthetic model of the tests (tests/synthetic.py) into a temp dir.
 """
@@ -178,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                 "summed over the workers. The CPUs other work kept busy are in the first line, those busy during "
                 "each row in the last column; a worker with no free core of its own gains nothing."
                 f"\n\n```\n{text}\n```\n")
-        doc = benchmd.update("cluster", "Cluster: measured-sweep pairs per second, 1 vs 2 Ray workers "
+        # the synthetic model's section and one per real model: a run on one does not replace the other's
+        key, title = ("cluster", "") if args.model is None else (f"cluster-{model.stem}", f", {model.name}")
+        doc = benchmd.update(key, f"Cluster: measured-sweep pairs per second, 1 vs 2 Ray workers{title} "
                              "(bench/cluster.py)", body)
-        print(f"wrote the cluster section of {doc}", file=sys.stderr)
+        print(f"wrote the {key} section of {doc}", file=sys.stderr)
     return 0
 
 
