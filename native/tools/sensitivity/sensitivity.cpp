@@ -554,17 +554,18 @@ struct sensitivity_source {
     uint64_t         file_size = 0;
 };
 
-static bool sensitivity_open_source(const std::string & fname, sensitivity_source & src) {
+// (opt: the option that named the file, for the messages)
+static bool sensitivity_open_source(const std::string & fname, const char * opt, sensitivity_source & src) {
     std::ifstream f(fname, std::ios::binary | std::ios::ate);
     const std::streamoff size = f ? (std::streamoff) f.tellg() : (std::streamoff) -1;
     if (!f || size < 0) {
-        fprintf(stderr, "error: --source: cannot open '%s'\n", fname.c_str());
+        fprintf(stderr, "error: %s: cannot open '%s'\n", opt, fname.c_str());
         return false;
     }
     gguf_init_params gparams = { /*.no_alloc =*/ true, /*.ctx =*/ nullptr };
     src.meta.reset(gguf_init_from_file(fname.c_str(), gparams));
     if (!src.meta) {
-        fprintf(stderr, "error: --source: '%s' is not a readable GGUF file\n", fname.c_str());
+        fprintf(stderr, "error: %s: '%s' is not a readable GGUF file\n", opt, fname.c_str());
         return false;
     }
     src.fname     = fname;
@@ -574,16 +575,14 @@ static bool sensitivity_open_source(const std::string & fname, sensitivity_sourc
 }
 
 // where tensor `id` of the source starts in its file, and its size; false if it does not lie inside the file
-static bool sensitivity_source_extent(const sensitivity_source & src, int64_t id, int64_t n_elements, uint64_t & offset,
-        uint64_t & nbytes) {
+static bool sensitivity_source_extent(const sensitivity_source & src, int64_t id, uint64_t & offset, uint64_t & nbytes) {
     const uint64_t data_offset   = gguf_get_data_offset(src.meta.get());
     const uint64_t tensor_offset = gguf_get_tensor_offset(src.meta.get(), id);
-    const uint64_t type_size     = ggml_type_size(gguf_get_tensor_type(src.meta.get(), id));
-    if (tensor_offset > UINT64_MAX - data_offset || n_elements < 0 || (uint64_t) n_elements > UINT64_MAX/type_size) {
+    if (tensor_offset > UINT64_MAX - data_offset) {
         return false;
     }
     offset = data_offset + tensor_offset;
-    nbytes = (uint64_t) n_elements*type_size;
+    nbytes = gguf_get_tensor_size(src.meta.get(), id);
     return offset <= src.file_size && nbytes <= src.file_size - offset;
 }
 
@@ -613,7 +612,7 @@ static int64_t sensitivity_source_tensor(const sensitivity_source & src, const c
     }
     uint64_t offset = 0;
     uint64_t nbytes = 0;
-    if (!sensitivity_source_extent(src, id, ggml_nelements(t), offset, nbytes)) {
+    if (!sensitivity_source_extent(src, id, offset, nbytes)) {
         fprintf(stderr, "error: %s: tensor '%s' of the source '%s' lies past the end of the file (%" PRIu64 " bytes)\n",
                 at, name.c_str(), fname, src.file_size);
         return -1;
@@ -627,7 +626,7 @@ static bool sensitivity_source_read(sensitivity_source & src, int64_t id, const 
     const ggml_type type = gguf_get_tensor_type(src.meta.get(), id);
     uint64_t offset = 0;
     uint64_t nbytes = 0;
-    GGML_ASSERT(sensitivity_source_extent(src, id, n, offset, nbytes));
+    GGML_ASSERT(sensitivity_source_extent(src, id, offset, nbytes) && nbytes == (uint64_t) n*ggml_type_size(type));
     out.resize(n);
     const size_t  type_size = ggml_type_size(type);
     const int64_t per_read  = (int64_t) ((16u << 20)/type_size);
@@ -688,35 +687,26 @@ static uint64_t sensitivity_fnv1a(const void * data, size_t n, uint64_t h = 0xcb
 // the whole file (a 70B model in F16 is 140 GB, which every worker would read at its start), but enough to tell
 // two models, or two conversions of one, apart: a reference of another model would give a wrong KLD for every
 // pair without any other field of the header differing. false (and one error line) if the file cannot be read
-static bool sensitivity_model_fingerprint(const std::string & fname, uint64_t & hash) {
-    const char * at = fname.c_str();
-    std::ifstream f(fname, std::ios::binary | std::ios::ate);
-    const std::streamoff end = f ? (std::streamoff) f.tellg() : (std::streamoff) -1;
-    gguf_init_params gparams = { /*.no_alloc =*/ true, /*.ctx =*/ nullptr };
-    gguf_context_ptr meta(end >= 0 ? gguf_init_from_file(at, gparams) : nullptr);
-    if (!meta) {
-        fprintf(stderr, "error: cannot read '%s' as a GGUF file to fingerprint it\n", at);
-        return false;
-    }
-    const uint64_t size        = (uint64_t) end;
-    const uint64_t data_offset = gguf_get_data_offset(meta.get());
-    const int64_t  n_tensors   = gguf_get_n_tensors(meta.get());
+static bool sensitivity_model_fingerprint(sensitivity_source & src, uint64_t & hash) {
+    const char *  at        = src.fname.c_str();
+    const int64_t n_tensors = gguf_get_n_tensors(src.meta.get());
     std::vector<char> buf(SENSITIVITY_FINGERPRINT_BYTES);
     hash = sensitivity_fnv1a(&n_tensors, sizeof(n_tensors));
     for (int64_t id = 0; id < n_tensors; ++id) {
-        const char *    name   = gguf_get_tensor_name(meta.get(), id);
-        const int32_t   type   = gguf_get_tensor_type(meta.get(), id);
-        const int64_t * ne     = gguf_get_tensor_ne(meta.get(), id);
-        const uint64_t  offset = gguf_get_tensor_offset(meta.get(), id);
-        const uint64_t  nbytes = gguf_get_tensor_size(meta.get(), id);
-        if (offset > UINT64_MAX - data_offset || data_offset + offset > size || nbytes > size - data_offset - offset) {
-            fprintf(stderr, "error: tensor '%s' of '%s' lies past the end of the file (%" PRIu64 " bytes)\n", name, at, size);
+        const char *    name   = gguf_get_tensor_name(src.meta.get(), id);
+        const int32_t   type   = gguf_get_tensor_type(src.meta.get(), id);
+        const int64_t * ne     = gguf_get_tensor_ne(src.meta.get(), id);
+        uint64_t offset = 0;
+        uint64_t nbytes = 0;
+        if (!sensitivity_source_extent(src, id, offset, nbytes)) {
+            fprintf(stderr, "error: tensor '%s' of '%s' lies past the end of the file (%" PRIu64 " bytes)\n", name, at,
+                    src.file_size);
             return false;
         }
         const size_t n = (size_t) std::min<uint64_t>(nbytes, buf.size());
-        f.clear();
-        f.seekg((std::streamoff) (data_offset + offset));
-        if (!f.read(buf.data(), (std::streamsize) n)) {
+        src.file.clear();
+        src.file.seekg((std::streamoff) offset);
+        if (!src.file.read(buf.data(), (std::streamsize) n)) {
             fprintf(stderr, "error: failed to read tensor '%s' of '%s'\n", name, at);
             return false;
         }
@@ -1257,7 +1247,7 @@ static int sensitivity_main(int argc, char ** argv) {
     sensitivity_source source_file;
     const sensitivity_source * source = nullptr;
     if (!params.source.empty()) {
-        if (!sensitivity_open_source(params.source, source_file)) {
+        if (!sensitivity_open_source(params.source, "--source", source_file)) {
             return 1;
         }
         source = &source_file;
@@ -1376,11 +1366,16 @@ static int sensitivity_main(int argc, char ** argv) {
     ref_header.n_samp      = ref.n_samp;
     ref_header.n_total     = n_total;
     ref_header.tokens_hash = sensitivity_fnv1a(tokens.data(), n_needed*sizeof(llama_token));
-    // the model the reference distributions are of: the source of the values, else the loaded model
+    // the model the reference distributions are of: the source of the values (open already), else the loaded model
     const std::string & ref_model = params.source.empty() ? params.model : params.source;
-    if ((!params.reference_in.empty() || !params.reference_out.empty()) &&
-            !sensitivity_model_fingerprint(ref_model, ref_header.model_hash)) {
-        return 1;
+    if (!params.reference_in.empty() || !params.reference_out.empty()) {
+        sensitivity_source loaded_file;
+        if (source == nullptr && !sensitivity_open_source(params.model, "-m", loaded_file)) {
+            return 1;
+        }
+        if (!sensitivity_model_fingerprint(source != nullptr ? source_file : loaded_file, ref_header.model_hash)) {
+            return 1;
+        }
     }
 
     const auto t_ref = std::chrono::steady_clock::now();
